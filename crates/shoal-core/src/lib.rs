@@ -1,0 +1,20 @@
+//! shoal's model, with no I/O: what a container record is, how a ref a
+//! person typed becomes a lookup key, the inventory of one engine with an
+//! index for every kind of key, the deltas between two inventories, and the
+//! filters of a listing.
+//!
+//! The engine layer fills an [`Inventory`] and emits [`Delta`]s; the node
+//! answers lookups from it. Nothing here spawns tasks or reads clocks: times
+//! come in as arguments.
+
+pub mod filter;
+pub mod inventory;
+pub mod key;
+pub mod model;
+
+pub use filter::{FilterError, ListFilter};
+pub use inventory::{Delta, Inventory};
+pub use key::{KeyKind, LookupKey, RefError, parse_ref, record_keys};
+pub use model::{
+    ContainerRecord, ContainerState, EngineId, Health, NetworkAttachment, NodeId, PortMapping,
+};

@@ -1,0 +1,215 @@
+//! The container record: what shoal knows about one live container, exactly
+//! as the public JSON API shows it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The compose label that names a container's project.
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+/// The compose label that names a container's service.
+pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// A node of the fleet: `--node-id`, else the host name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(s.to_owned())
+    }
+}
+
+/// A container engine, by the ID the engine reports for itself (`docker
+/// info`). Several nodes may watch one engine; records are identified by
+/// `(engine_id, container_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct EngineId(pub String);
+
+impl fmt::Display for EngineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The states a live container can be in. Only these are in the inventory:
+/// a container leaves it when it exits, dies or is destroyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Its process runs.
+    Running,
+    /// Frozen by `docker pause`.
+    Paused,
+    /// Between a death and the restart its policy asks for.
+    Restarting,
+}
+
+impl ContainerState {
+    /// The engine's word for the state, as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+        }
+    }
+
+    /// Reads an engine's state word; `None` for states that are not live
+    /// (`created`, `exited`, `dead`, `removing`, …).
+    pub fn from_engine(state: &str) -> Option<Self> {
+        match state {
+            "running" => Some(ContainerState::Running),
+            "paused" => Some(ContainerState::Paused),
+            "restarting" => Some(ContainerState::Restarting),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The health of a container as its healthcheck reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No healthcheck is defined.
+    #[default]
+    None,
+    /// The healthcheck has not passed yet.
+    Starting,
+    /// The last healthchecks passed.
+    Healthy,
+    /// The healthcheck failed too often.
+    Unhealthy,
+}
+
+impl Health {
+    /// Reads an engine's health word; unknown words count as `None`.
+    pub fn from_engine(status: &str) -> Self {
+        match status {
+            "starting" => Health::Starting,
+            "healthy" => Health::Healthy,
+            "unhealthy" => Health::Unhealthy,
+            _ => Health::None,
+        }
+    }
+}
+
+/// One network a container is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct NetworkAttachment {
+    /// IPv4 address on this network, if any.
+    pub ip: Option<IpAddr>,
+    /// IPv6 address on this network, if any.
+    pub ipv6: Option<IpAddr>,
+    /// MAC address, as the engine prints it.
+    pub mac: Option<String>,
+    /// DNS aliases on this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The network's gateway, if the engine reports one.
+    pub gateway: Option<IpAddr>,
+}
+
+/// A published or exposed port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// The port inside the container.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// The host address it is published on, if published.
+    pub host_ip: Option<String>,
+    /// The host port it is published on, if published.
+    pub host_port: Option<u16>,
+}
+
+/// One live container on one engine. The field names are the public API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The full 64-hex container ID.
+    pub id: String,
+    /// Names without the leading `/`.
+    pub names: Vec<String>,
+    /// The image as the container was created from it (`busybox:latest`).
+    pub image: String,
+    /// The image's content ID.
+    pub image_id: String,
+    /// running, paused or restarting.
+    pub state: ContainerState,
+    /// The main process's PID on its host (0 when not running).
+    pub pid: i64,
+    /// All labels.
+    pub labels: BTreeMap<String, String>,
+    /// The compose project, from `com.docker.compose.project`.
+    pub project: Option<String>,
+    /// The compose service, from `com.docker.compose.service`.
+    pub service: Option<String>,
+    /// Network name -> attachment.
+    pub networks: BTreeMap<String, NetworkAttachment>,
+    /// Exposed and published ports.
+    pub ports: Vec<PortMapping>,
+    /// Healthcheck status.
+    pub health: Health,
+    /// When the container was created (RFC 3339, as the engine says).
+    pub created: String,
+    /// When it last started (RFC 3339), if it did.
+    pub started_at: Option<String>,
+    /// The node (host) that runs it.
+    pub node: NodeId,
+    /// The engine that runs it.
+    pub engine_id: EngineId,
+    /// When this node last read it from the engine, in milliseconds since
+    /// the Unix epoch.
+    pub updated_at: u64,
+}
+
+impl ContainerRecord {
+    /// The first name, the one people use.
+    pub fn primary_name(&self) -> &str {
+        self.names.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The first 12 hex characters of the ID, as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(crate::key::SHORT_ID_LEN)]
+    }
+
+    /// Every address the container has, v4 and v6, on every network.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.networks
+            .values()
+            .flat_map(|n| n.ip.into_iter().chain(n.ipv6))
+    }
+
+    /// Fills `project` and `service` from the compose labels.
+    pub fn with_compose_fields(mut self) -> Self {
+        self.project = self.labels.get(COMPOSE_PROJECT_LABEL).cloned();
+        self.service = self.labels.get(COMPOSE_SERVICE_LABEL).cloned();
+        self
+    }
+
+    /// True when the two records say the same thing about the container,
+    /// ignoring when they were read.
+    pub fn same_content(&self, other: &ContainerRecord) -> bool {
+        ContainerRecord {
+            updated_at: other.updated_at,
+            ..self.clone()
+        } == *other
+    }
+}

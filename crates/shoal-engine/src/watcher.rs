@@ -1,0 +1,606 @@
+//! The `Watcher`: turns an engine into a correct, live local inventory and a
+//! stream of deltas.
+//!
+//! 1. Subscribe to events first, then list and inspect, then apply the
+//!    events that arrived meanwhile: nothing falls between list and
+//!    subscribe.
+//! 2. Every container event (and network connect/disconnect, which names a
+//!    container) re-reads that container: the inventory holds what the
+//!    engine says now, whatever order events came in.
+//! 3. When the engine goes away the last inventory stays, marked stale; the
+//!    watcher reconnects with capped, jittered exponential backoff that never
+//!    gives up, builds a whole new inventory and only then swaps it in
+//!    (make-before-break), publishing the difference.
+//! 4. A full list every `resync_interval` repairs what dropped events left
+//!    wrong.
+//!
+//! Readers get an immutable snapshot (`WatcherHandle::inventory`) without a
+//! lock; the watcher task is the only writer.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use futures::{StreamExt, TryStreamExt};
+use rand::Rng;
+use shoal_core::{ContainerRecord, Delta, Inventory, NodeId};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
+
+use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+
+/// How the watcher behaves; every limit has a documented default.
+#[derive(Clone, Debug)]
+pub struct WatcherConfig {
+    /// The node stamped on every record.
+    pub node: NodeId,
+    /// How often to reconcile with a full list (default 60 s).
+    pub resync_interval: Duration,
+    /// First reconnect delay (default 100 ms); it doubles per failure.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (default 10 s).
+    pub backoff_max: Duration,
+    /// Inspect calls in flight at once (default 16).
+    pub inspect_concurrency: usize,
+    /// Events taken off the queue and applied as one batch (default 512).
+    pub event_batch: usize,
+    /// Events queued between the engine's stream and the watcher (default
+    /// 16384); when full the stream waits, and the engine may drop us, which
+    /// is a reconnect.
+    pub event_queue: usize,
+    /// Delta batches a slow subscriber may fall behind before it must
+    /// resync from a snapshot (default 1024).
+    pub delta_buffer: usize,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        WatcherConfig {
+            node: NodeId::default(),
+            resync_interval: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            inspect_concurrency: 16,
+            event_batch: 512,
+            event_queue: 16_384,
+            delta_buffer: 1024,
+        }
+    }
+}
+
+/// What the watcher knows about its engine, for `/readyz`, `/v1/nodes` and
+/// logs.
+#[derive(Clone, Debug, Default)]
+pub struct WatcherStatus {
+    /// The first full sync is done.
+    pub ready: bool,
+    /// The engine is lost; the inventory is the last one read.
+    pub stale: bool,
+    /// The engine, once it answered.
+    pub engine: Option<EngineIdentity>,
+    /// The last failure, while it lasts.
+    pub last_error: Option<String>,
+    /// When the inventory was last fully read (ms since the epoch).
+    pub last_sync_ms: Option<u64>,
+    /// When the last engine event arrived (ms since the epoch).
+    pub last_event_ms: Option<u64>,
+}
+
+/// Counters of the watcher's work, for metrics.
+#[derive(Debug, Default)]
+pub struct WatcherCounters {
+    /// Engine events applied.
+    pub events: AtomicU64,
+    /// Full syncs (first, reconnect, periodic).
+    pub syncs: AtomicU64,
+    /// Times the engine was lost.
+    pub engine_losses: AtomicU64,
+    /// Inspect calls made.
+    pub inspects: AtomicU64,
+}
+
+struct Shared {
+    inventory: ArcSwap<Inventory>,
+    status: Mutex<WatcherStatus>,
+    ready: watch::Sender<bool>,
+    deltas: broadcast::Sender<Arc<Vec<Delta>>>,
+    counters: WatcherCounters,
+}
+
+/// The read side of a watcher. Cheap to clone.
+#[derive(Clone)]
+pub struct WatcherHandle {
+    shared: Arc<Shared>,
+}
+
+impl WatcherHandle {
+    /// The current inventory: an immutable snapshot, read without a lock.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.shared.inventory.load_full()
+    }
+
+    /// The engine's status now.
+    pub fn status(&self) -> WatcherStatus {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counters of the watcher's work.
+    pub fn counters(&self) -> &WatcherCounters {
+        &self.shared.counters
+    }
+
+    /// Resolves once the first full sync is done.
+    pub async fn ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        // The sender lives in `shared`, which we hold: it cannot close.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Every change from now on, in batches. A subscriber that falls more
+    /// than `delta_buffer` batches behind gets `Lagged` and should start
+    /// again from [`WatcherHandle::inventory`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Delta>>> {
+        self.shared.deltas.subscribe()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut WatcherStatus)) {
+        f(&mut self.shared.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Capped exponential backoff with full jitter in [d/2, d].
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// The writer: owns the engine and the working copy of the inventory.
+pub struct Watcher {
+    engine: Arc<dyn Engine>,
+    config: WatcherConfig,
+    handle: WatcherHandle,
+    working: Inventory,
+}
+
+impl Watcher {
+    /// Starts watching `engine` until `shutdown` is cancelled. The returned
+    /// task ends after shutdown; await it to know the watcher stopped.
+    pub fn spawn(
+        engine: Arc<dyn Engine>,
+        config: WatcherConfig,
+        shutdown: CancellationToken,
+    ) -> (WatcherHandle, JoinHandle<()>) {
+        let (deltas, _) = broadcast::channel(config.delta_buffer.max(1));
+        let handle = WatcherHandle {
+            shared: Arc::new(Shared {
+                inventory: ArcSwap::from_pointee(Inventory::new()),
+                status: Mutex::new(WatcherStatus::default()),
+                ready: watch::channel(false).0,
+                deltas,
+                counters: WatcherCounters::default(),
+            }),
+        };
+        let watcher = Watcher {
+            engine,
+            config,
+            handle: handle.clone(),
+            working: Inventory::new(),
+        };
+        let task = tokio::spawn(watcher.run(shutdown));
+        (handle, task)
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.follow(&mut backoff, &shutdown) => r,
+            };
+            let Err(e) = result else { return };
+            let had_inventory = self.handle.status().ready;
+            self.handle
+                .counters()
+                .engine_losses
+                .fetch_add(1, Ordering::Relaxed);
+            self.handle.update_status(|s| {
+                s.stale = s.ready;
+                s.last_error = Some(e.to_string());
+            });
+            let delay = backoff.next_delay();
+            if had_inventory {
+                warn!(error = %e, retry_in = ?delay, containers = self.working.len(),
+                      "engine lost; serving the last inventory, marked stale");
+            } else {
+                warn!(error = %e, retry_in = ?delay, "engine not reachable yet");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection: subscribe, sync, then follow events and resync
+    /// periodically until the engine fails (Err) or shutdown (Ok).
+    async fn follow(
+        &mut self,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let identity = self.engine.identity().await?;
+        let stream = self.engine.subscribe().await?;
+        let (tx, mut rx) = mpsc::channel(self.config.event_queue.max(1));
+        // The reader keeps draining the engine even while a resync runs, so
+        // that the engine does not drop us as a slow consumer.
+        let _reader = AbortOnDropHandle::new(tokio::spawn(forward(stream, tx)));
+        self.sync(&identity).await?;
+        backoff.reset();
+        info!(engine = %identity, containers = self.working.len(), "inventory synced");
+
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.resync_interval,
+            self.config.resync_interval,
+        );
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(self.config.event_batch);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                n = rx.recv_many(&mut batch, self.config.event_batch.max(1)) => {
+                    if n == 0 {
+                        return Err(EngineError::StreamLost("event reader stopped".into()));
+                    }
+                    let events = std::mem::take(&mut batch)
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.apply_events(&identity, events).await?;
+                }
+                _ = resync.tick() => {
+                    self.sync(&identity).await?;
+                    debug!(containers = self.working.len(), "periodic resync done");
+                }
+            }
+        }
+    }
+
+    fn stamp(
+        &self,
+        identity: &EngineIdentity,
+        mut r: ContainerRecord,
+        now: u64,
+    ) -> ContainerRecord {
+        r.node = self.config.node.clone();
+        r.engine_id = identity.id.clone();
+        r.updated_at = now;
+        r
+    }
+
+    /// Reads the whole engine into a new inventory, then swaps it in.
+    async fn sync(&mut self, identity: &EngineIdentity) -> Result<(), EngineError> {
+        let ids = self.engine.list().await?;
+        let fresh = self.inspect_all(ids).await?;
+        let now = now_ms();
+        let next = Inventory::from_records(
+            fresh
+                .into_iter()
+                .filter_map(|(_, r)| r)
+                .map(|r| self.stamp(identity, r, now)),
+        );
+        let deltas = self.working.diff(&next);
+        // Keep records whose content did not change as they were, so the
+        // diff of the next sync is against what readers saw.
+        for d in &deltas {
+            self.working.apply(d);
+        }
+        self.publish(deltas);
+        self.handle.counters().syncs.fetch_add(1, Ordering::Relaxed);
+        self.handle.update_status(|s| {
+            s.ready = true;
+            s.stale = false;
+            s.engine = Some(identity.clone());
+            s.last_error = None;
+            s.last_sync_ms = Some(now);
+        });
+        self.handle.shared.ready.send_replace(true);
+        Ok(())
+    }
+
+    async fn inspect_all(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, Option<ContainerRecord>)>, EngineError> {
+        let engine = &self.engine;
+        let counters = self.handle.counters();
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                counters.inspects.fetch_add(1, Ordering::Relaxed);
+                match engine.inspect(&id).await {
+                    Ok(r) => Ok((id, r)),
+                    // One container the engine cannot describe is not a lost
+                    // engine: leave it out and let the next event or resync
+                    // try again.
+                    Err(EngineError::Api(msg)) => {
+                        warn!(container = %id, error = %msg, "inspect failed");
+                        Ok((id, None))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(self.config.inspect_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    async fn apply_events(
+        &mut self,
+        identity: &EngineIdentity,
+        events: Vec<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        self.handle
+            .counters()
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let mut seen = HashSet::with_capacity(events.len());
+        let ids: Vec<String> = events
+            .into_iter()
+            .inspect(|e| debug!(container = %e.container_id, action = %e.action, "engine event"))
+            .map(|e| e.container_id)
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        let read = self.inspect_all(ids).await?;
+        let now = now_ms();
+        let mut deltas = Vec::with_capacity(read.len());
+        for (id, record) in read {
+            let delta = match record {
+                Some(r) => self.working.upsert(self.stamp(identity, r, now)),
+                None => self.working.remove(&id),
+            };
+            deltas.extend(delta);
+        }
+        self.publish(deltas);
+        self.handle.update_status(|s| s.last_event_ms = Some(now));
+        Ok(())
+    }
+
+    fn publish(&self, deltas: Vec<Delta>) {
+        if deltas.is_empty() {
+            return;
+        }
+        self.handle
+            .shared
+            .inventory
+            .store(Arc::new(self.working.clone()));
+        // No subscriber is fine: the snapshot above is the truth.
+        let _ = self.handle.shared.deltas.send(Arc::new(deltas));
+    }
+}
+
+async fn forward(mut stream: EventStream, tx: mpsc::Sender<Result<EngineEvent, EngineError>>) {
+    while let Some(item) = stream.next().await {
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{SyntheticEngine, SyntheticSpec, synthetic_record};
+    use shoal_core::{EngineId, LookupKey};
+
+    fn engine(n: usize) -> SyntheticEngine {
+        SyntheticEngine::new(SyntheticSpec {
+            count: n,
+            prefix: "c".into(),
+            engine_id: EngineId("e1".into()),
+        })
+    }
+
+    fn config() -> WatcherConfig {
+        WatcherConfig {
+            node: NodeId::from("n1"),
+            ..Default::default()
+        }
+    }
+
+    async fn eventually(handle: &WatcherHandle, what: &str, f: impl Fn(&Inventory) -> bool) {
+        for _ in 0..2000 {
+            if f(&handle.inventory()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    fn names(inv: &Inventory, name: &str) -> usize {
+        inv.lookup(&LookupKey::Name(name.into())).len()
+    }
+
+    #[tokio::test]
+    async fn first_sync_reads_every_container_and_stamps_the_node() {
+        let e = engine(50);
+        let stop = CancellationToken::new();
+        let (h, task) = Watcher::spawn(Arc::new(e.clone()), config(), stop.clone());
+        h.ready().await;
+        let inv = h.inventory();
+        assert_eq!(inv.len(), 50);
+        assert!(
+            inv.records()
+                .all(|r| r.node.0 == "n1" && r.engine_id.0 == "e1")
+        );
+        assert!(h.status().ready && !h.status().stale);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_start_rename_and_remove_show_up() {
+        let e = engine(3);
+        let stop = CancellationToken::new();
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), config(), stop.clone());
+        h.ready().await;
+        let mut deltas = h.subscribe();
+
+        let mut r = synthetic_record("new", 0, &EngineId("e1".into()));
+        r.names = vec!["fresh".into()];
+        let id = r.id.clone();
+        e.run(r);
+        eventually(&h, "fresh appears", |inv| names(inv, "fresh") == 1).await;
+        assert!(matches!(&deltas.recv().await.unwrap()[0], Delta::Upsert(r) if r.id == id));
+
+        e.modify(&id, "rename", |r| r.names = vec!["renamed".into()]);
+        eventually(&h, "rename moves the name", |inv| {
+            names(inv, "renamed") == 1 && names(inv, "fresh") == 0
+        })
+        .await;
+
+        e.modify(&id, "pause", |r| {
+            r.state = shoal_core::ContainerState::Paused
+        });
+        eventually(&h, "paused", |inv| {
+            inv.get(&id)
+                .is_some_and(|r| r.state == shoal_core::ContainerState::Paused)
+        })
+        .await;
+
+        e.remove(&id);
+        eventually(&h, "removed", |inv| {
+            inv.get(&id).is_none() && inv.len() == 3
+        })
+        .await;
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_lost_engine_keeps_the_inventory_stale_then_converges() {
+        let e = engine(10);
+        let stop = CancellationToken::new();
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), config(), stop.clone());
+        h.ready().await;
+
+        e.set_up(false);
+        for _ in 0..400 {
+            if h.status().stale {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(h.status().stale, "a lost engine marks the inventory stale");
+        assert_eq!(
+            h.inventory().len(),
+            10,
+            "the last inventory is still served"
+        );
+
+        // While it is away, containers change without any event reaching us.
+        let gone = e.ids()[0].clone();
+        e.remove(&gone);
+        e.run(synthetic_record("late", 1, &EngineId("e1".into())));
+        e.set_up(true);
+        eventually(&h, "converges after reconnect", |inv| {
+            inv.len() == 10 && inv.get(&gone).is_none() && names(inv, "late1") == 1
+        })
+        .await;
+        for _ in 0..400 {
+            if !h.status().stale {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!h.status().stale);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn periodic_resync_repairs_a_dropped_event() {
+        let e = engine(5);
+        let stop = CancellationToken::new();
+        let cfg = WatcherConfig {
+            resync_interval: Duration::from_millis(50),
+            ..config()
+        };
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), cfg, stop.clone());
+        h.ready().await;
+        let id = e.ids()[0].clone();
+        e.modify_silently(&id, |r| r.names = vec!["quiet".into()]);
+        eventually(&h, "resync sees the silent rename", |inv| {
+            names(inv, "quiet") == 1
+        })
+        .await;
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_backoff_never_gives_up() {
+        let e = engine(1);
+        e.set_up(false);
+        let stop = CancellationToken::new();
+        let cfg = WatcherConfig {
+            backoff_max: Duration::from_secs(2),
+            ..config()
+        };
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), cfg, stop.clone());
+        // An hour of virtual time: capped at 2 s, it keeps trying.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let calls = e.calls();
+        assert!(calls > 1000, "only {calls} attempts in an hour");
+        assert!(!h.status().ready);
+        assert!(h.status().last_error.is_some());
+        e.set_up(true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(h.status().ready);
+        assert_eq!(h.inventory().len(), 1);
+        stop.cancel();
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[7] >= Duration::from_millis(500) && delays[7] <= Duration::from_secs(1));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
