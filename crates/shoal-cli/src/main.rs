@@ -1,1 +1,63 @@
-fn main() {}
+//! The `shoal` command: run a node (`shoal node`) or ask the fleet
+//! (`shoal get`, `ls`, `nodes`, `projects`). `main` only parses flags and
+//! hands over; the logic lives in the library crates.
+
+mod client;
+mod node_cmd;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+/// shoal: a fleet-wide container inventory.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: client::ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: watch this host's engine and serve the API.
+    Node(Box<node_cmd::NodeArgs>),
+    /// Find containers by ID prefix, name or IP address.
+    Get(client::GetArgs),
+    /// List the fleet's containers, optionally filtered.
+    Ls(client::LsArgs),
+    /// Show the members of the fleet.
+    Nodes,
+    /// Show compose projects, or one project's containers.
+    Projects(client::ProjectsArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => node_cmd::run(*args).await,
+            Command::Get(args) => client::get(&cli.client, args).await,
+            Command::Ls(args) => client::ls(&cli.client, args).await,
+            Command::Nodes => client::nodes(&cli.client).await,
+            Command::Projects(args) => client::projects(&cli.client, args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The client subcommands: `shoal get`, `shoal ls`, `shoal nodes`,
+//! `shoal projects`, against `--server`, as a table or as JSON.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use reqwest::Url;
+use serde_json::Value;
+
+use crate::table::Table;
+
+/// Output format of the client subcommands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// An aligned table for people.
+    #[default]
+    Table,
+    /// The server's JSON answer, as it is.
+    Json,
+}
+
+/// Where and how the client asks.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The shoal server (a node, or nginx in front of the nodes).
+    #[arg(
+        long,
+        env = "SHOAL_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// How long to wait for an answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+/// `shoal get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// A container ID (12+ hex), name or IP address.
+    pub reference: String,
+    /// Read the ref as this kind of key.
+    #[arg(long, value_parser = ["id", "name", "ip", "project"])]
+    pub by: Option<String>,
+    /// Skip the node's hot cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `shoal ls`.
+#[derive(Args, Debug, Default)]
+pub struct LsArgs {
+    /// Containers whose name contains this.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// key or key=value; repeat for several.
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Compose project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Node (host).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// running, paused or restarting.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Image, with or without its tag.
+    #[arg(long)]
+    pub image: Option<String>,
+}
+
+/// `shoal projects`.
+#[derive(Args, Debug)]
+pub struct ProjectsArgs {
+    /// One project's containers instead of the list.
+    pub name: Option<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: Url,
+    output: Output,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let base = Url::parse(&args.server).with_context(|| {
+            format!(
+                "--server {:?} is not a URL (write it like http://127.0.0.1:8080)",
+                args.server
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            bail!("--server {:?} must be an http:// URL", args.server);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(args.timeout)
+            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client {
+            http,
+            base,
+            output: args.output,
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            // `base` was checked to be a base URL in `new`.
+            let mut path = url.path_segments_mut().expect("base URL");
+            path.pop_if_empty();
+            path.extend(segments);
+        }
+        url
+    }
+
+    /// GETs a URL; an error answer becomes an error with the server's
+    /// message. Returns the JSON, the headers' node and path, and the time.
+    async fn get(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "it did not answer in time".to_owned()
+            } else if e.is_connect() {
+                "nothing answers there".to_owned()
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!(
+                "cannot reach shoal at {}: {why}. Is the stack up (`make up`), or is --server (SHOAL_SERVER) wrong?",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (node, path) = (header("x-shoal-node"), header("x-shoal-path"));
+        let body = response.text().await.context("reading the answer")?;
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = json["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.chars().take(200).collect());
+            let code = json["error"]["code"].as_str().unwrap_or("error");
+            bail!("{code}: {message} (HTTP {})", status.as_u16());
+        }
+        if json.is_null() {
+            bail!(
+                "the server at {} did not answer JSON (HTTP {})",
+                self.base,
+                status.as_u16()
+            );
+        }
+        Ok(Answer {
+            json,
+            node,
+            path,
+            took: started.elapsed(),
+        })
+    }
+}
+
+struct Answer {
+    json: Value,
+    node: Option<String>,
+    path: Option<String>,
+    took: Duration,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn short(id: &Value) -> String {
+    id.as_str()
+        .map(|i| i.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn networks(c: &Value) -> String {
+    let Some(nets) = c["networks"].as_object() else {
+        return "-".into();
+    };
+    let text: Vec<String> = nets
+        .iter()
+        .map(|(name, n)| match n["ip"].as_str().or(n["ipv6"].as_str()) {
+            Some(ip) => format!("{name}={ip}"),
+            None => name.clone(),
+        })
+        .collect();
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.join(",")
+    }
+}
+
+fn container_table(containers: &[Value]) -> String {
+    let mut t = Table::new([
+        "NODE", "ID", "NAME", "IMAGE", "STATE", "HEALTH", "NETWORKS", "PROJECT",
+    ]);
+    for c in containers {
+        let names: Vec<&str> = c["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        t.row([
+            s(&c["node"]),
+            short(&c["id"]),
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(",")
+            },
+            s(&c["image"]),
+            s(&c["state"]),
+            s(&c["health"]),
+            networks(c),
+            s(&c["project"]),
+        ]);
+    }
+    t.render()
+}
+
+fn failed_nodes_note(json: &Value) -> Option<String> {
+    let failed = json["nodes"]["failed"].as_array()?;
+    if failed.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = failed
+        .iter()
+        .map(|f| format!("{} ({})", s(&f["node"]), s(&f["error"])))
+        .collect();
+    Some(format!("partial answer: no reply from {}", list.join(", ")))
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `shoal get <ref>`.
+pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let mut url = client.url(&["v1", "containers", &get.reference]);
+    if let Some(by) = &get.by {
+        url.query_pairs_mut().append_pair("by", by);
+    }
+    let mut request = client.http.get(url);
+    if get.no_cache {
+        request = request.header("cache-control", "no-cache");
+    }
+    let a = client.get(request).await?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let containers = a.json["containers"].as_array().cloned().unwrap_or_default();
+    print!("{}", container_table(&containers));
+    println!(
+        "(served by {}, {}, {:.1} ms)",
+        a.node.unwrap_or_else(|| s(&a.json["served_by"])),
+        a.path.unwrap_or_else(|| s(&a.json["path"])),
+        a.took.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// `shoal ls [filters]`.
+pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let mut url = client.url(&["v1", "containers"]);
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in [
+            ("name", &ls.name),
+            ("project", &ls.project),
+            ("node", &ls.node),
+            ("state", &ls.state),
+            ("image", &ls.image),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        for l in &ls.label {
+            q.append_pair("label", l);
+        }
+    }
+    let a = client.get(client.http.get(url)).await?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let containers = a.json["containers"].as_array().cloned().unwrap_or_default();
+    print!("{}", container_table(&containers));
+    println!("({} containers)", containers.len());
+    if let Some(note) = failed_nodes_note(&a.json) {
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
+/// `shoal nodes`.
+pub async fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let a = client
+        .get(client.http.get(client.url(&["v1", "nodes"])))
+        .await?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let mut t = Table::new([
+        "NODE",
+        "STATE",
+        "ENGINE",
+        "CONTAINERS",
+        "LAST EVENT",
+        "RING",
+        "ADDRESS",
+    ]);
+    for n in a.json["nodes"].as_array().into_iter().flatten() {
+        let engine = match n["engine"].as_object() {
+            Some(e) => format!("{} {}", s(&e["kind"]), s(&e["version"])),
+            None => "-".into(),
+        };
+        let mut state = s(&n["state"]);
+        if n["stale"].as_bool() == Some(true) {
+            state.push_str(" (engine stale)");
+        } else if n["ready"].as_bool() == Some(false) {
+            state.push_str(" (not synced)");
+        }
+        t.row([
+            s(&n["id"]),
+            state,
+            engine,
+            s(&n["containers"]),
+            n["last_event_age_s"]
+                .as_f64()
+                .map(|a| format!("{a:.0}s ago"))
+                .unwrap_or_else(|| "-".into()),
+            n["ring_share"]
+                .as_f64()
+                .map(|r| format!("{:.1}%", r * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            s(&n["address"]),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// `shoal projects [name]`.
+pub async fn projects(args: &ClientArgs, p: ProjectsArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let url = match &p.name {
+        Some(name) => client.url(&["v1", "projects", name]),
+        None => client.url(&["v1", "projects"]),
+    };
+    let a = client.get(client.http.get(url)).await?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    if p.name.is_some() {
+        let containers = a.json["containers"].as_array().cloned().unwrap_or_default();
+        print!("{}", container_table(&containers));
+    } else {
+        let mut t = Table::new(["PROJECT", "CONTAINERS", "SERVICES", "NODES"]);
+        for pr in a.json["projects"].as_array().into_iter().flatten() {
+            let services: Vec<String> = pr["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            let nodes: Vec<String> = pr["nodes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, names)| format!("{n}({})", names.as_array().map_or(0, Vec::len)))
+                .collect();
+            t.row([
+                s(&pr["name"]),
+                s(&pr["containers"]),
+                if services.is_empty() {
+                    "-".into()
+                } else {
+                    services.join(",")
+                },
+                nodes.join(","),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    if let Some(note) = failed_nodes_note(&a.json) {
+        eprintln!("{note}");
+    }
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! `shoal node`: flags, `SHOAL_*` environment and a YAML `--config` file,
+//! layered in one place (flags > environment > file > defaults) onto
+//! [`NodeConfig`], then the engine, the listener and the node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use shoal_core::{EngineId, NodeId};
+use shoal_engine::{DockerEngine, Engine, SyntheticEngine, SyntheticSpec};
+use shoal_node::NodeConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Which engine a node watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The Docker engine at --docker-host.
+    Docker,
+    /// Generated containers in memory (tests, demos, benchmarks).
+    Synthetic,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 250ms, 1s, 2m)"))
+}
+
+/// Flags of `shoal node`. Every flag is also `SHOAL_<NAME>` in the
+/// environment and `<name>` in the YAML file.
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// A YAML file of settings (keys are the flag names); flags and
+    /// environment override it.
+    #[arg(long, env = "SHOAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's ID [default: the host name].
+    #[arg(long, env = "SHOAL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address of the HTTP API [default: 0.0.0.0:7070].
+    #[arg(long, env = "SHOAL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address others reach this node at [default: the listen address].
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Static peers, host:port each, comma-separated (used by the cluster;
+    /// this version runs each node alone).
+    #[arg(long, env = "SHOAL_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// A DNS name whose records are the peers, name:port (used by the
+    /// cluster; this version runs each node alone).
+    #[arg(long, env = "SHOAL_PEERS_DNS")]
+    pub peers_dns: Option<String>,
+    /// UDP address for gossip [default: the listen address] (used by the
+    /// cluster).
+    #[arg(long, env = "SHOAL_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// The engine to watch [default: docker].
+    #[arg(long, env = "SHOAL_ENGINE", value_enum)]
+    pub engine: Option<EngineKind>,
+    /// The Docker engine's address, unix:///path or tcp://host:port
+    /// [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
+    #[arg(long, env = "SHOAL_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// How many containers the synthetic engine holds [default: 100].
+    #[arg(long, env = "SHOAL_SYNTHETIC_COUNT")]
+    pub synthetic_count: Option<usize>,
+    /// Name prefix of synthetic containers: P0…P{N-1} [default: the node
+    /// ID and a dash].
+    #[arg(long, env = "SHOAL_SYNTHETIC_PREFIX")]
+    pub synthetic_prefix: Option<String>,
+    /// Owners per key [default: 2].
+    #[arg(long, env = "SHOAL_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Virtual nodes per node on the ring [default: 64].
+    #[arg(long, env = "SHOAL_VNODES")]
+    pub vnodes: Option<usize>,
+    /// How long an answer stays in the hot cache [default: 1s].
+    #[arg(long, env = "SHOAL_HOT_TTL", value_parser = parse_duration)]
+    pub hot_ttl: Option<Duration>,
+    /// How long a peer may take to answer [default: 250ms].
+    #[arg(long, env = "SHOAL_PEER_TIMEOUT", value_parser = parse_duration)]
+    pub peer_timeout: Option<Duration>,
+    /// How often to reconcile with a full engine list [default: 60s].
+    #[arg(long, env = "SHOAL_RESYNC_INTERVAL", value_parser = parse_duration)]
+    pub resync_interval: Option<Duration>,
+    /// The longest a request may take [default: 10s].
+    #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// The largest request body accepted, in bytes [default: 262144].
+    #[arg(long, env = "SHOAL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// The most calls in one JSON-RPC batch [default: 100].
+    #[arg(long, env = "SHOAL_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Log filter: a level (info, debug) or directives (shoal_engine=debug)
+    /// [default: info].
+    #[arg(long, env = "SHOAL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The YAML file: the same settings as the flags, by the flag's name.
+/// Unknown keys are refused, so a typo is an error and not a silent default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    node_id: Option<String>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    peers: Option<Vec<String>>,
+    peers_dns: Option<String>,
+    gossip_listen: Option<SocketAddr>,
+    engine: Option<EngineKind>,
+    docker_host: Option<String>,
+    synthetic_count: Option<usize>,
+    synthetic_prefix: Option<String>,
+    replicas: Option<usize>,
+    vnodes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    hot_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    peer_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    max_body_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    /// Reads a YAML file; errors name the file, the line and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml_ng::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+}
+
+/// Everything `shoal node` decided, after layering.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The node's configuration.
+    pub node: NodeConfig,
+    /// The engine to watch.
+    pub engine: EngineKind,
+    /// The Docker host, for the docker engine.
+    pub docker_host: String,
+    /// Synthetic containers.
+    pub synthetic_count: usize,
+    /// Synthetic name prefix.
+    pub synthetic_prefix: String,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// The host name, for the default node ID.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shoal".to_owned())
+}
+
+/// Layers flags (with their environment) over the file over defaults.
+/// `docker_host_env` is `DOCKER_HOST`, below the file.
+pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Result<Resolved> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let d = NodeConfig::default();
+    let node_id = args.node_id.or(file.node_id).unwrap_or_else(host_name);
+    let node = NodeConfig {
+        node_id: NodeId(node_id.clone()),
+        listen: args.listen.or(file.listen).unwrap_or(d.listen),
+        advertise: args.advertise.or(file.advertise).unwrap_or_default(),
+        peers: args.peers.or(file.peers).unwrap_or_default(),
+        peers_dns: args.peers_dns.or(file.peers_dns),
+        gossip_listen: args.gossip_listen.or(file.gossip_listen),
+        replicas: args.replicas.or(file.replicas).unwrap_or(d.replicas),
+        vnodes: args.vnodes.or(file.vnodes).unwrap_or(d.vnodes),
+        hot_ttl: args.hot_ttl.or(file.hot_ttl).unwrap_or(d.hot_ttl),
+        peer_timeout: args
+            .peer_timeout
+            .or(file.peer_timeout)
+            .unwrap_or(d.peer_timeout),
+        resync_interval: args
+            .resync_interval
+            .or(file.resync_interval)
+            .unwrap_or(d.resync_interval),
+        request_timeout: args
+            .request_timeout
+            .or(file.request_timeout)
+            .unwrap_or(d.request_timeout),
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(d.max_body_bytes),
+        max_batch: args.max_batch.or(file.max_batch).unwrap_or(d.max_batch),
+        ..d
+    };
+    node.validate()
+        .map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    for peer in &node.peers {
+        if peer
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            bail!("invalid setting: peer {peer:?} is not host:port");
+        }
+    }
+    let docker_host = args
+        .docker_host
+        .or(file.docker_host)
+        .or(docker_host_env.filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| shoal_engine::docker::DEFAULT_DOCKER_HOST.to_owned());
+    Ok(Resolved {
+        engine: args.engine.or(file.engine).unwrap_or(EngineKind::Docker),
+        docker_host,
+        synthetic_count: args.synthetic_count.or(file.synthetic_count).unwrap_or(100),
+        synthetic_prefix: args
+            .synthetic_prefix
+            .or(file.synthetic_prefix)
+            .unwrap_or_else(|| format!("{node_id}-")),
+        log_level: args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into()),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+        node,
+    })
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("invalid setting: log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Builds the engine the settings ask for.
+fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match resolved.engine {
+        EngineKind::Docker => {
+            if let Some(msg) = DockerEngine::missing_socket(&resolved.docker_host) {
+                bail!(msg);
+            }
+            Arc::new(DockerEngine::connect(&resolved.docker_host).map_err(|e| {
+                anyhow::anyhow!("{e}: --docker-host takes unix:///path or tcp://host:port")
+            })?)
+        }
+        EngineKind::Synthetic => Arc::new(SyntheticEngine::new(SyntheticSpec {
+            count: resolved.synthetic_count,
+            prefix: resolved.synthetic_prefix.clone(),
+            engine_id: EngineId(format!("synthetic-{}", resolved.node.node_id)),
+        })),
+    })
+}
+
+/// Runs `shoal node` until SIGTERM or SIGINT.
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let resolved = resolve(args, std::env::var("DOCKER_HOST").ok())?;
+    init_logging(&resolved.log_level, resolved.log_format)?;
+    if !resolved.node.peers.is_empty() || resolved.node.peers_dns.is_some() {
+        warn!(
+            "peers are set, but this version of shoal runs each node alone: it answers for its own engine only"
+        );
+    }
+    let engine = engine(&resolved)?;
+    let listen = resolved.node.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another shoal node or program holds it; choose another with --listen)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {listen}: {e}{hint}")
+    })?;
+    info!(
+        node = %resolved.node.node_id,
+        engine = ?resolved.engine,
+        "starting shoal {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = shoal_node::run(resolved.node, engine, listener, shutdown.clone()).await;
+    signals.abort();
+    result.map_err(anyhow::Error::from)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let f = file("node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\n");
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            node_id: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        assert_eq!(r.node.node_id.0, "from-flag");
+        assert_eq!(r.node.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(r.node.hot_ttl, Duration::from_secs(3));
+        assert_eq!(r.node.replicas, 3);
+        assert_eq!(r.node.vnodes, 64);
+    }
+
+    #[test]
+    fn an_unknown_key_names_itself_and_the_file() {
+        let f = file("node-id: a\nlisten_addr: 1.2.3.4:5\n");
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            ..Default::default()
+        };
+        let msg = resolve(args, None).unwrap_err().to_string();
+        assert!(msg.contains("listen_addr"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn docker_host_env_is_below_the_file() {
+        let f = file("docker-host: unix:///from/file.sock\n");
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            ..Default::default()
+        };
+        let r = resolve(args, Some("unix:///from/env.sock".into())).unwrap();
+        assert_eq!(r.docker_host, "unix:///from/file.sock");
+        let r = resolve(NodeArgs::default(), Some("tcp://127.0.0.1:2375".into())).unwrap();
+        assert_eq!(r.docker_host, "tcp://127.0.0.1:2375");
+        let r = resolve(NodeArgs::default(), None).unwrap();
+        assert_eq!(r.docker_host, "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        let args = NodeArgs {
+            replicas: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("replicas")
+        );
+        let args = NodeArgs {
+            peers: Some(vec!["nohost".into()]),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("nohost")
+        );
+        let args = NodeArgs {
+            node_id: Some("bad id".into()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("node-id")
+        );
+    }
+
+    #[test]
+    fn the_sample_config_in_the_repo_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/shoal.example.yaml");
+        FileConfig::load(&path).unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! The public HTTP API: routes, the reading of paths and queries, and the
+//! layers every request passes (limits, timeout, metrics, node header).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::header::{CONTENT_TYPE, HeaderValue};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use shoal_core::{KeyKind, ListFilter, parse_ref};
+
+use crate::error::ApiError;
+use crate::jrpc;
+use crate::metrics::RequestLabels;
+use crate::service::{LookupAnswer, NodeService, now_ms};
+
+/// The header naming the node that answered.
+pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-shoal-node");
+/// The header naming how a lookup was answered.
+pub const PATH_HEADER: HeaderName = HeaderName::from_static("x-shoal-path");
+
+/// Longest query string accepted, in bytes.
+const MAX_QUERY_LEN: usize = 4096;
+
+type Shared = Arc<NodeService>;
+
+/// The node's router, without a bound port: tests call it directly.
+pub fn app(service: Shared) -> Router {
+    let limits = service.config.clone();
+    Router::new()
+        .route("/v1/containers", get(list_containers))
+        .route("/v1/containers/{ref}", get(get_container))
+        .route("/data/{ref}", get(get_container))
+        .route("/v1/projects", get(list_projects))
+        .route("/v1/projects/{name}", get(get_project))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/jrpc", post(jsonrpc))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(service.clone(), observe))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .with_state(service)
+}
+
+/// Times the request out, counts it, and names the node on the answer.
+async fn observe(State(service): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let limit = service.config.request_timeout;
+    let mut response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ApiError::Timeout(format!("the request took longer than {limit:?}")).into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&service.node_id().0) {
+        response.headers_mut().insert(NODE_HEADER, v);
+    }
+    service.metrics.observe_request(
+        RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        },
+        started.elapsed(),
+    );
+    response
+}
+
+/// One `name=value` of a query string, decoded.
+type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// Reads a query string into pairs, refusing what is too long or not
+/// UTF-8 after decoding.
+fn query_pairs(raw: &Option<String>) -> Result<Vec<QueryPair<'_>>, ApiError> {
+    let Some(q) = raw.as_deref() else {
+        return Ok(Vec::new());
+    };
+    if q.len() > MAX_QUERY_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "the query string is {} bytes long; at most {MAX_QUERY_LEN} are accepted",
+            q.len()
+        )));
+    }
+    let pairs: Vec<_> = form_urlencoded::parse(q.as_bytes()).collect();
+    // form_urlencoded replaces bad UTF-8 with U+FFFD; such input names
+    // nothing, so refuse it rather than look it up.
+    if pairs
+        .iter()
+        .any(|(k, v)| k.contains('\u{fffd}') || v.contains('\u{fffd}'))
+    {
+        return Err(ApiError::BadRequest("the query string is not UTF-8".into()));
+    }
+    Ok(pairs)
+}
+
+/// Reads `?by=` (the only query a lookup takes).
+fn lookup_kind(raw: &Option<String>) -> Result<Option<KeyKind>, ApiError> {
+    let mut by = None;
+    for (k, v) in query_pairs(raw)? {
+        match k.as_ref() {
+            "by" if by.is_none() => by = Some(v.parse::<KeyKind>()?),
+            "by" => return Err(ApiError::BadRequest("by is given more than once".into())),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {:?}: a lookup takes only by=id|name|ip|project",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(by)
+}
+
+fn lookup_response(answer: LookupAnswer) -> Response {
+    let path = HeaderValue::from_static(answer.path.as_str());
+    let mut response = Json(answer).into_response();
+    response.headers_mut().insert(PATH_HEADER, path);
+    response
+}
+
+async fn get_container(
+    State(service): State<Shared>,
+    reference: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(reference) = reference?;
+    let key = parse_ref(&reference, lookup_kind(&query)?)?;
+    Ok(lookup_response(service.lookup(&key)?))
+}
+
+async fn list_containers(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = ListFilter::from_pairs(query_pairs(&query)?)?;
+    Ok(Json(service.list(&filter)?).into_response())
+}
+
+async fn list_projects(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if !query_pairs(&query)?.is_empty() {
+        return Err(ApiError::BadRequest(
+            "/v1/projects takes no query parameters".into(),
+        ));
+    }
+    Ok(Json(service.projects()?).into_response())
+}
+
+async fn get_project(
+    State(service): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
+    Ok(Json(service.project(&name)?).into_response())
+}
+
+async fn list_nodes(State(service): State<Shared>) -> Response {
+    Json(service.nodes()).into_response()
+}
+
+async fn jsonrpc(State(service): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => jrpc::handle(&service, &body),
+        Err(e) => jrpc::body_error(ApiError::from(e)),
+    }
+}
+
+async fn healthz(State(service): State<Shared>) -> Response {
+    Json(serde_json::json!({"status": "ok", "node": service.node_id()})).into_response()
+}
+
+async fn readyz(State(service): State<Shared>) -> Response {
+    let readiness = service.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+async fn metrics(State(service): State<Shared>) -> Response {
+    let body = service.metrics.render(&service.watcher, now_ms());
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route: see the README for the API".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this route does not take that method".into())
+}

@@ -1,0 +1,122 @@
+//! The node's configuration: a plain struct with documented defaults. The
+//! `shoal` command layers flags, environment and a YAML file onto it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal_core::NodeId;
+
+/// Everything a node needs to run, with the defaults of `shoal node`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's ID (default: the host name).
+    pub node_id: NodeId,
+    /// Where the HTTP API listens (default `0.0.0.0:7070`).
+    pub listen: SocketAddr,
+    /// The address peers and `/v1/nodes` use for this node (default: the
+    /// listen address, with the host name for an unspecified IP).
+    pub advertise: String,
+    /// Static peers, `host:port` each (the cluster builds on them).
+    pub peers: Vec<String>,
+    /// A DNS name whose A records are the peers, `name:port`.
+    pub peers_dns: Option<String>,
+    /// UDP address for gossip (default: the listen address; TCP and UDP
+    /// ports are separate, so one `host:port` per peer serves both).
+    pub gossip_listen: Option<SocketAddr>,
+    /// Owners per key (default 2).
+    pub replicas: usize,
+    /// Virtual nodes per node on the ring (default 64).
+    pub vnodes: usize,
+    /// How long a looked-up answer may be served from the hot cache
+    /// (default 1 s).
+    pub hot_ttl: Duration,
+    /// How long a peer may take to answer (default 250 ms).
+    pub peer_timeout: Duration,
+    /// Reconcile with a full engine list this often (default 60 s).
+    pub resync_interval: Duration,
+    /// The longest a public request may take before it is answered 503
+    /// (default 10 s).
+    pub request_timeout: Duration,
+    /// The largest request body accepted (default 256 KiB).
+    pub max_body_bytes: usize,
+    /// The most calls in one JSON-RPC batch (default 100).
+    pub max_batch: usize,
+    /// Requests handled at once; more wait (default 1024).
+    pub max_concurrent_requests: usize,
+    /// How long shutdown waits for requests in flight (default 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: NodeId::from("shoal"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            advertise: String::new(),
+            peers: Vec::new(),
+            peers_dns: None,
+            gossip_listen: None,
+            replicas: 2,
+            vnodes: 64,
+            hot_ttl: Duration::from_secs(1),
+            peer_timeout: Duration::from_millis(250),
+            resync_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 256 * 1024,
+            max_batch: 100,
+            max_concurrent_requests: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The address to show for this node: `advertise`, else the listen
+    /// address.
+    pub fn advertised(&self) -> String {
+        if self.advertise.is_empty() {
+            self.listen.to_string()
+        } else {
+            self.advertise.clone()
+        }
+    }
+
+    /// Checks the values that no type rules out; the message names the
+    /// setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id.0.is_empty() {
+            return Err("node-id must not be empty".into());
+        }
+        if shoal_core::parse_ref(&self.node_id.0, Some(shoal_core::KeyKind::Name)).is_err() {
+            return Err(format!(
+                "node-id {:?} may hold only letters, digits, '_', '.' and '-'",
+                self.node_id.0
+            ));
+        }
+        if self.replicas == 0 {
+            return Err("replicas must be at least 1".into());
+        }
+        if self.vnodes == 0 {
+            return Err("vnodes must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max-body-bytes must be at least 1024".into());
+        }
+        if self.max_batch == 0 {
+            return Err("max-batch must be at least 1".into());
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err("max-concurrent-requests must be at least 1".into());
+        }
+        for (name, d) in [
+            ("request-timeout", self.request_timeout),
+            ("peer-timeout", self.peer_timeout),
+            ("resync-interval", self.resync_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! JSON-RPC 2.0 on `POST /jrpc`: `Inventory.Get {ref, by?}`,
+//! `Inventory.List {filters?}`, `Inventory.Projects {name?}` and
+//! `Inventory.Nodes {}`, single calls and batches, with the standard error
+//! codes. Application errors carry the REST error code in `data.code`.
+//!
+//! HTTP status: a single call that is not valid JSON-RPC (parse error,
+//! invalid request, invalid params) is answered 400, an unknown method 404,
+//! an over-limit body 413; everything else, batches included, is 200 with
+//! the outcome in the body; a call or batch of notifications only is 204.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use shoal_core::{KeyKind, ListFilter, parse_ref};
+
+use crate::error::ApiError;
+use crate::service::NodeService;
+
+/// `Inventory.Get {ref, by?}`: a lookup.
+pub const METHOD_GET: &str = "Inventory.Get";
+/// `Inventory.List {filters?}`: a fleet listing.
+pub const METHOD_LIST: &str = "Inventory.List";
+/// `Inventory.Nodes {}`: the members.
+pub const METHOD_NODES: &str = "Inventory.Nodes";
+/// `Inventory.Projects {name?}`: compose projects, or one project.
+pub const METHOD_PROJECTS: &str = "Inventory.Projects";
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Nothing matches (application error).
+pub const NOT_FOUND: i64 = -32004;
+/// The node cannot answer now (application error).
+pub const UNAVAILABLE: i64 = -32003;
+
+#[derive(Debug)]
+struct RpcError {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+impl From<ApiError> for RpcError {
+    fn from(e: ApiError) -> Self {
+        let code = match e {
+            ApiError::BadRequest(_) => INVALID_PARAMS,
+            ApiError::NotFound(_) => NOT_FOUND,
+            ApiError::Unavailable(_) | ApiError::Timeout(_) => UNAVAILABLE,
+            _ => INTERNAL_ERROR,
+        };
+        RpcError {
+            code,
+            message: e.message().to_owned(),
+            data: Some(json!({"code": e.code()})),
+        }
+    }
+}
+
+fn response(id: Value, outcome: Result<Value, RpcError>) -> Value {
+    match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": id}),
+        Err(e) => json!({"jsonrpc": "2.0", "error": e.to_value(), "id": id}),
+    }
+}
+
+/// The answer to a body the node would not read (too large, unreadable).
+pub fn body_error(e: ApiError) -> Response {
+    let status = e.status();
+    let body = response(
+        Value::Null,
+        Err(RpcError::new(INVALID_REQUEST, e.message())),
+    );
+    (status, Json(body)).into_response()
+}
+
+/// Answers one JSON-RPC body.
+pub fn handle(service: &NodeService, body: &[u8]) -> Response {
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            service.metrics.observe_rpc("", false);
+            let err = RpcError::new(PARSE_ERROR, format!("parse error: {e}"));
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(response(Value::Null, Err(err))),
+            )
+                .into_response();
+        }
+    };
+    match parsed {
+        Value::Array(calls) => {
+            if calls.is_empty() {
+                let err = RpcError::new(INVALID_REQUEST, "an empty batch is not a request");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(response(Value::Null, Err(err))),
+                )
+                    .into_response();
+            }
+            let limit = service.config.max_batch;
+            if calls.len() > limit {
+                let err = RpcError::new(
+                    INVALID_REQUEST,
+                    format!(
+                        "the batch has {} calls; at most {limit} are accepted",
+                        calls.len()
+                    ),
+                );
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(response(Value::Null, Err(err))),
+                )
+                    .into_response();
+            }
+            let answers: Vec<Value> = calls
+                .into_iter()
+                .filter_map(|c| call(service, c).map(|(_, v)| v))
+                .collect();
+            if answers.is_empty() {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                Json(Value::Array(answers)).into_response()
+            }
+        }
+        single => match call(service, single) {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some((code, v)) => {
+                let status = match code {
+                    Some(PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS) => StatusCode::BAD_REQUEST,
+                    Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+                    _ => StatusCode::OK,
+                };
+                (status, Json(v)).into_response()
+            }
+        },
+    }
+}
+
+/// Runs one call. `None` for a notification (no answer is owed); otherwise
+/// the error code, if any, and the response object.
+fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
+    let Value::Object(mut obj) = request else {
+        let err = RpcError::new(INVALID_REQUEST, "a request must be a JSON object");
+        service.metrics.observe_rpc("", false);
+        return Some((Some(err.code), response(Value::Null, Err(err))));
+    };
+    let id = obj.remove("id");
+    // An id must be a string, a number or null; anything else makes the
+    // request invalid, answered with a null id.
+    let valid_id = matches!(
+        id,
+        None | Some(Value::String(_) | Value::Number(_) | Value::Null)
+    );
+    let method = obj.remove("method");
+    let params = obj.remove("params");
+    let version_ok = obj.remove("jsonrpc").as_ref().and_then(Value::as_str) == Some("2.0");
+    let outcome = if !valid_id {
+        Err(RpcError::new(
+            INVALID_REQUEST,
+            "id must be a string, a number or null",
+        ))
+    } else if !version_ok {
+        Err(RpcError::new(INVALID_REQUEST, "jsonrpc must be \"2.0\""))
+    } else if !obj.is_empty() {
+        let extra: Vec<_> = obj.keys().take(4).cloned().collect();
+        Err(RpcError::new(
+            INVALID_REQUEST,
+            format!("unknown request members: {extra:?}"),
+        ))
+    } else {
+        match &method {
+            Some(Value::String(m)) => dispatch(service, m, params),
+            _ => Err(RpcError::new(INVALID_REQUEST, "method must be a string")),
+        }
+    };
+    let method_name = method.as_ref().and_then(Value::as_str).unwrap_or("");
+    service.metrics.observe_rpc(method_name, outcome.is_ok());
+    let is_notification = id.is_none() && valid_id && version_ok;
+    if is_notification {
+        return None;
+    }
+    let id = if valid_id {
+        id.unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let code = outcome.as_ref().err().map(|e| e.code);
+    Some((code, response(id, outcome)))
+}
+
+/// Reads params into named members: an object as it is, an array by
+/// position (`names` gives the order), absent or null as empty.
+fn named_params(params: Option<Value>, names: &[&str]) -> Result<Map<String, Value>, RpcError> {
+    let map = match params {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(Value::Array(a)) => {
+            if a.len() > names.len() {
+                return Err(RpcError::new(
+                    INVALID_PARAMS,
+                    format!("at most {} positional params: {names:?}", names.len()),
+                ));
+            }
+            names.iter().map(|n| n.to_string()).zip(a).collect()
+        }
+        Some(_) => {
+            return Err(RpcError::new(
+                INVALID_PARAMS,
+                "params must be an object or an array",
+            ));
+        }
+    };
+    if let Some(unknown) = map.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(RpcError::new(
+            INVALID_PARAMS,
+            format!("unknown param {unknown:?}; this method takes {names:?}"),
+        ));
+    }
+    Ok(map)
+}
+
+fn string_param(map: &Map<String, Value>, name: &str) -> Result<Option<String>, RpcError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(RpcError::new(
+            INVALID_PARAMS,
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+/// Filters as an object: each value a string, or (for `label`) a list of
+/// strings.
+fn filter_param(value: Option<&Value>) -> Result<ListFilter, RpcError> {
+    let mut pairs = Vec::new();
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => pairs.push((k.clone(), s.clone())),
+                    Value::Array(items) => {
+                        for item in items {
+                            let Value::String(s) = item else {
+                                return Err(RpcError::new(
+                                    INVALID_PARAMS,
+                                    format!("filter {k:?} takes strings"),
+                                ));
+                            };
+                            pairs.push((k.clone(), s.clone()));
+                        }
+                    }
+                    _ => {
+                        return Err(RpcError::new(
+                            INVALID_PARAMS,
+                            format!("filter {k:?} takes a string or a list of strings"),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(RpcError::new(INVALID_PARAMS, "filters must be an object")),
+    }
+    ListFilter::from_pairs(pairs).map_err(|e| RpcError::from(ApiError::from(e)))
+}
+
+fn to_value(v: impl serde::Serialize) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
+}
+
+fn dispatch(service: &NodeService, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+    match method {
+        METHOD_GET => {
+            let p = named_params(params, &["ref", "by"])?;
+            let reference = string_param(&p, "ref")?
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, "ref is required"))?;
+            let by = string_param(&p, "by")?
+                .map(|b| b.parse::<KeyKind>())
+                .transpose()
+                .map_err(|e| RpcError::from(ApiError::from(e)))?;
+            let key = parse_ref(&reference, by).map_err(|e| RpcError::from(ApiError::from(e)))?;
+            to_value(service.lookup(&key)?)
+        }
+        METHOD_LIST => {
+            let p = named_params(params, &["filters"])?;
+            let filter = filter_param(p.get("filters"))?;
+            to_value(service.list(&filter)?)
+        }
+        METHOD_PROJECTS => {
+            let p = named_params(params, &["name"])?;
+            match string_param(&p, "name")? {
+                Some(name) => to_value(service.project(&name)?),
+                None => to_value(service.projects()?),
+            }
+        }
+        METHOD_NODES => {
+            named_params(params, &[])?;
+            to_value(service.nodes())
+        }
+        other => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!(
+                "method {:?} not found; methods: {METHOD_GET}, {METHOD_LIST}, {METHOD_PROJECTS}, {METHOD_NODES}",
+                other.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
