@@ -23,7 +23,7 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 wait_http() { # url seconds
   local url=$1 deadline=$((SECONDS + $2))
-  until curl -fsS -o /dev/null --max-time 2 "$url"; do
+  until curl -fs -o /dev/null --max-time 2 "$url"; do
     [ $SECONDS -lt $deadline ] || return 1
     sleep 0.2
   done
