@@ -312,7 +312,8 @@ pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
     }
     let containers = a.json["containers"].as_array().cloned().unwrap_or_default();
     print!("{}", container_table(&containers));
-    println!("({} containers)", containers.len());
+    let n = containers.len();
+    println!("({n} container{})", if n == 1 { "" } else { "s" });
     if let Some(note) = failed_nodes_note(&a.json) {
         eprintln!("{note}");
     }

@@ -1,0 +1,609 @@
+//! Every public route through the router (no port bound), over a node
+//! watching a synthetic engine; and bad input of every kind answered with a
+//! clear 4xx, the JSON error shape, nothing changed and the node still up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use shoal_core::EngineId;
+use shoal_engine::{
+    SyntheticEngine, SyntheticSpec, Watcher, WatcherConfig, synthetic_id, synthetic_record,
+};
+use shoal_node::{NodeConfig, NodeService, app};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const COUNT: usize = 20;
+
+struct Node {
+    router: Router,
+    engine: SyntheticEngine,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn node_with(config: NodeConfig, up: bool) -> Node {
+    let engine = SyntheticEngine::new(SyntheticSpec {
+        count: COUNT,
+        prefix: "c".into(),
+        engine_id: EngineId("e1".into()),
+    });
+    engine.set_up(up);
+    let stop = CancellationToken::new();
+    let (handle, _task) = Watcher::spawn(
+        Arc::new(engine.clone()),
+        WatcherConfig {
+            node: config.node_id.clone(),
+            ..Default::default()
+        },
+        stop.clone(),
+    );
+    if up {
+        handle.ready().await;
+    }
+    Node {
+        router: app(Arc::new(NodeService::new(config, handle))),
+        engine,
+        _stop: stop.drop_guard(),
+    }
+}
+
+async fn node() -> Node {
+    node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    json: Value,
+}
+
+async fn send(router: &Router, method: Method, uri: &str, body: Body) -> Answer {
+    let response = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
+
+async fn get(router: &Router, uri: &str) -> Answer {
+    send(router, Method::GET, uri, Body::empty()).await
+}
+
+async fn rpc(router: &Router, body: Value) -> Answer {
+    send(router, Method::POST, "/jrpc", Body::from(body.to_string())).await
+}
+
+fn names(a: &Answer) -> Vec<String> {
+    let mut n: Vec<String> = a.json["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["names"][0].as_str().unwrap().to_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+/// The JSON error shape, with this code.
+fn assert_error(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{:?}", a.json);
+    assert_eq!(a.json["error"]["code"], code, "{:?}", a.json);
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{:?}",
+        a.json
+    );
+    assert_eq!(
+        a.json.as_object().unwrap().len(),
+        1,
+        "only `error`: {:?}",
+        a.json
+    );
+}
+
+#[tokio::test]
+async fn lookup_by_name_then_by_its_ip_returns_the_same_container() {
+    let n = node().await;
+    let a = get(&n.router, "/v1/containers/c3").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["served_by"], "n1");
+    assert_eq!(a.json["path"], "owner");
+    assert_eq!(a.headers["x-shoal-node"], "n1");
+    assert_eq!(a.headers["x-shoal-path"], "owner");
+    let c = &a.json["containers"][0];
+    assert_eq!(c["node"], "n1");
+    assert_eq!(c["engine_id"], "e1");
+    let id = c["id"].as_str().unwrap().to_owned();
+    let ip = c["networks"]["synthetic-a"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let by_ip = get(&n.router, &format!("/v1/containers/{ip}")).await;
+    assert_eq!(by_ip.json["containers"][0]["id"], id.as_str());
+    let by_prefix = get(&n.router, &format!("/v1/containers/{}", &id[..12])).await;
+    assert_eq!(by_prefix.json["containers"][0]["id"], id.as_str());
+    let by_full = get(&n.router, &format!("/v1/containers/{id}")).await;
+    assert_eq!(by_full.json["containers"][0]["id"], id.as_str());
+    let alias = get(&n.router, "/data/c3").await;
+    assert_eq!(alias.json["containers"], a.json["containers"]);
+}
+
+#[tokio::test]
+async fn by_forces_the_kind_of_key() {
+    let n = node().await;
+    let a = get(&n.router, "/v1/containers/c0?by=name").await;
+    assert_eq!(names(&a), ["c0"]);
+    let a = get(&n.router, "/v1/containers/cproj0?by=project").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(names(&a), ["c0"]);
+    let a = get(&n.router, "/v1/containers/c0?by=ip").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn a_missing_name_is_404_with_the_json_error() {
+    let n = node().await;
+    let a = get(&n.router, "/v1/containers/nope").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        a.json["error"]["message"],
+        "no container matches name \"nope\""
+    );
+    assert_eq!(a.headers["x-shoal-node"], "n1");
+}
+
+#[tokio::test]
+async fn every_list_filter_narrows_the_listing() {
+    let n = node().await;
+    let all = get(&n.router, "/v1/containers").await;
+    assert_eq!(all.json["containers"].as_array().unwrap().len(), COUNT);
+    assert_eq!(all.json["nodes"], json!({"ok": ["n1"], "failed": []}));
+    let cases: &[(&str, usize)] = &[
+        ("name=c1", 11), // c1, c10…c19
+        ("label=com.docker.compose.service=svc0", 2),
+        ("label=com.docker.compose.project", 4),
+        (
+            "label=shoal.synthetic&label=com.docker.compose.project=cproj1",
+            1,
+        ),
+        ("project=cproj0", 1),
+        ("project=cproj0&name=c1", 0),
+        ("node=n1", COUNT),
+        ("node=n2", 0),
+        ("state=running", COUNT),
+        ("state=paused", 0),
+        ("image=synthetic/app", COUNT),
+        ("image=synthetic/app:1", COUNT),
+        ("image=synthetic", 0),
+    ];
+    for (q, expected) in cases {
+        let a = get(&n.router, &format!("/v1/containers?{q}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{q}");
+        assert_eq!(
+            a.json["containers"].as_array().unwrap().len(),
+            *expected,
+            "{q}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn projects_are_listed_and_looked_up() {
+    let n = node().await;
+    let a = get(&n.router, "/v1/projects").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let projects = a.json["projects"].as_array().unwrap();
+    assert_eq!(projects.len(), 4, "c0, c5, c10, c15 in cproj0..cproj3");
+    let p0 = projects.iter().find(|p| p["name"] == "cproj0").unwrap();
+    assert_eq!(p0["containers"], 1);
+    assert_eq!(p0["nodes"]["n1"], json!(["c0"]));
+    assert_eq!(p0["services"], json!(["svc0"]));
+    let a = get(&n.router, "/v1/projects/cproj1").await;
+    assert_eq!(a.json["project"], "cproj1");
+    assert_eq!(names(&a), ["c5"]);
+    let a = get(&n.router, "/v1/projects/nothing").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn nodes_health_readiness_and_metrics_answer() {
+    let n = node().await;
+    let a = get(&n.router, "/v1/nodes").await;
+    let me = &a.json["nodes"][0];
+    assert_eq!(me["id"], "n1");
+    assert_eq!(me["state"], "alive");
+    assert_eq!(me["containers"], COUNT);
+    assert_eq!(me["engine"]["kind"], "synthetic");
+    assert_eq!(me["ring_share"], 1.0);
+    assert_eq!(get(&n.router, "/healthz").await.status, StatusCode::OK);
+    let r = get(&n.router, "/readyz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["engine"], "synced");
+    get(&n.router, "/v1/containers/c1").await;
+    get(&n.router, "/v1/containers/nope").await;
+    let m = get(&n.router, "/metrics").await;
+    let text = m.json.as_str().unwrap();
+    assert!(text.contains("shoal_http_requests_total{"), "{text}");
+    assert!(
+        text.contains("shoal_lookups_total{path=\"owner\",result=\"found\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shoal_lookups_total{path=\"owner\",result=\"not_found\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("shoal_local_containers {COUNT}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_engine_never_answered_is_not_ready_and_says_so() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n2".into(),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = get(&n.router, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json["ready"], false);
+    assert_error(
+        &get(&n.router, "/v1/containers/c1").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert_error(
+        &get(&n.router, "/v1/containers").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert_eq!(get(&n.router, "/healthz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn live_changes_show_up_in_the_api() {
+    let n = node().await;
+    let mut r = synthetic_record("new", 0, &EngineId("e1".into()));
+    r.names = vec!["late".into()];
+    n.engine.run(r);
+    let mut found = false;
+    for _ in 0..500 {
+        if get(&n.router, "/v1/containers/late").await.status == StatusCode::OK {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(found, "a started container appears");
+    n.engine.remove(&synthetic_id("c", 1));
+    let mut gone = false;
+    for _ in 0..500 {
+        if get(&n.router, "/v1/containers/c1").await.status == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(gone, "a removed container leaves");
+}
+
+#[tokio::test]
+async fn jsonrpc_methods_answer_like_the_rest_routes() {
+    let n = node().await;
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":"c2"}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["id"], 1);
+    assert_eq!(a.json["result"]["containers"][0]["names"][0], "c2");
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":"x","method":"Inventory.Get","params":["cproj0","project"]}),
+    )
+    .await;
+    assert_eq!(a.json["result"]["containers"][0]["names"][0], "c0");
+    let a = rpc(&n.router, json!({"jsonrpc":"2.0","id":2,"method":"Inventory.List","params":{"filters":{"label":["shoal.synthetic","com.docker.compose.service=svc0"]}}})).await;
+    assert_eq!(a.json["result"]["containers"].as_array().unwrap().len(), 2);
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":3,"method":"Inventory.Projects"}),
+    )
+    .await;
+    assert_eq!(a.json["result"]["projects"].as_array().unwrap().len(), 4);
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":4,"method":"Inventory.Projects","params":{"name":"cproj2"}}),
+    )
+    .await;
+    assert_eq!(a.json["result"]["project"], "cproj2");
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":5,"method":"Inventory.Nodes","params":{}}),
+    )
+    .await;
+    assert_eq!(a.json["result"]["nodes"][0]["id"], "n1");
+}
+
+#[tokio::test]
+async fn a_batch_answers_every_call_in_order_and_skips_notifications() {
+    let n = node().await;
+    let a = rpc(
+        &n.router,
+        json!([
+            {"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":"c1"}},
+            {"jsonrpc":"2.0","method":"Inventory.Nodes"},
+            {"jsonrpc":"2.0","id":2,"method":"Inventory.Get","params":{"ref":"nope"}},
+            {"jsonrpc":"2.0","id":3,"method":"No.Such"},
+            7
+        ]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let answers = a.json.as_array().unwrap();
+    assert_eq!(
+        answers.len(),
+        4,
+        "the notification gets no answer: {answers:?}"
+    );
+    assert_eq!(answers[0]["id"], 1);
+    assert!(answers[0]["result"].is_object());
+    assert_eq!(answers[1]["id"], 2);
+    assert_eq!(answers[1]["error"]["code"], -32004);
+    assert_eq!(answers[1]["error"]["data"]["code"], "not_found");
+    assert_eq!(answers[2]["error"]["code"], -32601);
+    assert_eq!(answers[3]["error"]["code"], -32600);
+    assert_eq!(answers[3]["id"], Value::Null);
+
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","method":"Inventory.Nodes"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let a = rpc(
+        &n.router,
+        json!([{"jsonrpc":"2.0","method":"Inventory.Nodes"}]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn invalid_jsonrpc_is_a_4xx_with_the_standard_code() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            max_batch: 3,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let cases: Vec<(Body, StatusCode, i64)> = vec![
+        (Body::from("{not json"), StatusCode::BAD_REQUEST, -32700),
+        (Body::from("[]"), StatusCode::BAD_REQUEST, -32600),
+        (
+            Body::from(r#"{"jsonrpc":"1.0","id":1,"method":"Inventory.Nodes"}"#),
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (
+            Body::from(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"Inventory.Nodes"}"#),
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (
+            Body::from(r#"{"jsonrpc":"2.0","id":1,"method":5}"#),
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (
+            Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Nope"}"#),
+            StatusCode::NOT_FOUND,
+            -32601,
+        ),
+        (
+            Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":"a","x":1}}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            -32602,
+        ),
+        (
+            Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":5}}"#),
+            StatusCode::BAD_REQUEST,
+            -32602,
+        ),
+        (
+            Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":"a","by":"colour"}}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            -32602,
+        ),
+        (
+            Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{"ref":"a\u0000b"}}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            -32602,
+        ),
+        (
+            Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.List","params":{"filters":{"state":"exited"}}}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            -32602,
+        ),
+        (Body::from(r#"[1,2,3,4]"#), StatusCode::BAD_REQUEST, -32600),
+    ];
+    for (body, status, code) in cases {
+        let a = send(&n.router, Method::POST, "/jrpc", body).await;
+        assert_eq!(a.status, status, "{:?}", a.json);
+        assert_eq!(a.json["jsonrpc"], "2.0");
+        assert_eq!(a.json["error"]["code"], code, "{:?}", a.json);
+    }
+    let a = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":9,"method":"Inventory.Get","params":{"ref":"nope"}}),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "an application error is not a bad request"
+    );
+    assert_eq!(a.json["error"]["code"], -32004);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            max_body_bytes: 4096,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let long_ref = format!("/v1/containers/{}", "a".repeat(10_000));
+    let long_query = format!("/v1/containers?name={}", "a".repeat(5_000));
+    let bad: Vec<(&str, StatusCode, &str)> = vec![
+        (
+            "/v1/containers/web;rm",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers/a%00b",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers/a%0Ab",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers/%ff%fe",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (&long_ref, StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "/v1/containers/c1?by=bogus",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers/c1?by=name&by=id",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers/c1?verbose=1",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers?colour=red",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers?state=exited",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers?name=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/containers?name=%ff",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (&long_query, StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/projects?x=1", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/projects/a%00", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v2/containers/c1", StatusCode::NOT_FOUND, "not_found"),
+        ("/", StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (uri, status, code) in bad {
+        let a = get(&n.router, uri).await;
+        assert_error(&a, status, code);
+    }
+    let a = send(&n.router, Method::POST, "/v1/nodes", Body::empty()).await;
+    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let a = send(
+        &n.router,
+        Method::DELETE,
+        "/v1/containers/c1",
+        Body::empty(),
+    )
+    .await;
+    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let a = send(&n.router, Method::GET, "/jrpc", Body::empty()).await;
+    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"Inventory.Get","params":{{"ref":"{}"}}}}"#,
+        "a".repeat(10_000)
+    );
+    let a = send(&n.router, Method::POST, "/jrpc", Body::from(huge)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.json["error"]["code"], -32600);
+
+    // Nothing changed, and the node still answers.
+    let all = get(&n.router, "/v1/containers").await;
+    assert_eq!(all.json["containers"].as_array().unwrap().len(), COUNT);
+    assert_eq!(
+        get(&n.router, "/v1/containers/c1").await.status,
+        StatusCode::OK
+    );
+}
