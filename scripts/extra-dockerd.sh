@@ -29,6 +29,8 @@ pidfile=/run/shoal-test/$name.pid
 conf=/run/shoal-test/$name.json
 log=/var/log/shoal-test-$name.log
 
+command -v ip >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }; }
+
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 default_subnet() {

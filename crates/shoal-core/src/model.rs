@@ -207,9 +207,41 @@ impl ContainerRecord {
     /// True when the two records say the same thing about the container,
     /// ignoring when they were read.
     pub fn same_content(&self, other: &ContainerRecord) -> bool {
-        ContainerRecord {
-            updated_at: other.updated_at,
-            ..self.clone()
-        } == *other
+        // Destructured so that a new field cannot be forgotten here.
+        let ContainerRecord {
+            id,
+            names,
+            image,
+            image_id,
+            state,
+            pid,
+            labels,
+            project,
+            service,
+            networks,
+            ports,
+            health,
+            created,
+            started_at,
+            node,
+            engine_id,
+            updated_at: _,
+        } = self;
+        *id == other.id
+            && *names == other.names
+            && *image == other.image
+            && *image_id == other.image_id
+            && *state == other.state
+            && *pid == other.pid
+            && *labels == other.labels
+            && *project == other.project
+            && *service == other.service
+            && *networks == other.networks
+            && *ports == other.ports
+            && *health == other.health
+            && *created == other.created
+            && *started_at == other.started_at
+            && *node == other.node
+            && *engine_id == other.engine_id
     }
 }
