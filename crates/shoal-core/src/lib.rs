@@ -11,6 +11,7 @@ pub mod filter;
 pub mod inventory;
 pub mod key;
 pub mod model;
+pub mod ring;
 
 pub use filter::{FilterError, ListFilter};
 pub use inventory::{Delta, Inventory};

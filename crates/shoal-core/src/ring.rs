@@ -1,0 +1,245 @@
+//! The ring: which nodes own a lookup key.
+//!
+//! Placement is `hashring`'s: every node is `vnodes` virtual nodes
+//! `(node_id, i)` on a SipHash ring, so a key's place and its first owner do
+//! not depend on anything but the member set. hashring's own replica walk
+//! can name one physical node twice once there are virtual nodes, so the
+//! owners of a key are the first `replicas` *distinct* nodes clockwise from
+//! its place. They are computed once per ring, for every virtual node, so a
+//! lookup is one binary search and one table read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+use hashring::HashRing;
+
+use crate::key::LookupKey;
+use crate::model::NodeId;
+
+/// A virtual node. Its place on the ring depends only on the node's ID
+/// and `i`, never on the index, so every member computes the same ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VirtualNode {
+    name_hash: u64,
+    i: u32,
+    node: u32,
+}
+
+impl Hash for VirtualNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name_hash.hash(state);
+        self.i.hash(state);
+    }
+}
+
+/// FNV-1a of the node ID: stable across processes and versions.
+fn name_hash(id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The ring of one membership view.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    nodes: Vec<NodeId>,
+    ring: HashRing<VirtualNode>,
+    /// For each virtual node `(node, i)`: the distinct owners clockwise.
+    owners_at: HashMap<(u32, u32), Vec<u32>>,
+    replicas: usize,
+    vnodes: usize,
+}
+
+impl Ring {
+    /// A ring of `members` (duplicates ignored), `vnodes` virtual nodes
+    /// each, `replicas` owners per key (capped at the number of members).
+    pub fn new(members: impl IntoIterator<Item = NodeId>, vnodes: usize, replicas: usize) -> Self {
+        let nodes: Vec<NodeId> = members.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let vnodes = vnodes.max(1);
+        let replicas = replicas.max(1).min(nodes.len().max(1));
+        let mut ring = HashRing::new();
+        let mut all = Vec::with_capacity(nodes.len() * vnodes);
+        for (n, id) in nodes.iter().enumerate() {
+            let h = name_hash(&id.0);
+            for i in 0..vnodes {
+                all.push(VirtualNode {
+                    name_hash: h,
+                    i: i as u32,
+                    node: n as u32,
+                });
+            }
+        }
+        ring.batch_add(all);
+        // hashring walks in ring order; read that order once and compute the
+        // distinct owners clockwise from every virtual node.
+        let order: Vec<VirtualNode> = ring.clone().into_iter().collect();
+        let mut owners_at = HashMap::with_capacity(order.len());
+        for start in 0..order.len() {
+            let mut owners = Vec::with_capacity(replicas);
+            for step in 0..order.len() {
+                let v = order[(start + step) % order.len()];
+                if !owners.contains(&v.node) {
+                    owners.push(v.node);
+                    if owners.len() == replicas {
+                        break;
+                    }
+                }
+            }
+            let v = order[start];
+            owners_at.insert((v.node, v.i), owners);
+        }
+        Ring {
+            nodes,
+            ring,
+            owners_at,
+            replicas,
+            vnodes,
+        }
+    }
+
+    /// The members, sorted.
+    pub fn members(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    /// True when the ring has no members.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Owners per key on this ring.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Virtual nodes per member.
+    pub fn vnodes(&self) -> usize {
+        self.vnodes
+    }
+
+    /// The owners of a key, first owner first, all distinct.
+    pub fn owners(&self, key: &LookupKey) -> Vec<&NodeId> {
+        let Some(v) = self.ring.get(&key.to_string()) else {
+            return Vec::new();
+        };
+        self.owners_at
+            .get(&(v.node, v.i))
+            .map(|o| o.iter().map(|&n| &self.nodes[n as usize]).collect())
+            .unwrap_or_default()
+    }
+
+    /// True when `node` is one of the key's owners.
+    pub fn is_owner(&self, node: &NodeId, key: &LookupKey) -> bool {
+        self.owners(key).contains(&node)
+    }
+
+    /// The share of the key space each member owns first (0 to 1), by
+    /// sampling: hashring does not expose the arcs between virtual nodes.
+    pub fn shares(&self, samples: usize) -> HashMap<NodeId, f64> {
+        let mut counts: HashMap<NodeId, usize> = HashMap::new();
+        for s in 0..samples {
+            if let Some(first) = self.owners(&LookupKey::Name(format!("sample-{s}"))).first() {
+                *counts.entry((*first).clone()).or_default() += 1;
+            }
+        }
+        self.nodes
+            .iter()
+            .map(|n| {
+                let c = counts.get(n).copied().unwrap_or(0);
+                (n.clone(), c as f64 / samples.max(1) as f64)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn members(n: usize) -> Vec<NodeId> {
+        (0..n).map(|i| NodeId(format!("node-{i}"))).collect()
+    }
+
+    fn keys(n: usize) -> Vec<LookupKey> {
+        (0..n).map(|i| LookupKey::Name(format!("c-{i}"))).collect()
+    }
+
+    #[test]
+    fn owners_are_distinct_and_capped_at_the_fleet() {
+        let ring = Ring::new(members(3), 64, 2);
+        for k in keys(2000) {
+            let o = ring.owners(&k);
+            assert_eq!(o.len(), 2);
+            assert_ne!(o[0], o[1]);
+        }
+        let one = Ring::new(members(1), 64, 3);
+        assert_eq!(one.owners(&LookupKey::Name("x".into())).len(), 1);
+        assert!(Ring::new(Vec::new(), 64, 2).owners(&LookupKey::Name("x".into())).is_empty());
+    }
+
+    #[test]
+    fn every_member_computes_the_same_owners_whatever_the_order() {
+        let a = Ring::new(members(5), 64, 2);
+        let mut reversed = members(5);
+        reversed.reverse();
+        let b = Ring::new(reversed, 64, 2);
+        for k in keys(500) {
+            assert_eq!(a.owners(&k), b.owners(&k));
+        }
+    }
+
+    #[test]
+    fn load_is_balanced_within_a_bound() {
+        // With 64 virtual nodes each, no member of 5 owns more than 1.5x or
+        // less than 0.5x its fair share of first ownership.
+        let ring = Ring::new(members(5), 64, 2);
+        let shares = ring.shares(20_000);
+        for (node, share) in shares {
+            assert!((0.1..=0.3).contains(&share), "{node} owns {share:.3} of the keys");
+        }
+    }
+
+    fn moved(before: &Ring, after: &Ring, ks: &[LookupKey]) -> f64 {
+        let n = ks
+            .iter()
+            .filter(|k| before.owners(k).first() != after.owners(k).first())
+            .count();
+        n as f64 / ks.len() as f64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn a_join_or_leave_moves_about_one_nth_of_the_keys(n in 3usize..12, seed in 0u32..1000) {
+            let ks: Vec<LookupKey> = (0..4000).map(|i| LookupKey::Name(format!("k{seed}-{i}"))).collect();
+            let before = Ring::new(members(n), 64, 2);
+            let mut grown = members(n);
+            grown.push(NodeId(format!("joiner-{seed}")));
+            let after = Ring::new(grown, 64, 2);
+            let joined = moved(&before, &after, &ks);
+            let bound = 1.3 / (n + 1) as f64;
+            prop_assert!(joined <= bound, "join of 1 to {n}: {joined:.3} moved, bound {bound:.3}");
+            // Only keys that the joiner now owns moved.
+            for k in &ks {
+                let (b, a) = (before.owners(k)[0], after.owners(k)[0]);
+                prop_assert!(b == a || a.0.starts_with("joiner"));
+            }
+            let left = moved(&after, &before, &ks);
+            prop_assert!(left <= bound, "leave: {left:.3} moved, bound {bound:.3}");
+        }
+
+        #[test]
+        fn owners_are_always_distinct(n in 1usize..9, replicas in 1usize..5, key in "[a-z0-9]{1,20}") {
+            let ring = Ring::new(members(n), 16, replicas);
+            let owners = ring.owners(&LookupKey::Name(key));
+            prop_assert_eq!(owners.len(), replicas.min(n));
+            let set: BTreeSet<_> = owners.iter().collect();
+            prop_assert_eq!(set.len(), owners.len());
+        }
+    }
+}
