@@ -9,7 +9,7 @@ pub const MAX_FILTER_LEN: usize = 512;
 pub const MAX_LABEL_FILTERS: usize = 16;
 
 /// A listing's filters; a record must match every one that is set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListFilter {
     /// A substring of one of the names.
     pub name: Option<String>,

@@ -7,11 +7,13 @@
 //! answers lookups from it. Nothing here spawns tasks or reads clocks: times
 //! come in as arguments.
 
+pub mod directory;
 pub mod filter;
 pub mod inventory;
 pub mod key;
 pub mod model;
 pub mod ring;
+pub mod wire;
 
 pub use filter::{FilterError, ListFilter};
 pub use inventory::{Delta, Inventory};

@@ -57,7 +57,11 @@ impl Ring {
     /// A ring of `members` (duplicates ignored), `vnodes` virtual nodes
     /// each, `replicas` owners per key (capped at the number of members).
     pub fn new(members: impl IntoIterator<Item = NodeId>, vnodes: usize, replicas: usize) -> Self {
-        let nodes: Vec<NodeId> = members.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let nodes: Vec<NodeId> = members
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let vnodes = vnodes.max(1);
         let replicas = replicas.max(1).min(nodes.len().max(1));
         let mut ring = HashRing::new();
@@ -178,7 +182,11 @@ mod tests {
         }
         let one = Ring::new(members(1), 64, 3);
         assert_eq!(one.owners(&LookupKey::Name("x".into())).len(), 1);
-        assert!(Ring::new(Vec::new(), 64, 2).owners(&LookupKey::Name("x".into())).is_empty());
+        assert!(
+            Ring::new(Vec::new(), 64, 2)
+                .owners(&LookupKey::Name("x".into()))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -199,7 +207,10 @@ mod tests {
         let ring = Ring::new(members(5), 64, 2);
         let shares = ring.shares(20_000);
         for (node, share) in shares {
-            assert!((0.1..=0.3).contains(&share), "{node} owns {share:.3} of the keys");
+            assert!(
+                (0.1..=0.3).contains(&share),
+                "{node} owns {share:.3} of the keys"
+            );
         }
     }
 

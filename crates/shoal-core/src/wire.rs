@@ -1,0 +1,293 @@
+//! The peer wire format: bincode 2 (serde) inside an envelope whose first
+//! field is a version, so that a node refuses what it does not speak before
+//! it reads anything else. Decoding is bounded: a claimed length larger than
+//! the limit is refused without allocating it, and trailing bytes are an
+//! error.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::filter::ListFilter;
+use crate::key::LookupKey;
+use crate::model::{ContainerRecord, EngineId, NodeId};
+
+/// The version this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+/// The content type of peer bodies.
+pub const CONTENT_TYPE: &str = "application/x-shoal-bincode";
+/// The most bytes one decode may allocate, whatever the body claims.
+pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Why peer bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The envelope names a version this node does not speak.
+    #[error("wire version {0} is not spoken here (this node speaks {WIRE_VERSION})")]
+    Version(u16),
+    /// The bytes are not a message of the expected kind.
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+    /// Bytes are left after the message.
+    #[error("{0} trailing bytes after the peer message")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes a message with its envelope.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail: no I/O, no limit on write.
+    let mut out = bincode::serde::encode_to_vec(WIRE_VERSION, config()).unwrap_or_default();
+    match bincode::serde::encode_to_vec(message, config()) {
+        Ok(body) => out.extend_from_slice(&body),
+        Err(e) => unreachable!("encoding a peer message failed: {e}"),
+    }
+    out
+}
+
+/// Decodes a message, checking the envelope's version first.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let (version, used): (u16, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| WireError::Malformed(format!("no envelope: {e}")))?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let rest = &bytes[used..];
+    let (message, read): (T, usize) = bincode::serde::decode_from_slice(rest, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != rest.len() {
+        return Err(WireError::Trailing(rest.len() - read));
+    }
+    Ok(message)
+}
+
+/// A container as an owner knows it: `(engine_id, container_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordId {
+    /// The engine that runs it.
+    pub engine_id: EngineId,
+    /// Its full ID.
+    pub id: String,
+}
+
+impl RecordId {
+    /// The ID of a record.
+    pub fn of(r: &ContainerRecord) -> Self {
+        RecordId {
+            engine_id: r.engine_id.clone(),
+            id: r.id.clone(),
+        }
+    }
+}
+
+/// Who sent a publish, and where it is in its own history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceClock {
+    /// The publishing node.
+    pub node: NodeId,
+    /// Random per process start: a restarted node has a new one.
+    pub incarnation: u64,
+    /// Increases with every batch the source sends to anyone.
+    pub seq: u64,
+}
+
+/// What a publish carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishBody {
+    /// Changes: these records are new or changed, these are gone.
+    Delta {
+        /// New or changed records.
+        upserts: Vec<ContainerRecord>,
+        /// Records that left.
+        removes: Vec<RecordId>,
+    },
+    /// Everything the source has for this owner: it replaces what the owner
+    /// held from this source.
+    Snapshot {
+        /// The records.
+        records: Vec<ContainerRecord>,
+    },
+}
+
+/// `POST /_shoal/v1/publish`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The sender and its clock.
+    pub source: SourceClock,
+    /// The change.
+    pub body: PublishBody,
+}
+
+/// The answer to a publish.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishAck {
+    /// Applied.
+    Applied,
+    /// Older than what the owner has from this source; ignored.
+    Stale,
+}
+
+/// `POST /_shoal/v1/digest`: what the source believes this owner holds
+/// from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRequest {
+    /// The sender and its clock.
+    pub source: SourceClock,
+    /// How many records.
+    pub count: u64,
+    /// The order-free digest of them ([`record_digest`], summed).
+    pub digest: u64,
+}
+
+/// The answer to a digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestReply {
+    /// True when the owner holds exactly that.
+    pub matches: bool,
+}
+
+/// `GET /_shoal/v1/lookup/{key}`'s answer: the owner's directory matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupReply {
+    /// The node that answered.
+    pub node: NodeId,
+    /// Its matches (possibly none).
+    pub records: Vec<ContainerRecord>,
+}
+
+/// `POST /_shoal/v1/local`: a node's own containers, for scatter-gather.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LocalQuery {
+    /// Those matching a key.
+    Key(LookupKey),
+    /// Those matching a filter.
+    Filter(ListFilter),
+}
+
+/// The answer to a local query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalReply {
+    /// The node that answered.
+    pub node: NodeId,
+    /// True once that node has read its engine.
+    pub ready: bool,
+    /// Its matching containers.
+    pub records: Vec<ContainerRecord>,
+}
+
+/// `GET /_shoal/v1/ping`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The node.
+    pub node: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The members of its ring, for comparing views.
+    pub ring: Vec<NodeId>,
+}
+
+/// A stable 64-bit digest of a record's content (its read time aside),
+/// the same in every process: FNV-1a over its bincode bytes.
+pub fn record_digest(r: &ContainerRecord) -> u64 {
+    let mut copy = r.clone();
+    copy.updated_at = 0;
+    let bytes = bincode::serde::encode_to_vec(&copy, config()).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::tests::record;
+    use proptest::prelude::*;
+
+    fn publish() -> Publish {
+        Publish {
+            source: SourceClock {
+                node: NodeId::from("n1"),
+                incarnation: 7,
+                seq: 3,
+            },
+            body: PublishBody::Delta {
+                upserts: vec![record(1, "web", "10.0.0.1", Some("shop"))],
+                removes: vec![RecordId {
+                    engine_id: EngineId("e".into()),
+                    id: "ab".repeat(32),
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn a_publish_round_trips() {
+        let p = publish();
+        assert_eq!(decode::<Publish>(&encode(&p)).unwrap(), p);
+        let q = LocalQuery::Filter(
+            ListFilter::from_pairs([("label", "a=b"), ("state", "paused")]).unwrap(),
+        );
+        assert_eq!(decode::<LocalQuery>(&encode(&q)).unwrap(), q);
+    }
+
+    #[test]
+    fn another_version_is_refused_before_the_body_is_read() {
+        let mut bytes = encode(&publish());
+        bytes[0] = 2;
+        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Version(2)));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&publish());
+        bytes.push(0);
+        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Trailing(1)));
+    }
+
+    #[test]
+    fn a_huge_claimed_length_is_refused_without_allocating_it() {
+        // Version 1, then a Delta whose upsert vector claims u64::MAX items.
+        let mut bytes = encode_raw(&WIRE_VERSION);
+        bytes.extend(encode_raw(&(NodeId::from("n"), 1u64, 1u64)));
+        bytes.push(0); // variant Delta
+        bytes.extend([0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode::<Publish>(&bytes[..]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    fn encode_raw<T: Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, config()).unwrap()
+    }
+
+    #[test]
+    fn the_digest_ignores_the_read_time_only() {
+        let a = record(1, "web", "10.0.0.1", None);
+        let mut b = a.clone();
+        b.updated_at = 99;
+        assert_eq!(record_digest(&a), record_digest(&b));
+        b.names = vec!["other".into()];
+        assert_ne!(record_digest(&a), record_digest(&b));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_are_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Publish>(&bytes);
+            let _ = decode::<LocalQuery>(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_of_a_message_is_refused(cut in 0usize..100) {
+            let bytes = encode(&publish());
+            let cut = cut.min(bytes.len() - 1);
+            prop_assert!(decode::<Publish>(&bytes[..cut]).is_err());
+        }
+    }
+}
