@@ -57,16 +57,15 @@ pub struct NodeArgs {
     /// Address others reach this node at [default: the listen address].
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Static peers, host:port each, comma-separated (used by the cluster;
-    /// this version runs each node alone).
+    /// Static peers (gossip seeds), host:port each, comma-separated: the
+    /// same host:port serves HTTP (TCP) and gossip (UDP).
     #[arg(long, env = "SHOAL_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
-    /// A DNS name whose records are the peers, name:port (used by the
-    /// cluster; this version runs each node alone).
+    /// A DNS name whose A records are the peers, name:port (a Kubernetes
+    /// headless service); re-resolved while the node runs.
     #[arg(long, env = "SHOAL_PEERS_DNS")]
     pub peers_dns: Option<String>,
-    /// UDP address for gossip [default: the listen address] (used by the
-    /// cluster).
+    /// UDP address for gossip [default: the listen address and port].
     #[arg(long, env = "SHOAL_GOSSIP_LISTEN")]
     pub gossip_listen: Option<SocketAddr>,
     /// The engine to watch [default: docker].
@@ -98,6 +97,14 @@ pub struct NodeArgs {
     /// How often to reconcile with a full engine list [default: 60s].
     #[arg(long, env = "SHOAL_RESYNC_INTERVAL", value_parser = parse_duration)]
     pub resync_interval: Option<Duration>,
+    /// A dead node's records leave every directory within this; sets the
+    /// gossip rate and failure detector [default: 3s].
+    #[arg(long, env = "SHOAL_DEAD_AFTER", value_parser = parse_duration)]
+    pub dead_after: Option<Duration>,
+    /// Anti-entropy: compare digests with every owner this often
+    /// [default: 10s].
+    #[arg(long, env = "SHOAL_SYNC_INTERVAL", value_parser = parse_duration)]
+    pub sync_interval: Option<Duration>,
     /// The longest a request may take [default: 10s].
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -139,6 +146,10 @@ pub struct FileConfig {
     peer_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     resync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    dead_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    sync_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
@@ -216,6 +227,11 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .resync_interval
             .or(file.resync_interval)
             .unwrap_or(d.resync_interval),
+        dead_after: args.dead_after.or(file.dead_after).unwrap_or(d.dead_after),
+        sync_interval: args
+            .sync_interval
+            .or(file.sync_interval)
+            .unwrap_or(d.sync_interval),
         request_timeout: args
             .request_timeout
             .or(file.request_timeout)

@@ -7,19 +7,21 @@ use std::time::Instant;
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
-use axum::http::header::{CONTENT_TYPE, HeaderValue};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use shoal_core::{KeyKind, ListFilter, parse_ref};
+use shoal_core::wire::{DigestRequest, LocalQuery, LocalReply, LookupReply, Pong, Publish};
+use shoal_core::{ContainerRecord, KeyKind, ListFilter, parse_ref};
 
 use crate::error::ApiError;
 use crate::jrpc;
 use crate::metrics::RequestLabels;
-use crate::service::{LookupAnswer, NodeService, now_ms};
+use crate::peer::HOP_HEADER;
+use crate::service::{LookupAnswer, LookupOptions, NodeService, now_ms};
 
 /// The header naming the node that answered.
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-shoal-node");
@@ -34,7 +36,14 @@ type Shared = Arc<NodeService>;
 /// The node's router, without a bound port: tests call it directly.
 pub fn app(service: Shared) -> Router {
     let limits = service.config.clone();
-    Router::new()
+    let peer_routes = Router::new()
+        .route("/_shoal/v1/ping", get(peer_ping))
+        .route("/_shoal/v1/lookup/{kind}/{value}", get(peer_lookup))
+        .route("/_shoal/v1/publish", post(peer_publish))
+        .route("/_shoal/v1/digest", post(peer_digest))
+        .route("/_shoal/v1/local", post(peer_local))
+        .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
+    let public = Router::new()
         .route("/v1/containers", get(list_containers))
         .route("/v1/containers/{ref}", get(get_container))
         .route("/data/{ref}", get(get_container))
@@ -45,9 +54,11 @@ pub fn app(service: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    public
+        .merge(peer_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(service.clone(), observe))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
@@ -141,10 +152,22 @@ async fn get_container(
     State(service): State<Shared>,
     reference: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(reference) = reference?;
     let key = parse_ref(&reference, lookup_kind(&query)?)?;
-    Ok(lookup_response(service.lookup(&key)?))
+    let options = LookupOptions {
+        no_cache: headers
+            .get_all(CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+            }),
+        hop: headers.contains_key(HOP_HEADER),
+    };
+    Ok(lookup_response(service.lookup(&key, options).await?))
 }
 
 async fn list_containers(
@@ -152,7 +175,7 @@ async fn list_containers(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let filter = ListFilter::from_pairs(query_pairs(&query)?)?;
-    Ok(Json(service.list(&filter)?).into_response())
+    Ok(Json(service.list(&filter).await?).into_response())
 }
 
 async fn list_projects(
@@ -164,7 +187,7 @@ async fn list_projects(
             "/v1/projects takes no query parameters".into(),
         ));
     }
-    Ok(Json(service.projects()?).into_response())
+    Ok(Json(service.projects().await?).into_response())
 }
 
 async fn get_project(
@@ -172,7 +195,7 @@ async fn get_project(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
-    Ok(Json(service.project(&name)?).into_response())
+    Ok(Json(service.project(&name).await?).into_response())
 }
 
 async fn list_nodes(State(service): State<Shared>) -> Response {
@@ -181,7 +204,7 @@ async fn list_nodes(State(service): State<Shared>) -> Response {
 
 async fn jsonrpc(State(service): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
     match body {
-        Ok(body) => jrpc::handle(&service, &body),
+        Ok(body) => jrpc::handle(&service, &body).await,
         Err(e) => jrpc::body_error(ApiError::from(e)),
     }
 }
@@ -201,7 +224,7 @@ async fn readyz(State(service): State<Shared>) -> Response {
 }
 
 async fn metrics(State(service): State<Shared>) -> Response {
-    let body = service.metrics.render(&service.watcher, now_ms());
+    let body = service.metrics.render(&service, now_ms());
     (
         [(
             CONTENT_TYPE,
@@ -218,4 +241,77 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("this route does not take that method".into())
+}
+
+fn bincode_response<T: serde::Serialize>(message: &T) -> Response {
+    (
+        [(CONTENT_TYPE, shoal_core::wire::CONTENT_TYPE)],
+        shoal_core::wire::encode(message),
+    )
+        .into_response()
+}
+
+fn peer_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    shoal_core::wire::decode(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn peer_ping(State(service): State<Shared>) -> Response {
+    let view = service.view.load_full();
+    bincode_response(&Pong {
+        node: service.node_id().clone(),
+        incarnation: service.incarnation,
+        ring: view.ring.members().to_vec(),
+    })
+}
+
+/// A peer asks this node's directory; never forwarded further.
+async fn peer_lookup(
+    State(service): State<Shared>,
+    parts: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, value)) = parts?;
+    let key = parse_ref(&value, Some(kind.parse()?))?;
+    let records = service.directory.lookup(&key);
+    Ok(bincode_response(&LookupReply {
+        node: service.node_id().clone(),
+        records: records.iter().map(|r| ContainerRecord::clone(r)).collect(),
+    }))
+}
+
+async fn peer_publish(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let publish: Publish = peer_body(body)?;
+    Ok(bincode_response(&service.directory.apply(&publish)))
+}
+
+async fn peer_digest(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: DigestRequest = peer_body(body)?;
+    Ok(bincode_response(&service.directory.check(&request)))
+}
+
+async fn peer_local(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let query: LocalQuery = peer_body(body)?;
+    let (ready, records) = match service.local_matches(&query) {
+        Ok(records) => (
+            true,
+            records.iter().map(|r| ContainerRecord::clone(r)).collect(),
+        ),
+        Err(_) => (false, Vec::new()),
+    };
+    Ok(bincode_response(&LocalReply {
+        node: service.node_id().clone(),
+        ready,
+        records,
+    }))
 }

@@ -32,6 +32,21 @@ pub struct NodeConfig {
     pub hot_ttl: Duration,
     /// How long a peer may take to answer (default 250 ms).
     pub peer_timeout: Duration,
+    /// A dead node's records leave every directory within this (default
+    /// 3 s); it sets the gossip rate and the failure detector.
+    pub dead_after: Duration,
+    /// Anti-entropy: compare digests with every owner this often (default
+    /// 10 s).
+    pub sync_interval: Duration,
+    /// An owner drops records whose keys it no longer owns after the ring
+    /// has been stable this long (default 30 s).
+    pub ownership_grace: Duration,
+    /// Deadline of a fleet-wide scatter-gather (default 1 s).
+    pub scatter_timeout: Duration,
+    /// The largest peer request body accepted (default 64 MiB: snapshots).
+    pub max_peer_body_bytes: usize,
+    /// Records the hot cache may hold (default 100 000).
+    pub hot_capacity: u64,
     /// Reconcile with a full engine list this often (default 60 s).
     pub resync_interval: Duration,
     /// The longest a public request may take before it is answered 503
@@ -60,6 +75,12 @@ impl Default for NodeConfig {
             vnodes: 64,
             hot_ttl: Duration::from_secs(1),
             peer_timeout: Duration::from_millis(250),
+            dead_after: Duration::from_secs(3),
+            sync_interval: Duration::from_secs(10),
+            ownership_grace: Duration::from_secs(30),
+            scatter_timeout: Duration::from_secs(1),
+            max_peer_body_bytes: 64 * 1024 * 1024,
+            hot_capacity: 100_000,
             resync_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 256 * 1024,
@@ -112,6 +133,9 @@ impl NodeConfig {
             ("request-timeout", self.request_timeout),
             ("peer-timeout", self.peer_timeout),
             ("resync-interval", self.resync_interval),
+            ("dead-after", self.dead_after),
+            ("sync-interval", self.sync_interval),
+            ("scatter-timeout", self.scatter_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than zero"));

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use shoal_core::{KeyKind, ListFilter, parse_ref};
 
 use crate::error::ApiError;
-use crate::service::NodeService;
+use crate::service::{LookupOptions, NodeService};
 
 /// `Inventory.Get {ref, by?}`: a lookup.
 pub const METHOD_GET: &str = "Inventory.Get";
@@ -100,7 +100,7 @@ pub fn body_error(e: ApiError) -> Response {
 }
 
 /// Answers one JSON-RPC body.
-pub fn handle(service: &NodeService, body: &[u8]) -> Response {
+pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -138,17 +138,20 @@ pub fn handle(service: &NodeService, body: &[u8]) -> Response {
                 )
                     .into_response();
             }
-            let answers: Vec<Value> = calls
-                .into_iter()
-                .filter_map(|c| call(service, c).map(|(_, v)| v))
-                .collect();
+            let answers: Vec<Value> =
+                futures::future::join_all(calls.into_iter().map(|c| call(service, c)))
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, v)| v)
+                    .collect();
             if answers.is_empty() {
                 StatusCode::NO_CONTENT.into_response()
             } else {
                 Json(Value::Array(answers)).into_response()
             }
         }
-        single => match call(service, single) {
+        single => match call(service, single).await {
             None => StatusCode::NO_CONTENT.into_response(),
             Some((code, v)) => {
                 let status = match code {
@@ -164,7 +167,7 @@ pub fn handle(service: &NodeService, body: &[u8]) -> Response {
 
 /// Runs one call. `None` for a notification (no answer is owed); otherwise
 /// the error code, if any, and the response object.
-fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
+async fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
     let Value::Object(mut obj) = request else {
         let err = RpcError::new(INVALID_REQUEST, "a request must be a JSON object");
         service.metrics.observe_rpc("", false);
@@ -195,7 +198,7 @@ fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
         ))
     } else {
         match &method {
-            Some(Value::String(m)) => dispatch(service, m, params),
+            Some(Value::String(m)) => dispatch(service, m, params).await,
             _ => Err(RpcError::new(INVALID_REQUEST, "method must be a string")),
         }
     };
@@ -295,7 +298,11 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, RpcError> {
     serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
 }
 
-fn dispatch(service: &NodeService, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+async fn dispatch(
+    service: &NodeService,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
     match method {
         METHOD_GET => {
             let p = named_params(params, &["ref", "by"])?;
@@ -306,18 +313,18 @@ fn dispatch(service: &NodeService, method: &str, params: Option<Value>) -> Resul
                 .transpose()
                 .map_err(|e| RpcError::from(ApiError::from(e)))?;
             let key = parse_ref(&reference, by).map_err(|e| RpcError::from(ApiError::from(e)))?;
-            to_value(service.lookup(&key)?)
+            to_value(service.lookup(&key, LookupOptions::default()).await?)
         }
         METHOD_LIST => {
             let p = named_params(params, &["filters"])?;
             let filter = filter_param(p.get("filters"))?;
-            to_value(service.list(&filter)?)
+            to_value(service.list(&filter).await?)
         }
         METHOD_PROJECTS => {
             let p = named_params(params, &["name"])?;
             match string_param(&p, "name")? {
-                Some(name) => to_value(service.project(&name)?),
-                None => to_value(service.projects()?),
+                Some(name) => to_value(service.project(&name).await?),
+                None => to_value(service.projects().await?),
             }
         }
         METHOD_NODES => {

@@ -10,14 +10,19 @@
 //! [`NodeConfig`] is the plain configuration the `shoal` command fills.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod jrpc;
+pub mod membership;
 pub mod metrics;
+pub mod peer;
 pub mod service;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use membership::{Membership, MembershipConfig};
 use shoal_engine::{Engine, Watcher, WatcherConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,15 +44,65 @@ pub enum NodeError {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs a node on `listener` until `shutdown` is cancelled.
+/// Runs a node on `listener` until `shutdown` is cancelled: peers over
+/// HTTP, gossip over UDP.
 pub async fn run(
     config: NodeConfig,
     engine: Arc<dyn Engine>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
+    run_with(
+        config,
+        engine,
+        listener,
+        Arc::new(peer::HttpPeers::new()),
+        &chitchat::transport::UdpTransport,
+        shutdown,
+    )
+    .await
+}
+
+/// The address peers reach this node's API at: `--advertise`, else the
+/// listen address, with the host name for an unspecified IP.
+fn api_address(config: &NodeConfig, bound: SocketAddr) -> String {
+    if !config.advertise.is_empty() {
+        return config.advertise.clone();
+    }
+    if bound.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        return format!("{host}:{}", bound.port());
+    }
+    bound.to_string()
+}
+
+/// Resolves `host:port` to the address gossip peers send to.
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()?
+        .find(|a| a.is_ipv4())
+        .or(None)
+}
+
+/// Runs a node with the given peer and gossip transports (tests use these
+/// to run a fleet in one process and cut links).
+pub async fn run_with(
+    mut config: NodeConfig,
+    engine: Arc<dyn Engine>,
+    listener: TcpListener,
+    peers: Arc<dyn peer::PeerTransport>,
+    gossip: &dyn chitchat::transport::Transport,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Config)?;
-    let watcher_stop = shutdown.child_token();
+    let bound = listener.local_addr()?;
+    config.listen = bound;
+    config.advertise = api_address(&config, bound);
+    let incarnation = service::now_ms();
+    let tasks_stop = shutdown.child_token();
     let (watcher, watcher_task) = Watcher::spawn(
         engine,
         WatcherConfig {
@@ -55,12 +110,58 @@ pub async fn run(
             resync_interval: config.resync_interval,
             ..WatcherConfig::default()
         },
-        watcher_stop.clone(),
+        tasks_stop.clone(),
     );
+
+    let gossip_listen = config.gossip_listen.unwrap_or(bound);
+    let gossip_advertise = match resolve(&config.advertise).await {
+        Some(a) => SocketAddr::new(a.ip(), gossip_listen.port()),
+        None => SocketAddr::new(
+            if gossip_listen.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                gossip_listen.ip()
+            },
+            gossip_listen.port(),
+        ),
+    };
+    let mut seeds = config.peers.clone();
+    seeds.extend(config.peers_dns.clone());
+    let membership = Membership::start(
+        MembershipConfig {
+            node: config.node_id.clone(),
+            incarnation,
+            api: config.advertise.clone(),
+            gossip_listen,
+            gossip_advertise,
+            seeds,
+            dead_after: config.dead_after,
+            vnodes: config.vnodes,
+            replicas: config.replicas,
+        },
+        Vec::new(),
+        gossip,
+        tasks_stop.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Config(e.to_string()))?;
+
     let grace = config.shutdown_grace;
-    let service = Arc::new(NodeService::new(config, watcher));
-    let addr = listener.local_addr()?;
-    info!(node = %service.node_id(), %addr, "listening");
+    let service = Arc::new(NodeService::with_cluster(
+        config,
+        watcher,
+        membership.shared_view(),
+        peers,
+        incarnation,
+    ));
+    let mut tasks = service.spawn_tasks(membership.ring_changes(), &tasks_stop);
+    let membership = Arc::new(membership);
+    tasks.push(tokio::spawn(gossip_self(
+        service.clone(),
+        membership.clone(),
+        tasks_stop.clone(),
+    )));
+    info!(node = %service.node_id(), addr = %bound, api = %service.config.advertise, gossip = %gossip_advertise, "listening");
 
     let server = axum::serve(listener, app(service.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -78,10 +179,31 @@ pub async fn run(
             }
         }
     };
-    watcher_stop.cancel();
+    tasks_stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
     if let Err(e) = watcher_task.await {
         warn!(error = %e, "watcher task failed");
     }
+    if let Ok(membership) = Arc::try_unwrap(membership) {
+        membership.shutdown().await;
+    }
     info!(node = %service.node_id(), "stopped");
     served.map_err(NodeError::Serve)
+}
+
+/// Gossips this node's engine, container count and last event age.
+async fn gossip_self(
+    service: Arc<NodeService>,
+    membership: Arc<Membership>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => membership.set(service.gossip_values()).await,
+        }
+    }
 }

@@ -9,7 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use shoal_engine::WatcherHandle;
 
 /// Labels of a served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +59,28 @@ pub struct Metrics {
     engine_losses: Counter,
     engine_inspects: Counter,
     last_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    forward_seconds: Family<ForwardLabels, Histogram, fn() -> Histogram>,
+    directory_copies: Gauge,
+    directory_keys: Gauge,
+    members: Family<MemberLabels, Gauge>,
+    publishes: Counter,
+    publish_failures: Counter,
+    publish_snapshots: Counter,
+    publish_bytes: Counter,
+}
+
+/// Labels of a forward.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// ok or error.
+    pub outcome: &'static str,
+}
+
+/// Labels of the member count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// alive or dead.
+    pub state: &'static str,
 }
 
 impl Default for Metrics {
@@ -85,6 +106,14 @@ impl Metrics {
             engine_losses: Counter::default(),
             engine_inspects: Counter::default(),
             last_event_age: Gauge::default(),
+            forward_seconds: Family::new_with_constructor(latency_histogram),
+            directory_copies: Gauge::default(),
+            directory_keys: Gauge::default(),
+            members: Family::default(),
+            publishes: Counter::default(),
+            publish_failures: Counter::default(),
+            publish_snapshots: Counter::default(),
+            publish_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
@@ -139,6 +168,46 @@ impl Metrics {
             "Seconds since the last engine event (-1: none yet)",
             m.last_event_age.clone(),
         );
+        registry.register(
+            "forward_duration_seconds",
+            "Time of a forwarded lookup, by outcome",
+            m.forward_seconds.clone(),
+        );
+        registry.register(
+            "directory_record_copies",
+            "Record copies in this node's owner directory",
+            m.directory_copies.clone(),
+        );
+        registry.register(
+            "directory_keys",
+            "Keys indexed in this node's owner directory",
+            m.directory_keys.clone(),
+        );
+        registry.register(
+            "members",
+            "Members by state, as this node sees them",
+            m.members.clone(),
+        );
+        registry.register(
+            "publishes",
+            "Publish requests sent to owners (self included)",
+            m.publishes.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Publish requests that failed",
+            m.publish_failures.clone(),
+        );
+        registry.register(
+            "publish_snapshots",
+            "Snapshots sent to owners",
+            m.publish_snapshots.clone(),
+        );
+        registry.register(
+            "publish_bytes",
+            "Bytes of publish bodies sent over HTTP",
+            m.publish_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -158,6 +227,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Times one forward.
+    pub fn observe_forward(&self, took: Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.forward_seconds
+            .get_or_create(&ForwardLabels { outcome })
+            .observe(took.as_secs_f64());
+    }
+
     /// Counts one JSON-RPC call.
     pub fn observe_rpc(&self, method: &str, ok: bool) {
         let method = match method {
@@ -173,8 +250,31 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the Prometheus text, first reading the watcher's state.
-    pub fn render(&self, watcher: &WatcherHandle, now_ms: u64) -> String {
+    /// Renders the Prometheus text, first reading the node's state.
+    pub fn render(&self, node: &crate::service::NodeService, now_ms: u64) -> String {
+        let watcher = &node.watcher;
+        let directory = node.directory.snapshot();
+        self.directory_copies.set(directory.copies() as i64);
+        self.directory_keys.set(directory.keys() as i64);
+        let view = node.view.load_full();
+        let alive = view.members.values().filter(|m| m.alive).count();
+        self.members
+            .get_or_create(&MemberLabels { state: "alive" })
+            .set(alive as i64);
+        self.members
+            .get_or_create(&MemberLabels { state: "dead" })
+            .set((view.members.len() - alive) as i64);
+        let p = &node.publisher;
+        for (counter, source) in [
+            (&self.publishes, &p.publishes),
+            (&self.publish_failures, &p.failures),
+            (&self.publish_snapshots, &p.snapshots),
+            (&self.publish_bytes, &p.bytes),
+        ] {
+            counter
+                .inner()
+                .store(source.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         let status = watcher.status();
         let counters = watcher.counters();
         self.containers.set(watcher.inventory().len() as i64);

@@ -1,21 +1,38 @@
 //! What a node answers, independent of how it is asked: the REST routes and
 //! JSON-RPC both call these, so both give the same answers and errors.
 //!
-//! With no peers the node owns every key and the fleet is this node; the
-//! cluster adds ownership, forwarding and scatter-gather behind the same
-//! functions.
+//! A lookup goes hot cache -> owned slice (this node's directory) -> a
+//! forward to the key's owners in turn -> scatter-gather over every live
+//! node. Listings and projects are scatter-gather with a deadline; a
+//! partial answer names the nodes that failed. With no peers the node owns
+//! every key and the fleet is this node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use moka::future::Cache;
 use serde::Serialize;
+use shoal_core::model::COMPOSE_PROJECT_LABEL;
+use shoal_core::wire::LocalQuery;
 use shoal_core::{ContainerRecord, Inventory, ListFilter, LookupKey, NodeId};
 use shoal_engine::WatcherHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
+use crate::cluster::{DirectoryService, Publisher, PublisherCounters, maintain_directory};
 use crate::config::NodeConfig;
 use crate::error::ApiError;
+use crate::membership::{
+    ClusterView, KEY_CONTAINERS, KEY_ENGINE_ID, KEY_ENGINE_KIND, KEY_ENGINE_VERSION,
+    KEY_LAST_EVENT, KEY_READY,
+};
 use crate::metrics::Metrics;
+use crate::peer::{self, HttpPeers, PeerTransport};
 
 /// How a lookup was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -194,24 +211,124 @@ fn describe(key: &LookupKey) -> String {
     }
 }
 
+/// A lookup's answer as the hot cache holds it.
+#[derive(Debug)]
+struct Found {
+    containers: Vec<Arc<ContainerRecord>>,
+    path: LookupPath,
+}
+
+/// How a lookup was asked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupOptions {
+    /// `Cache-Control: no-cache`: skip the hot cache.
+    pub no_cache: bool,
+    /// `x-shoal-hop`: already forwarded once; answer from here.
+    pub hop: bool,
+}
+
 /// One node's state, shared by every request.
 pub struct NodeService {
     /// Its configuration.
     pub config: NodeConfig,
+    /// Its incarnation (start time in ms): a restart is a new one.
+    pub incarnation: u64,
     /// Its engine's watcher.
     pub watcher: WatcherHandle,
     /// Its metrics.
     pub metrics: Metrics,
+    /// The fleet as this node sees it.
+    pub view: Arc<ArcSwap<ClusterView>>,
+    /// The records this node owns keys of.
+    pub directory: Arc<DirectoryService>,
+    /// How to reach peers.
+    pub peers: Arc<dyn PeerTransport>,
+    /// The publisher's counters.
+    pub publisher: Arc<PublisherCounters>,
+    hot: Option<Cache<LookupKey, Arc<Found>>>,
 }
 
 impl NodeService {
-    /// A service over a running watcher.
+    /// A node alone (it owns every key), talking HTTP to peers.
     pub fn new(config: NodeConfig, watcher: WatcherHandle) -> Self {
-        NodeService {
+        let incarnation = now_ms();
+        let view = ClusterView::alone(
+            config.node_id.clone(),
+            config.advertised(),
+            incarnation,
+            config.vnodes,
+            config.replicas,
+        );
+        Self::with_cluster(
             config,
             watcher,
+            Arc::new(ArcSwap::from_pointee(view)),
+            Arc::new(HttpPeers::new()),
+            incarnation,
+        )
+    }
+
+    /// A node in a fleet whose view membership keeps.
+    pub fn with_cluster(
+        config: NodeConfig,
+        watcher: WatcherHandle,
+        view: Arc<ArcSwap<ClusterView>>,
+        peers: Arc<dyn PeerTransport>,
+        incarnation: u64,
+    ) -> Self {
+        let hot = (!config.hot_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .time_to_live(config.hot_ttl)
+                .max_capacity(config.hot_capacity)
+                .weigher(|_: &LookupKey, v: &Arc<Found>| {
+                    u32::try_from(v.containers.len() + 1).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
+        NodeService {
+            config,
+            incarnation,
+            watcher,
             metrics: Metrics::new(),
+            view,
+            directory: Arc::new(DirectoryService::new()),
+            peers,
+            publisher: Arc::new(PublisherCounters::default()),
+            hot,
         }
+    }
+
+    /// Starts the publisher and the directory's upkeep; they stop with
+    /// `shutdown`.
+    pub fn spawn_tasks(
+        self: &Arc<Self>,
+        ring_changes: tokio::sync::watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let publisher = Publisher {
+            me: self.node_id().clone(),
+            incarnation: self.incarnation,
+            view: self.view.clone(),
+            directory: self.directory.clone(),
+            peers: self.peers.clone(),
+            watcher: self.watcher.clone(),
+            timeout: self.config.peer_timeout,
+            sync_interval: self.config.sync_interval,
+            ring_changes,
+            counters: self.publisher.clone(),
+        };
+        let upkeep = maintain_directory(
+            self.node_id().clone(),
+            self.view.clone(),
+            self.directory.clone(),
+            (self.config.dead_after / 10).max(Duration::from_millis(50)),
+            self.config.ownership_grace,
+            shutdown.clone(),
+        );
+        vec![
+            tokio::spawn(publisher.run(shutdown.clone())),
+            tokio::spawn(upkeep),
+        ]
     }
 
     /// This node's ID.
@@ -219,88 +336,225 @@ impl NodeService {
         &self.config.node_id
     }
 
-    /// The local inventory, or 503 before the first sync (an empty
-    /// inventory then would answer "not found" for containers that exist).
-    fn synced_inventory(&self) -> Result<Arc<Inventory>, ApiError> {
+    /// The local inventory, or why it cannot be used yet.
+    fn local_inventory(&self) -> Result<Arc<Inventory>, String> {
         let status = self.watcher.status();
         if !status.ready {
             let why = status
                 .last_error
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
-            return Err(ApiError::Unavailable(format!(
+            return Err(format!(
                 "node {} has not read its engine yet{why}",
                 self.node_id()
-            )));
+            ));
         }
         Ok(self.watcher.inventory())
     }
 
-    fn covered(&self) -> NodesCovered {
-        NodesCovered {
-            ok: vec![self.node_id().clone()],
-            failed: vec![],
-        }
+    /// This node's own containers that match a query (the peer `local`
+    /// route and the local part of every scatter-gather).
+    pub fn local_matches(&self, query: &LocalQuery) -> Result<Vec<Arc<ContainerRecord>>, String> {
+        let inventory = self.local_inventory()?;
+        Ok(match query {
+            LocalQuery::Key(key) => inventory.lookup(key),
+            LocalQuery::Filter(filter) => match &filter.project {
+                // The project index narrows before the scan.
+                Some(p) => inventory.lookup(&LookupKey::Project(p.clone())),
+                None => inventory.records().cloned().collect(),
+            }
+            .into_iter()
+            .filter(|r| filter.matches(r))
+            .collect(),
+        })
     }
 
-    /// Looks a key up. 404 when nothing matches.
-    pub fn lookup(&self, key: &LookupKey) -> Result<LookupAnswer, ApiError> {
-        let inventory = self.synced_inventory()?;
-        let containers = inventory.lookup(key);
-        let path = LookupPath::Owner;
+    /// Looks a key up: hot cache, the owned slice, a forward to the
+    /// owners in turn, then every live node. 404 when nothing matches.
+    pub async fn lookup(
+        &self,
+        key: &LookupKey,
+        options: LookupOptions,
+    ) -> Result<LookupAnswer, ApiError> {
+        let view = self.view.load_full();
+        let me = self.node_id();
+        let owners = view.ring.owners(key);
+        let found = if options.hop || owners.contains(&me) {
+            if view.members.len() == 1 {
+                // Alone, the directory is this engine: before its first
+                // sync an empty answer would deny containers that exist.
+                self.local_inventory().map_err(ApiError::Unavailable)?;
+            }
+            Arc::new(Found {
+                containers: self.directory.lookup(key),
+                path: LookupPath::Owner,
+            })
+        } else {
+            match (&self.hot, options.no_cache) {
+                (Some(hot), false) => match hot.get(key).await {
+                    Some(found) => Arc::new(Found {
+                        containers: found.containers.clone(),
+                        path: LookupPath::Hot,
+                    }),
+                    // Concurrent identical lookups share one forward.
+                    None => hot
+                        .try_get_with(key.clone(), self.remote_lookup(key, &view))
+                        .await
+                        .map_err(|e| ApiError::clone(&e))?,
+                },
+                _ => self.remote_lookup(key, &view).await?,
+            }
+        };
         self.metrics
-            .observe_lookup(path.as_str(), !containers.is_empty());
-        if containers.is_empty() {
+            .observe_lookup(found.path.as_str(), !found.containers.is_empty());
+        if found.containers.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "no container matches {}",
                 describe(key)
             )));
         }
         Ok(LookupAnswer {
-            containers,
-            served_by: self.node_id().clone(),
-            path,
+            containers: found.containers.clone(),
+            served_by: me.clone(),
+            path: found.path,
         })
+    }
+
+    async fn remote_lookup(
+        &self,
+        key: &LookupKey,
+        view: &ClusterView,
+    ) -> Result<Arc<Found>, ApiError> {
+        for owner in view.ring.owners(key) {
+            let Some(addr) = view.api_of(owner) else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            match peer::lookup(self.peers.as_ref(), addr, key, self.config.peer_timeout).await {
+                Ok(reply) => {
+                    self.metrics.observe_forward(started.elapsed(), true);
+                    return Ok(Arc::new(Found {
+                        containers: reply.records.into_iter().map(Arc::new).collect(),
+                        path: LookupPath::Forwarded,
+                    }));
+                }
+                Err(e) => {
+                    self.metrics.observe_forward(started.elapsed(), false);
+                    warn!(%owner, error = %e, key = %key, "forward failed; trying the next owner");
+                }
+            }
+        }
+        let (containers, covered) = self.scatter(&LocalQuery::Key(key.clone())).await;
+        if covered.ok.is_empty() {
+            let failed: Vec<String> = covered.failed.iter().map(|f| f.error.clone()).collect();
+            return Err(ApiError::Unavailable(format!(
+                "every owner of {key} and every node failed: {}",
+                failed.join("; ")
+            )));
+        }
+        Ok(Arc::new(Found {
+            containers,
+            path: LookupPath::Fallback,
+        }))
+    }
+
+    /// Asks every live node for its own matches, within the scatter
+    /// deadline; each container once (the freshest copy).
+    async fn scatter(&self, query: &LocalQuery) -> (Vec<Arc<ContainerRecord>>, NodesCovered) {
+        let view = self.view.load_full();
+        let me = self.node_id().clone();
+        let timeout = self.config.scatter_timeout;
+        let calls = view.live().map(|m| {
+            let node = m.node.clone();
+            let addr = m.api.clone();
+            let me = me.clone();
+            async move {
+                if node == me {
+                    return (node, self.local_matches(query));
+                }
+                let r = peer::local(self.peers.as_ref(), &addr, query, timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|reply| {
+                        if reply.ready {
+                            Ok(reply.records.into_iter().map(Arc::new).collect())
+                        } else {
+                            Err(format!("node {} has not read its engine yet", reply.node))
+                        }
+                    });
+                (node, r)
+            }
+        });
+        let mut covered = NodesCovered::default();
+        let mut merged: BTreeMap<(String, String), Arc<ContainerRecord>> = BTreeMap::new();
+        for (node, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(records) => {
+                    covered.ok.push(node);
+                    for r in records {
+                        let id = (r.engine_id.0.clone(), r.id.clone());
+                        match merged.get(&id) {
+                            Some(kept) if kept.updated_at >= r.updated_at => {}
+                            _ => {
+                                merged.insert(id, r);
+                            }
+                        }
+                    }
+                }
+                Err(error) => covered.failed.push(FailedNode { node, error }),
+            }
+        }
+        let mut containers: Vec<_> = merged.into_values().collect();
+        containers.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
+        (containers, covered)
     }
 
     /// Lists the fleet's containers that match `filter`.
-    pub fn list(&self, filter: &ListFilter) -> Result<ListAnswer, ApiError> {
-        let inventory = self.synced_inventory()?;
-        let containers = match &filter.project {
-            // The project index narrows before the scan.
-            Some(p) => inventory.lookup(&LookupKey::Project(p.clone())),
-            None => inventory.records().cloned().collect(),
+    pub async fn list(&self, filter: &ListFilter) -> Result<ListAnswer, ApiError> {
+        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter.clone())).await;
+        if nodes.ok.is_empty() {
+            return Err(unavailable(&nodes));
         }
-        .into_iter()
-        .filter(|r| filter.matches(r))
-        .collect();
         Ok(ListAnswer {
             containers,
-            nodes: self.covered(),
+            nodes,
             served_by: self.node_id().clone(),
         })
     }
 
-    /// Every compose project.
-    pub fn projects(&self) -> Result<ProjectsAnswer, ApiError> {
-        let inventory = self.synced_inventory()?;
-        let projects = inventory
-            .projects()
-            .into_iter()
-            .map(|(name, records)| summarize(name, &records))
-            .collect();
+    /// Every compose project, fleet-wide.
+    pub async fn projects(&self) -> Result<ProjectsAnswer, ApiError> {
+        let filter = ListFilter {
+            labels: vec![(COMPOSE_PROJECT_LABEL.to_owned(), None)],
+            ..ListFilter::default()
+        };
+        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter)).await;
+        if nodes.ok.is_empty() {
+            return Err(unavailable(&nodes));
+        }
+        let mut by_project: BTreeMap<String, Vec<Arc<ContainerRecord>>> = BTreeMap::new();
+        for r in containers {
+            if let Some(p) = &r.project {
+                by_project.entry(p.clone()).or_default().push(r.clone());
+            }
+        }
         Ok(ProjectsAnswer {
-            projects,
-            nodes: self.covered(),
+            projects: by_project
+                .into_iter()
+                .map(|(name, records)| summarize(name, &records))
+                .collect(),
+            nodes,
             served_by: self.node_id().clone(),
         })
     }
 
-    /// One compose project's containers. 404 when it has none.
-    pub fn project(&self, name: &str) -> Result<ProjectAnswer, ApiError> {
+    /// One compose project's containers, fleet-wide. 404 when it has none.
+    pub async fn project(&self, name: &str) -> Result<ProjectAnswer, ApiError> {
         let key = shoal_core::parse_ref(name, Some(shoal_core::KeyKind::Project))?;
-        let inventory = self.synced_inventory()?;
-        let containers = inventory.lookup(&key);
+        let (containers, nodes) = self.scatter(&LocalQuery::Key(key)).await;
+        if nodes.ok.is_empty() {
+            return Err(unavailable(&nodes));
+        }
         if containers.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "no container runs in project {name:?}"
@@ -309,37 +563,97 @@ impl NodeService {
         Ok(ProjectAnswer {
             project: name.to_owned(),
             containers,
-            nodes: self.covered(),
+            nodes,
             served_by: self.node_id().clone(),
         })
     }
 
     /// The members of the fleet.
     pub fn nodes(&self) -> NodesAnswer {
-        let status = self.watcher.status();
+        let view = self.view.load_full();
         let now = now_ms();
-        let me = NodeView {
-            id: self.node_id().clone(),
-            address: self.config.advertised(),
-            state: "alive",
-            engine: status.engine.as_ref().map(|e| EngineView {
-                kind: e.kind.to_owned(),
-                id: e.id.0.clone(),
-                version: e.version.clone(),
-            }),
-            containers: status.ready.then(|| self.watcher.inventory().len()),
-            last_event_age_s: status
-                .last_event_ms
-                .map(|t| now.saturating_sub(t) as f64 / 1000.0),
-            stale: status.stale,
-            ready: status.ready,
-            ring_share: 1.0,
-            engine_error: status.last_error,
-        };
+        let shares = view.ring.shares(4096);
+        let status = self.watcher.status();
+        let nodes = view
+            .members
+            .values()
+            .map(|m| {
+                let me = m.node == *self.node_id();
+                let engine = if me {
+                    status.engine.as_ref().map(|e| EngineView {
+                        kind: e.kind.to_owned(),
+                        id: e.id.0.clone(),
+                        version: e.version.clone(),
+                    })
+                } else {
+                    m.value(KEY_ENGINE_ID).map(|id| EngineView {
+                        kind: m.value(KEY_ENGINE_KIND).unwrap_or("").to_owned(),
+                        id: id.to_owned(),
+                        version: m.value(KEY_ENGINE_VERSION).unwrap_or("").to_owned(),
+                    })
+                };
+                let (containers, last_event, ready, stale, error) = if me {
+                    (
+                        status.ready.then(|| self.watcher.inventory().len()),
+                        status.last_event_ms,
+                        status.ready,
+                        status.stale,
+                        status.last_error.clone(),
+                    )
+                } else {
+                    (
+                        m.value(KEY_CONTAINERS).and_then(|v| v.parse().ok()),
+                        m.value(KEY_LAST_EVENT).and_then(|v| v.parse().ok()),
+                        m.value(KEY_READY) == Some("true"),
+                        m.value(KEY_READY) == Some("stale"),
+                        None,
+                    )
+                };
+                NodeView {
+                    id: m.node.clone(),
+                    address: m.api.clone(),
+                    state: if m.alive { "alive" } else { "dead" },
+                    engine,
+                    containers: if m.alive { containers } else { None },
+                    last_event_age_s: last_event
+                        .map(|t: u64| now.saturating_sub(t) as f64 / 1000.0),
+                    stale,
+                    ready: ready || stale,
+                    ring_share: shares.get(&m.node).copied().unwrap_or(0.0),
+                    engine_error: error,
+                }
+            })
+            .collect();
         NodesAnswer {
-            nodes: vec![me],
+            nodes,
             served_by: self.node_id().clone(),
         }
+    }
+
+    /// What this node gossips about itself.
+    pub fn gossip_values(&self) -> Vec<(&'static str, String)> {
+        let s = self.watcher.status();
+        let mut values = vec![
+            (KEY_CONTAINERS, self.watcher.inventory().len().to_string()),
+            (
+                KEY_READY,
+                match (s.ready, s.stale) {
+                    (true, true) => "stale",
+                    (true, false) => "true",
+                    _ => "false",
+                }
+                .to_owned(),
+            ),
+        ];
+        if let Some(t) = s.last_event_ms {
+            values.push((KEY_LAST_EVENT, t.to_string()));
+        }
+        if let Some(e) = s.engine {
+            values.push((KEY_ENGINE_KIND, e.kind.to_owned()));
+            values.push((KEY_ENGINE_ID, e.id.0));
+            values.push((KEY_ENGINE_VERSION, e.version));
+        }
+        values
     }
 
     /// Readiness: the engine's first sync is done. A node whose engine is
@@ -357,6 +671,11 @@ impl NodeService {
             error: s.last_error,
         }
     }
+}
+
+fn unavailable(nodes: &NodesCovered) -> ApiError {
+    let failed: Vec<String> = nodes.failed.iter().map(|f| f.error.clone()).collect();
+    ApiError::Unavailable(format!("no node could answer: {}", failed.join("; ")))
 }
 
 fn summarize(name: String, records: &[Arc<ContainerRecord>]) -> ProjectSummary {

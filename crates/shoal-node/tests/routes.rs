@@ -42,11 +42,22 @@ async fn node_with(config: NodeConfig, up: bool) -> Node {
         },
         stop.clone(),
     );
+    let service = Arc::new(NodeService::new(config, handle.clone()));
+    // Alone, the ring never changes: the sender may go.
+    service.spawn_tasks(tokio::sync::watch::channel(0).1, &stop);
     if up {
         handle.ready().await;
+        // The publisher fills this node's directory right after the sync.
+        for _ in 0..1000 {
+            if service.directory.snapshot().copies() == COUNT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(service.directory.snapshot().copies(), COUNT);
     }
     Node {
-        router: app(Arc::new(NodeService::new(config, handle))),
+        router: app(service),
         engine,
         _stop: stop.drop_guard(),
     }

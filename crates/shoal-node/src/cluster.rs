@@ -1,0 +1,411 @@
+//! The owner directory service and the publisher.
+//!
+//! The publisher turns this node's inventory deltas into publishes to the
+//! owners of every key of each changed record (the owners of its old keys
+//! too, so a rename reaches the owner of the old name), batched per owner,
+//! one request per owner per batch, in order. When the ring changes it
+//! sends every owner a snapshot of what it should hold; every
+//! `sync_interval` it sends each owner a digest of that and a snapshot where
+//! the digest differs (or where a publish failed since), which repairs what
+//! a lost batch left wrong. Publishes to this node itself skip HTTP.
+//!
+//! The directory service applies publishes under a short lock and hands
+//! readers an immutable snapshot; it forgets sources the failure detector
+//! declared dead and, once the ring has been stable for a grace period,
+//! records none of whose keys this node owns any more.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use shoal_core::directory::{OwnerDirectory, SourceSummary, digest_of};
+use shoal_core::ring::Ring;
+use shoal_core::wire::{
+    DigestReply, DigestRequest, Publish, PublishAck, PublishBody, RecordId, SourceClock,
+};
+use shoal_core::{ContainerRecord, Delta, Inventory, LookupKey, NodeId, record_keys};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::membership::ClusterView;
+use crate::peer::{self, PeerTransport};
+
+/// The owner directory behind a lock for writers and a snapshot for readers.
+#[derive(Default)]
+pub struct DirectoryService {
+    working: Mutex<OwnerDirectory>,
+    snapshot: ArcSwap<OwnerDirectory>,
+}
+
+impl DirectoryService {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn edit<T>(&self, f: impl FnOnce(&mut OwnerDirectory) -> T) -> T {
+        let mut working = self.working.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut working);
+        self.snapshot.store(Arc::new(working.clone()));
+        out
+    }
+
+    /// Applies a publish.
+    pub fn apply(&self, p: &Publish) -> PublishAck {
+        self.edit(|d| d.apply(p))
+    }
+
+    /// Matches of a key.
+    pub fn lookup(&self, key: &LookupKey) -> Vec<Arc<ContainerRecord>> {
+        self.snapshot.load().lookup(key)
+    }
+
+    /// The directory now.
+    pub fn snapshot(&self) -> Arc<OwnerDirectory> {
+        self.snapshot.load_full()
+    }
+
+    /// Answers a digest: does this directory hold exactly that from the
+    /// source?
+    pub fn check(&self, d: &DigestRequest) -> DigestReply {
+        let matches = match self.snapshot.load().summary(&d.source.node) {
+            Some(SourceSummary {
+                incarnation,
+                count,
+                digest,
+                ..
+            }) => incarnation == d.source.incarnation && count == d.count && digest == d.digest,
+            None => d.count == 0,
+        };
+        DigestReply { matches }
+    }
+
+    /// Forgets a source.
+    pub fn remove_source(&self, node: &NodeId) -> usize {
+        self.edit(|d| d.remove_source(node))
+    }
+
+    /// Drops records for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(&ContainerRecord) -> bool) -> usize {
+        self.edit(|d| d.retain(keep))
+    }
+}
+
+/// True when any key of the record is owned by `node` on `ring`.
+pub fn owns_any(ring: &Ring, node: &NodeId, r: &ContainerRecord) -> bool {
+    record_keys(r).iter().any(|k| ring.is_owner(node, k))
+}
+
+/// The owners of any key of a record.
+fn owners_of<'a>(ring: &'a Ring, r: &ContainerRecord, into: &mut Vec<&'a NodeId>) {
+    for k in record_keys(r) {
+        for o in ring.owners(&k) {
+            if !into.contains(&o) {
+                into.push(o);
+            }
+        }
+    }
+}
+
+/// Counters of the publisher, for metrics and the benchmarks.
+#[derive(Debug, Default)]
+pub struct PublisherCounters {
+    /// Publish requests sent (deltas and snapshots), self included.
+    pub publishes: AtomicU64,
+    /// Publish requests that failed.
+    pub failures: AtomicU64,
+    /// Snapshots sent.
+    pub snapshots: AtomicU64,
+    /// Bytes of publish bodies sent over HTTP.
+    pub bytes: AtomicU64,
+}
+
+/// Everything the publisher needs.
+pub struct Publisher {
+    /// This node.
+    pub me: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The membership view.
+    pub view: Arc<ArcSwap<ClusterView>>,
+    /// This node's directory (for keys it owns itself).
+    pub directory: Arc<DirectoryService>,
+    /// How to reach owners.
+    pub peers: Arc<dyn PeerTransport>,
+    /// The local inventory and its deltas.
+    pub watcher: shoal_engine::WatcherHandle,
+    /// How long an owner may take.
+    pub timeout: Duration,
+    /// How often to compare digests.
+    pub sync_interval: Duration,
+    /// Ticks when the ring changes.
+    pub ring_changes: tokio::sync::watch::Receiver<u64>,
+    /// Counters.
+    pub counters: Arc<PublisherCounters>,
+}
+
+struct PublisherState {
+    publisher: Publisher,
+    seq: u64,
+    published: Inventory,
+    dirty: HashSet<NodeId>,
+}
+
+impl Publisher {
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut deltas = self.watcher.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = self.watcher.ready() => {}
+        }
+        let mut ring_changes = self.ring_changes.clone();
+        let mut state = PublisherState {
+            published: (*self.watcher.inventory()).clone(),
+            publisher: self,
+            seq: 0,
+            dirty: HashSet::new(),
+        };
+        state.snapshot_all().await;
+        let mut sync = tokio::time::interval(state.publisher.sync_interval);
+        sync.tick().await;
+        // A node alone has no membership: its ring never changes.
+        let mut ring_open = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                batch = deltas.recv() => match batch {
+                    Ok(batch) => state.publish(&batch).await,
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(missed = n, "publisher fell behind the watcher; sending snapshots");
+                        state.published = (*state.publisher.watcher.inventory()).clone();
+                        state.snapshot_all().await;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                changed = ring_changes.changed(), if ring_open => {
+                    match changed {
+                        Ok(()) => state.snapshot_all().await,
+                        Err(_) => ring_open = false,
+                    }
+                }
+                _ = sync.tick() => state.anti_entropy().await,
+            }
+        }
+    }
+}
+
+impl PublisherState {
+    fn clock(&mut self) -> SourceClock {
+        self.seq += 1;
+        SourceClock {
+            node: self.publisher.me.clone(),
+            incarnation: self.publisher.incarnation,
+            seq: self.seq,
+        }
+    }
+
+    /// Sends one publish per owner, all owners at once, and waits for all:
+    /// per owner, batches arrive in order.
+    async fn send(&mut self, per_owner: BTreeMap<NodeId, PublishBody>) {
+        let view = self.publisher.view.load_full();
+        let mut calls = Vec::new();
+        for (owner, body) in per_owner {
+            let is_snapshot = matches!(body, PublishBody::Snapshot { .. });
+            let message = Publish {
+                source: self.clock(),
+                body,
+            };
+            let p = &self.publisher;
+            p.counters.publishes.fetch_add(1, Ordering::Relaxed);
+            if is_snapshot {
+                p.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+            if owner == p.me {
+                p.directory.apply(&message);
+                continue;
+            }
+            let Some(addr) = view.api_of(&owner).map(str::to_owned) else {
+                self.dirty.insert(owner);
+                continue;
+            };
+            let transport = p.peers.clone();
+            let timeout = p.timeout;
+            let counters = p.counters.clone();
+            calls.push(async move {
+                let bytes = shoal_core::wire::encode(&message);
+                counters
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let r = peer::publish(transport.as_ref(), &addr, &message, timeout).await;
+                (owner, r)
+            });
+        }
+        for (owner, result) in futures::future::join_all(calls).await {
+            if let Err(e) = result {
+                self.publisher
+                    .counters
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%owner, error = %e, "publish failed; the next sync sends a snapshot");
+                self.dirty.insert(owner);
+            }
+        }
+    }
+
+    async fn publish(&mut self, batch: &[Delta]) {
+        let view = self.publisher.view.load_full();
+        let mut per_owner: BTreeMap<NodeId, (Vec<ContainerRecord>, Vec<RecordId>)> =
+            BTreeMap::new();
+        for d in batch {
+            let mut owners = Vec::new();
+            if let Some(old) = self.published.get(&d.record().id) {
+                owners_of(&view.ring, old, &mut owners);
+            }
+            owners_of(&view.ring, d.record(), &mut owners);
+            for o in owners {
+                let entry = per_owner.entry(o.clone()).or_default();
+                match d {
+                    Delta::Upsert(r) => entry.0.push(ContainerRecord::clone(r)),
+                    Delta::Remove(r) => entry.1.push(RecordId::of(r)),
+                }
+            }
+            self.published.apply(d);
+        }
+        let bodies = per_owner
+            .into_iter()
+            .map(|(o, (upserts, removes))| (o, PublishBody::Delta { upserts, removes }))
+            .collect();
+        self.send(bodies).await;
+    }
+
+    /// What each live member should hold from this node.
+    fn assignments(&self) -> BTreeMap<NodeId, Vec<ContainerRecord>> {
+        let view = self.publisher.view.load_full();
+        let mut per_owner: BTreeMap<NodeId, Vec<ContainerRecord>> = view
+            .ring
+            .members()
+            .iter()
+            .map(|m| (m.clone(), Vec::new()))
+            .collect();
+        for r in self.published.records() {
+            let mut owners = Vec::new();
+            owners_of(&view.ring, r, &mut owners);
+            for o in owners {
+                per_owner
+                    .entry(o.clone())
+                    .or_default()
+                    .push(ContainerRecord::clone(r));
+            }
+        }
+        per_owner
+    }
+
+    async fn snapshot_all(&mut self) {
+        let bodies = self
+            .assignments()
+            .into_iter()
+            .map(|(o, records)| (o, PublishBody::Snapshot { records }))
+            .collect();
+        self.dirty.clear();
+        self.send(bodies).await;
+    }
+
+    async fn anti_entropy(&mut self) {
+        let view = self.publisher.view.load_full();
+        let mut repairs = BTreeMap::new();
+        for (owner, records) in self.assignments() {
+            let (count, digest) = digest_of(&records);
+            let request = DigestRequest {
+                source: SourceClock {
+                    node: self.publisher.me.clone(),
+                    incarnation: self.publisher.incarnation,
+                    seq: self.seq,
+                },
+                count,
+                digest,
+            };
+            let matches = if self.dirty.contains(&owner) {
+                false
+            } else if owner == self.publisher.me {
+                self.publisher.directory.check(&request).matches
+            } else if let Some(addr) = view.api_of(&owner) {
+                match peer::digest(
+                    self.publisher.peers.as_ref(),
+                    addr,
+                    &request,
+                    self.publisher.timeout,
+                )
+                .await
+                {
+                    Ok(reply) => reply.matches,
+                    Err(e) => {
+                        debug!(%owner, error = %e, "digest failed");
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            if !matches {
+                repairs.insert(owner, PublishBody::Snapshot { records });
+            }
+        }
+        if !repairs.is_empty() {
+            info!(
+                owners = repairs.len(),
+                "anti-entropy: sending snapshots where digests differ"
+            );
+            for o in repairs.keys() {
+                self.dirty.remove(o);
+            }
+            self.send(repairs).await;
+        }
+    }
+}
+
+/// Keeps the directory to what this node should hold: forgets sources the
+/// failure detector declared dead, and once the ring has not changed for
+/// `grace`, records none of whose keys this node owns.
+pub async fn maintain_directory(
+    me: NodeId,
+    view: Arc<ArcSwap<ClusterView>>,
+    directory: Arc<DirectoryService>,
+    every: Duration,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut ring_members: Vec<NodeId> = Vec::new();
+    let mut stable_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let v = view.load_full();
+        for source in directory.snapshot().sources() {
+            if v.members.get(&source).is_some_and(|m| !m.alive) {
+                let n = directory.remove_source(&source);
+                info!(%source, records = n, "source declared dead; its records leave the directory");
+            }
+        }
+        if v.ring.members() != ring_members.as_slice() {
+            ring_members = v.ring.members().to_vec();
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= grace {
+            let dropped = directory.retain(|r| owns_any(&v.ring, &me, r));
+            if dropped > 0 {
+                info!(
+                    dropped,
+                    "dropped records whose keys this node no longer owns"
+                );
+            }
+            // Run the retain once per stable period.
+            stable_since = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+        }
+    }
+}
