@@ -267,6 +267,10 @@ async fn refresh(
 ) {
     let mut ticker = tokio::time::interval(every);
     let mut generation = 0u64;
+    // chitchat counts a member it has not had heartbeats from yet as dead;
+    // here a member is dead only once it has been seen alive, so a joiner's
+    // records are not pruned before its first heartbeats arrive.
+    let mut seen_alive: std::collections::HashSet<ChitchatId> = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -275,7 +279,12 @@ async fn refresh(
         let members = {
             let guard = chitchat.lock().await;
             let live: Vec<ChitchatId> = guard.live_nodes().cloned().collect();
-            let dead: Vec<ChitchatId> = guard.dead_nodes().cloned().collect();
+            seen_alive.extend(live.iter().cloned());
+            let dead: Vec<ChitchatId> = guard
+                .dead_nodes()
+                .filter(|id| seen_alive.contains(*id))
+                .cloned()
+                .collect();
             let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
             for (id, alive) in live
                 .iter()

@@ -1,0 +1,433 @@
+//! A fleet in one process: nodes over real HTTP and real UDP gossip on
+//! loopback, each watching its own synthetic engine. Every node answers
+//! every key the same; a name on two hosts is two answers; forwarded
+//! requests are never forwarded again; a dead node's containers leave; a
+//! restarted node replaces its records; a cut link heals.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use shoal_core::EngineId;
+use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_record};
+use shoal_node::peer::{HttpPeers, PeerError, PeerTransport};
+use shoal_node::{NodeConfig, run_with};
+use tokio_util::sync::CancellationToken;
+
+const PER_NODE: usize = 60;
+const DEAD_AFTER: Duration = Duration::from_secs(3);
+
+/// A peer transport whose links can be cut, per destination.
+#[derive(Default)]
+struct Cuttable {
+    inner: HttpPeers,
+    cut: Mutex<HashSet<String>>,
+}
+
+#[async_trait]
+impl PeerTransport for Cuttable {
+    async fn call(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        if self.cut.lock().unwrap().contains(addr) {
+            return Err(PeerError::Unreachable {
+                addr: addr.to_owned(),
+                message: "link cut by the test".into(),
+            });
+        }
+        self.inner.call(addr, path, body, timeout).await
+    }
+}
+
+struct FleetNode {
+    name: String,
+    addr: String,
+    engine: SyntheticEngine,
+    peers: Arc<Cuttable>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Fleet {
+    nodes: Vec<FleetNode>,
+    http: reqwest::Client,
+}
+
+fn engine_for(name: &str, count: usize) -> SyntheticEngine {
+    SyntheticEngine::new(SyntheticSpec {
+        count,
+        prefix: format!("{name}-"),
+        engine_id: EngineId(format!("engine-{name}")),
+    })
+}
+
+async fn start_node(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    seeds: Vec<String>,
+    engine: SyntheticEngine,
+) -> FleetNode {
+    let addr = listener.local_addr().unwrap().to_string();
+    let peers = Arc::new(Cuttable::default());
+    let stop = CancellationToken::new();
+    let config = NodeConfig {
+        node_id: name.into(),
+        peers: seeds,
+        dead_after: DEAD_AFTER,
+        sync_interval: Duration::from_millis(500),
+        ownership_grace: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let task = {
+        let (engine, peers, stop) = (engine.clone(), peers.clone(), stop.clone());
+        tokio::spawn(async move {
+            run_with(
+                config,
+                Arc::new(engine),
+                listener,
+                peers,
+                &chitchat::transport::UdpTransport,
+                stop,
+            )
+            .await
+            .unwrap();
+        })
+    };
+    FleetNode {
+        name: name.to_owned(),
+        addr,
+        engine,
+        peers,
+        stop,
+        task: Some(task),
+    }
+}
+
+impl Fleet {
+    async fn start(n: usize) -> Fleet {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let seeds: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let name = format!("f{i}");
+            let engine = engine_for(&name, PER_NODE);
+            nodes.push(start_node(&name, listener, seeds.clone(), engine).await);
+        }
+        let fleet = Fleet {
+            nodes,
+            http: reqwest::Client::new(),
+        };
+        fleet.converge(n).await;
+        fleet
+    }
+
+    /// Waits until every running node sees `members` alive and answers
+    /// every node's containers.
+    async fn converge(&self, members: usize) {
+        let started = Instant::now();
+        'wait: while started.elapsed() < Duration::from_secs(30) {
+            for node in self.nodes.iter().filter(|n| n.task.is_some()) {
+                let nodes = self.get(&node.addr, "/v1/nodes").await;
+                let alive = nodes.1["nodes"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|n| n["state"] == "alive").count())
+                    .unwrap_or(0);
+                if alive != members {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'wait;
+                }
+                for other in self.nodes.iter().filter(|n| n.task.is_some()) {
+                    let (status, _) = self
+                        .lookup(&node.addr, &format!("{}-{}", other.name, PER_NODE - 1))
+                        .await;
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'wait;
+                    }
+                }
+            }
+            return;
+        }
+        panic!("the fleet did not converge on {members} members");
+    }
+
+    async fn get(&self, addr: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .header("cache-control", "no-cache")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn lookup(&self, addr: &str, reference: &str) -> (u16, Value) {
+        self.get(addr, &format!("/v1/containers/{reference}")).await
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.stop.cancel();
+        if let Some(task) = node.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.stop.cancel();
+        }
+    }
+}
+
+fn ids(v: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["node"].as_str().unwrap_or("").to_owned(),
+                c["id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_every_key_the_same() {
+    let fleet = Fleet::start(5).await;
+    let mut paths = HashSet::new();
+    for owner in &fleet.nodes {
+        for i in [0, 7, 33, PER_NODE - 1] {
+            let name = format!("{}-{i}", owner.name);
+            let (_, first) = fleet.lookup(&fleet.nodes[0].addr, &name).await;
+            let record = &first["containers"][0];
+            assert_eq!(
+                record["node"],
+                owner.name.as_str(),
+                "{name} runs on its node"
+            );
+            let ip = record["networks"]["synthetic-a"]["ip"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let id = record["id"].as_str().unwrap()[..12].to_owned();
+            for asker in &fleet.nodes {
+                for reference in [&name, &ip, &id] {
+                    let (status, answer) = fleet.lookup(&asker.addr, reference).await;
+                    assert_eq!(
+                        status, 200,
+                        "{} asked for {reference}: {answer}",
+                        asker.name
+                    );
+                    assert_eq!(
+                        ids(&answer),
+                        ids(&first),
+                        "{} asked for {reference}",
+                        asker.name
+                    );
+                    paths.insert(answer["path"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        paths.contains("owner") && paths.contains("forwarded"),
+        "{paths:?}"
+    );
+    // A listing covers every node.
+    let (_, all) = fleet.get(&fleet.nodes[2].addr, "/v1/containers").await;
+    assert_eq!(all["containers"].as_array().unwrap().len(), 5 * PER_NODE);
+    assert_eq!(all["nodes"]["ok"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_on_two_hosts_returns_both_each_with_its_node() {
+    let fleet = Fleet::start(5).await;
+    for n in &fleet.nodes[..2] {
+        let mut r = synthetic_record(&format!("twin-{}", n.name), 0, &EngineId(String::new()));
+        r.names = vec!["twin".into()];
+        n.engine.run(r);
+    }
+    let started = Instant::now();
+    loop {
+        let (status, answer) = fleet.lookup(&fleet.nodes[4].addr, "twin").await;
+        if status == 200 && ids(&answer).len() == 2 {
+            let nodes: Vec<_> = ids(&answer).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(nodes, ["f0", "f1"]);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "twin never showed twice: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_never_forwarded_again() {
+    let fleet = Fleet::start(5).await;
+    // Find a node that does not own some key: asked with the hop header it
+    // answers from its own directory (nothing) instead of forwarding.
+    for asker in &fleet.nodes {
+        for other in &fleet.nodes {
+            let name = format!("{}-3", other.name);
+            let plain = fleet.lookup(&asker.addr, &name).await;
+            if plain.1["path"] != "forwarded" {
+                continue;
+            }
+            let r = fleet
+                .http
+                .get(format!("http://{}/v1/containers/{name}", asker.addr))
+                .header("x-shoal-hop", "1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 404, "a hop is answered where it lands");
+            return;
+        }
+    }
+    panic!("no forwarded lookup found in a fleet of 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_containers_leave_within_dead_after_and_other_keys_keep_answering() {
+    let mut fleet = Fleet::start(5).await;
+    let victim = "f4-10";
+    assert_eq!(fleet.lookup(&fleet.nodes[0].addr, victim).await.0, 200);
+    let killed = Instant::now();
+    fleet.kill(4).await;
+    let mut gone_after = None;
+    while killed.elapsed() < DEAD_AFTER * 3 {
+        // Other keys keep answering while the death is detected.
+        for n in 0..4 {
+            let (status, _) = fleet.lookup(&fleet.nodes[n].addr, &format!("f{n}-5")).await;
+            assert_eq!(status, 200);
+        }
+        let answers = futures::future::join_all(
+            fleet.nodes[..4]
+                .iter()
+                .map(|n| fleet.lookup(&n.addr, victim)),
+        )
+        .await;
+        if answers.iter().all(|(s, _)| *s == 404) {
+            gone_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = gone_after.expect("the dead node's containers never left");
+    println!(
+        "a dead node's containers left every directory {took:?} after it stopped (dead_after {DEAD_AFTER:?})"
+    );
+    // Every survivor calls it dead (each detector decides on its own).
+    for n in 0..4 {
+        let mut state = Value::Null;
+        while killed.elapsed() < DEAD_AFTER * 3 {
+            let (_, nodes) = fleet.get(&fleet.nodes[n].addr, "/v1/nodes").await;
+            state = nodes["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == "f4")
+                .unwrap()["state"]
+                .clone();
+            if state == "dead" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, "dead", "f{n} still calls f4 {state}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_replaces_its_records() {
+    let mut fleet = Fleet::start(4).await;
+    let addr = fleet.nodes[3].addr.clone();
+    fleet.kill(3).await;
+    // Same node, same address, a new engine: half its old containers.
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let seeds = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
+    fleet.nodes[3] = start_node("f3", listener, seeds, engine_for("f3", PER_NODE / 2)).await;
+    let started = Instant::now();
+    loop {
+        let gone = fleet
+            .lookup(&fleet.nodes[0].addr, &format!("f3-{}", PER_NODE - 1))
+            .await
+            .0
+            == 404;
+        let kept = fleet.lookup(&fleet.nodes[1].addr, "f3-1").await.0 == 200;
+        if gone && kept {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the restart never replaced the old records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_heals_and_converges() {
+    let fleet = Fleet::start(3).await;
+    let source = &fleet.nodes[0];
+    // Cut f0 from every peer, change a container, and see the peers keep
+    // the old state (no publish gets through) until the link heals.
+    for other in &fleet.nodes[1..] {
+        source.peers.cut.lock().unwrap().insert(other.addr.clone());
+    }
+    let id = shoal_engine::synthetic_id("f0-", 2);
+    source.engine.modify(&id, "rename", |r| {
+        r.names = vec!["renamed-while-cut".into()]
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut stale = 0;
+    for other in &fleet.nodes[1..] {
+        if fleet.lookup(&other.addr, "f0-2").await.0 == 200 {
+            stale += 1;
+        }
+    }
+    assert!(
+        stale > 0,
+        "with the link cut, some owner still has the old name"
+    );
+    source.peers.cut.lock().unwrap().clear();
+    let started = Instant::now();
+    loop {
+        let mut converged = true;
+        for n in &fleet.nodes {
+            converged &= fleet.lookup(&n.addr, "f0-2").await.0 == 404;
+            converged &= fleet.lookup(&n.addr, "renamed-while-cut").await.0 == 200;
+        }
+        if converged {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the healed link never converged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
