@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack of `make up`: three shoal nodes as plain processes, each
-# watching this host's Docker engine, and nginx in front of them on :8080.
+# The local stack of `make up`: a three-node shoal cluster as plain
+# processes (gossiping with each other on 127.0.0.1:7071-7073, each watching
+# this host's Docker engine) and nginx in front of them on :8080.
 #   scripts/local-stack.sh up|down|status|logs
 # State (pid files, logs, the generated nginx config) lives in
 # target/local/. Until the deployment work lands (images, compose), this is
@@ -79,10 +80,12 @@ up() {
   bash "$root/scripts/ensure-docker.sh"
   ensure_nginx
   mkdir -p "$state"
+  local peers=""
+  for i in "${nodes[@]}"; do peers+="${peers:+,}127.0.0.1:$(node_port "$i")"; done
   for i in "${nodes[@]}"; do
     local pidf="$state/node$i.pid"
     if alive "$pidf"; then say "node$i already runs (pid $(cat "$pidf"))"; continue; fi
-    "$bin" node --node-id "node$i" --listen "127.0.0.1:$(node_port "$i")" \
+    "$bin" node --node-id "node$i" --listen "127.0.0.1:$(node_port "$i")" --peers "$peers" \
       >"$state/node$i.log" 2>&1 &
     echo $! > "$pidf"
   done
@@ -104,8 +107,8 @@ up() {
   wait_http "http://127.0.0.1:$port/nginx-health" 10 || die "nginx does not answer on :$port"
   wait_http "http://127.0.0.1:$port/readyz" 10 || die "nginx answers but no node behind it does"
   cat <<MSG
-stack up: node1 node2 node3 (plain processes) behind nginx on http://localhost:$port
-each node watches this host's Docker engine; logs: make logs
+stack up: node1 node2 node3 (a cluster of plain processes) behind nginx on http://localhost:$port
+each node watches this host's Docker engine; the fleet shows each container once; logs: make logs
 try:  curl localhost:$port/v1/containers/<name>     or   $bin get <name>
       curl localhost:$port/v1/nodes                 or   $bin nodes
 stop: make down
