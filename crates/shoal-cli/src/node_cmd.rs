@@ -114,6 +114,11 @@ pub struct NodeArgs {
     /// The most calls in one JSON-RPC batch [default: 100].
     #[arg(long, env = "SHOAL_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Shared secret of the peer API (at least 16 characters): peer requests
+    /// carry an HMAC of it. Prefer SHOAL_CLUSTER_SECRET or the file to a
+    /// flag, which other users can see in the process list.
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Log filter: a level (info, debug) or directives (shoal_engine=debug)
     /// [default: info].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
@@ -154,6 +159,7 @@ pub struct FileConfig {
     request_timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
+    cluster_secret: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -241,6 +247,7 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .or(file.max_body_bytes)
             .unwrap_or(d.max_body_bytes),
         max_batch: args.max_batch.or(file.max_batch).unwrap_or(d.max_batch),
+        cluster_secret: args.cluster_secret.or(file.cluster_secret),
         ..d
     };
     node.validate()

@@ -42,6 +42,7 @@ pub fn app(service: Shared) -> Router {
         .route("/_shoal/v1/publish", post(peer_publish))
         .route("/_shoal/v1/digest", post(peer_digest))
         .route("/_shoal/v1/local", post(peer_local))
+        .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     let public = Router::new()
         .route("/v1/containers", get(list_containers))
@@ -241,6 +242,40 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("this route does not take that method".into())
+}
+
+/// With `--cluster-secret`, a peer request must carry a valid HMAC.
+async fn peer_auth(State(service): State<Shared>, request: Request, next: Next) -> Response {
+    let Some(secret) = service.config.cluster_secret.clone() else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let limit = service.config.max_peer_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::PayloadTooLarge("the peer body is over this node's limit".into())
+                .into_response();
+        }
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = crate::auth::verify(
+        secret.as_bytes(),
+        parts.method.as_str(),
+        parts.uri.path(),
+        header(crate::auth::TS_HEADER),
+        header(crate::auth::AUTH_HEADER),
+        &bytes,
+        now_ms() / 1000,
+    ) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": {"code": "unauthorized", "message": why}})),
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 fn bincode_response<T: serde::Serialize>(message: &T) -> Response {

@@ -45,6 +45,9 @@ pub struct NodeConfig {
     pub scatter_timeout: Duration,
     /// The largest peer request body accepted (default 64 MiB: snapshots).
     pub max_peer_body_bytes: usize,
+    /// Shared secret of the peer API: peer requests carry an HMAC of it
+    /// (default: none; peer routes then trust the network).
+    pub cluster_secret: Option<String>,
     /// Records the hot cache may hold (default 100 000).
     pub hot_capacity: u64,
     /// Reconcile with a full engine list this often (default 60 s).
@@ -81,6 +84,7 @@ impl Default for NodeConfig {
             scatter_timeout: Duration::from_secs(1),
             max_peer_body_bytes: 64 * 1024 * 1024,
             hot_capacity: 100_000,
+            cluster_secret: None,
             resync_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 256 * 1024,
@@ -113,6 +117,9 @@ impl NodeConfig {
                 "node-id {:?} may hold only letters, digits, '_', '.' and '-'",
                 self.node_id.0
             ));
+        }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err("cluster-secret must be at least 16 characters".into());
         }
         if self.replicas == 0 {
             return Err("replicas must be at least 1".into());

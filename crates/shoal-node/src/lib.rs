@@ -10,6 +10,7 @@
 //! [`NodeConfig`] is the plain configuration the `shoal` command fills.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -52,11 +53,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
+    let secret = config.cluster_secret.clone();
     run_with(
         config,
         engine,
         listener,
-        Arc::new(peer::HttpPeers::new()),
+        Arc::new(peer::HttpPeers::with_secret(secret)),
         &chitchat::transport::UdpTransport,
         shutdown,
     )

@@ -73,9 +73,18 @@ pub trait PeerTransport: Send + Sync + 'static {
 /// The real transport: HTTP/1.1 with keep-alive, through reqwest.
 pub struct HttpPeers {
     client: reqwest::Client,
+    secret: Option<String>,
 }
 
 impl HttpPeers {
+    /// A transport that signs every request with `secret`, if any.
+    pub fn with_secret(secret: Option<String>) -> Self {
+        HttpPeers {
+            secret,
+            ..Self::new()
+        }
+    }
+
     /// A transport with a connection pool per peer.
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
@@ -86,7 +95,10 @@ impl HttpPeers {
             .user_agent(concat!("shoal-peer/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        HttpPeers { client }
+        HttpPeers {
+            client,
+            secret: None,
+        }
     }
 }
 
@@ -106,16 +118,30 @@ impl PeerTransport for HttpPeers {
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
         let url = format!("http://{addr}{path}");
-        let request = match body {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let mut request = match &body {
             Some(b) => self
                 .client
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-                .body(b),
+                .body(b.clone()),
             None => self.client.get(&url),
         }
         .header(HOP_HEADER, "1")
         .timeout(timeout);
+        if let Some(secret) = &self.secret {
+            let ts = crate::service::now_ms() / 1000;
+            let mac = crate::auth::sign(
+                secret.as_bytes(),
+                method,
+                path,
+                ts,
+                body.as_deref().unwrap_or_default(),
+            );
+            request = request
+                .header(crate::auth::TS_HEADER, ts)
+                .header(crate::auth::AUTH_HEADER, mac);
+        }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 PeerError::Timeout {

@@ -20,7 +20,6 @@ const PER_NODE: usize = 60;
 const DEAD_AFTER: Duration = Duration::from_secs(3);
 
 /// A peer transport whose links can be cut, per destination.
-#[derive(Default)]
 struct Cuttable {
     inner: HttpPeers,
     cut: Mutex<HashSet<String>>,
@@ -72,9 +71,13 @@ async fn start_node(
     listener: tokio::net::TcpListener,
     seeds: Vec<String>,
     engine: SyntheticEngine,
+    secret: Option<String>,
 ) -> FleetNode {
     let addr = listener.local_addr().unwrap().to_string();
-    let peers = Arc::new(Cuttable::default());
+    let peers = Arc::new(Cuttable {
+        inner: HttpPeers::with_secret(secret.clone()),
+        cut: Mutex::default(),
+    });
     let stop = CancellationToken::new();
     let config = NodeConfig {
         node_id: name.into(),
@@ -82,6 +85,7 @@ async fn start_node(
         dead_after: DEAD_AFTER,
         sync_interval: Duration::from_millis(500),
         ownership_grace: Duration::from_secs(2),
+        cluster_secret: secret,
         ..Default::default()
     };
     let task = {
@@ -111,6 +115,10 @@ async fn start_node(
 
 impl Fleet {
     async fn start(n: usize) -> Fleet {
+        Self::start_with(n, None).await
+    }
+
+    async fn start_with(n: usize, secret: Option<&str>) -> Fleet {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -123,7 +131,8 @@ impl Fleet {
         for (i, listener) in listeners.into_iter().enumerate() {
             let name = format!("f{i}");
             let engine = engine_for(&name, PER_NODE);
-            nodes.push(start_node(&name, listener, seeds.clone(), engine).await);
+            let secret = secret.map(str::to_owned);
+            nodes.push(start_node(&name, listener, seeds.clone(), engine, secret).await);
         }
         let fleet = Fleet {
             nodes,
@@ -369,7 +378,7 @@ async fn a_restarted_node_replaces_its_records() {
     // Same node, same address, a new engine: half its old containers.
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     let seeds = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
-    fleet.nodes[3] = start_node("f3", listener, seeds, engine_for("f3", PER_NODE / 2)).await;
+    fleet.nodes[3] = start_node("f3", listener, seeds, engine_for("f3", PER_NODE / 2), None).await;
     let started = Instant::now();
     loop {
         let gone = fleet
@@ -430,4 +439,14 @@ async fn a_cut_link_heals_and_converges() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_with_a_cluster_secret_publishes_and_forwards_signed() {
+    // Converging means every node answers every node's containers: each
+    // publish and forward went through the HMAC check.
+    let fleet = Fleet::start_with(3, Some("a-long-enough-secret")).await;
+    let (status, answer) = fleet.lookup(&fleet.nodes[0].addr, "f2-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["containers"][0]["node"], "f2");
 }

@@ -618,3 +618,107 @@ async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
         StatusCode::OK
     );
 }
+
+fn a_publish() -> Vec<u8> {
+    use shoal_core::wire::{Publish, PublishBody, SourceClock, encode};
+    encode(&Publish {
+        source: SourceClock {
+            node: "intruder".into(),
+            incarnation: 1,
+            seq: 1,
+        },
+        body: PublishBody::Snapshot {
+            records: vec![synthetic_record("evil", 0, &EngineId("x".into()))],
+        },
+    })
+}
+
+#[tokio::test]
+async fn peer_routes_refuse_bad_bytes_and_other_versions() {
+    let n = node().await;
+    let a = send(
+        &n.router,
+        Method::POST,
+        "/_shoal/v1/publish",
+        Body::from(vec![1u8, 2, 3]),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let mut other_version = a_publish();
+    other_version[0] = 9;
+    let a = send(
+        &n.router,
+        Method::POST,
+        "/_shoal/v1/publish",
+        Body::from(other_version),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("version 9")
+    );
+    let a = get(&n.router, "/_shoal/v1/lookup/colour/red").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn with_a_cluster_secret_unsigned_peer_requests_are_refused() {
+    let secret = "a-long-enough-secret";
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            cluster_secret: Some(secret.into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let a = send(
+        &n.router,
+        Method::POST,
+        "/_shoal/v1/publish",
+        Body::from(a_publish()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json["error"]["code"], "unauthorized");
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::NOT_FOUND,
+        "nothing applied"
+    );
+
+    let body = a_publish();
+    let ts = shoal_node::service::now_ms() / 1000;
+    let mac = shoal_node::auth::sign(secret.as_bytes(), "POST", "/_shoal/v1/publish", ts, &body);
+    let response = n
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/_shoal/v1/publish")
+                .header("x-shoal-ts", ts.to_string())
+                .header("x-shoal-auth", mac)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a signed publish is applied"
+    );
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::OK
+    );
+}
