@@ -111,8 +111,10 @@ fn owners_of<'a>(ring: &'a Ring, r: &ContainerRecord, into: &mut Vec<&'a NodeId>
 }
 
 /// Counters of the publisher, for metrics and the benchmarks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PublisherCounters {
+    /// From the watcher reading a change to every owner having it.
+    pub lag: prometheus_client::metrics::histogram::Histogram,
     /// Publish requests sent (deltas and snapshots), self included.
     pub publishes: AtomicU64,
     /// Publish requests that failed.
@@ -121,6 +123,21 @@ pub struct PublisherCounters {
     pub snapshots: AtomicU64,
     /// Bytes of publish bodies sent over HTTP.
     pub bytes: AtomicU64,
+}
+
+impl Default for PublisherCounters {
+    fn default() -> Self {
+        PublisherCounters {
+            // 100 µs to about 3 s.
+            lag: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16),
+            ),
+            publishes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Everything the publisher needs.
@@ -236,11 +253,10 @@ impl PublisherState {
             let timeout = p.timeout;
             let counters = p.counters.clone();
             calls.push(async move {
-                let bytes = shoal_core::wire::encode(&message);
-                counters
-                    .bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let r = peer::publish(transport.as_ref(), &addr, &message, timeout).await;
+                if let Ok((_, sent)) = &r {
+                    counters.bytes.fetch_add(*sent as u64, Ordering::Relaxed);
+                }
                 (owner, r)
             });
         }
@@ -257,6 +273,11 @@ impl PublisherState {
     }
 
     async fn publish(&mut self, batch: &[Delta]) {
+        let newest = batch
+            .iter()
+            .map(|d| d.record().updated_at)
+            .max()
+            .unwrap_or(0);
         let view = self.publisher.view.load_full();
         let mut per_owner: BTreeMap<NodeId, (Vec<ContainerRecord>, Vec<RecordId>)> =
             BTreeMap::new();
@@ -280,6 +301,8 @@ impl PublisherState {
             .map(|(o, (upserts, removes))| (o, PublishBody::Delta { upserts, removes }))
             .collect();
         self.send(bodies).await;
+        let lag_ms = crate::service::now_ms().saturating_sub(newest);
+        self.publisher.counters.lag.observe(lag_ms as f64 / 1000.0);
     }
 
     /// What each live member should hold from this node.

@@ -92,6 +92,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric under the `shoal_` prefix.
     pub fn new() -> Self {
+        Self::with_publisher(&crate::cluster::PublisherCounters::default())
+    }
+
+    /// Registers every metric, the publisher's lag histogram included.
+    pub fn with_publisher(publisher: &crate::cluster::PublisherCounters) -> Self {
         let mut registry = Registry::with_prefix("shoal");
         let m = Metrics {
             requests: Family::default(),
@@ -207,6 +212,11 @@ impl Metrics {
             "publish_bytes",
             "Bytes of publish bodies sent over HTTP",
             m.publish_bytes.clone(),
+        );
+        registry.register(
+            "publish_lag_seconds",
+            "From the watcher reading a change to every owner having it",
+            publisher.lag.clone(),
         );
         Metrics { registry, ..m }
     }

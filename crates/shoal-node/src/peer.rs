@@ -198,14 +198,23 @@ pub fn lookup_path(key: &LookupKey) -> String {
         }
 }
 
-/// Sends a publish to an owner.
+/// Sends a publish to an owner; answers its ack and the bytes sent.
 pub async fn publish(
     t: &dyn PeerTransport,
     addr: &str,
     p: &Publish,
     timeout: Duration,
-) -> Result<PublishAck, PeerError> {
-    typed(t, addr, "/_shoal/v1/publish", Some(p), timeout).await
+) -> Result<(PublishAck, usize), PeerError> {
+    let body = wire::encode(p);
+    let sent = body.len();
+    let answer = t
+        .call(addr, "/_shoal/v1/publish", Some(body), timeout)
+        .await?;
+    let ack = wire::decode(&answer).map_err(|e| PeerError::Malformed {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok((ack, sent))
 }
 
 /// Asks an owner whether it holds what the digest says.

@@ -285,15 +285,16 @@ impl NodeService {
                 })
                 .build()
         });
+        let publisher = Arc::new(PublisherCounters::default());
         NodeService {
             config,
             incarnation,
             watcher,
-            metrics: Metrics::new(),
+            metrics: Metrics::with_publisher(&publisher),
             view,
             directory: Arc::new(DirectoryService::new()),
             peers,
-            publisher: Arc::new(PublisherCounters::default()),
+            publisher,
             hot,
         }
     }
