@@ -105,6 +105,9 @@ pub struct NodeArgs {
     /// [default: 10s].
     #[arg(long, env = "SHOAL_SYNC_INTERVAL", value_parser = parse_duration)]
     pub sync_interval: Option<Duration>,
+    /// Deadline of a fleet-wide listing (scatter-gather) [default: 1s].
+    #[arg(long, env = "SHOAL_SCATTER_TIMEOUT", value_parser = parse_duration)]
+    pub scatter_timeout: Option<Duration>,
     /// The longest a request may take [default: 10s].
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -155,6 +158,8 @@ pub struct FileConfig {
     dead_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     sync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    scatter_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
@@ -238,6 +243,10 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .sync_interval
             .or(file.sync_interval)
             .unwrap_or(d.sync_interval),
+        scatter_timeout: args
+            .scatter_timeout
+            .or(file.scatter_timeout)
+            .unwrap_or(d.scatter_timeout),
         request_timeout: args
             .request_timeout
             .or(file.request_timeout)
