@@ -34,8 +34,15 @@ command -v ip >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 default_subnet() {
-  local h; h=$(printf '%s' "$name" | cksum | cut -d' ' -f1)
-  echo "10.213.$((h % 250 + 1)).0/24"
+  # From a hash of NAME, stepping past /24s another interface already has,
+  # so that engines started side by side never share a subnet.
+  local h x tries=0
+  h=$(printf '%s' "$name" | cksum | cut -d' ' -f1)
+  x=$((h % 250 + 1))
+  while ip -4 -o addr show | grep -q " 10\.213\.$x\." && [ $tries -lt 250 ]; do
+    x=$((x % 250 + 1)); tries=$((tries + 1))
+  done
+  echo "10.213.$x.0/24"
 }
 
 start() {
