@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build the release binary target/release/shoal
@@ -21,26 +21,74 @@ test-deps: ## install and start what the tests need (dockerd, the busybox test i
 	bash scripts/test-image.sh
 
 .PHONY: test
-test: test-deps ## run every test: unit, property, router, process and real-Docker tests
+test: test-deps ## run every test: unit, property, router, fleet, real-Docker, manifests, e2e
 	$(CARGO) test --workspace --locked -- --include-ignored
+	$(MAKE) k8s-validate
+	$(MAKE) e2e
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
+# Where no registry answers, the bases are built locally (deploy/base-image.sh);
+# with one, set BASE_IMAGE=debian:bookworm-slim NGINX_BASE_IMAGE=debian:bookworm-slim.
+BASE_IMAGE ?= shoal/debian:bookworm-slim
+NGINX_BASE_IMAGE ?= shoal/nginx-base:bookworm
+COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
+export DOCKER_GID ?= $(shell stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)
+
+.PHONY: base-images
+base-images:
+	@if [ "$(BASE_IMAGE)" = shoal/debian:bookworm-slim ]; then bash deploy/base-image.sh; fi
+
+.PHONY: images
+images: build base-images ## build the images shoal/node and shoal/nginx
+	docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t shoal/node:latest .
+	docker build -q -f deploy/nginx.Dockerfile --build-arg BASE_IMAGE=$(NGINX_BASE_IMAGE) -t shoal/nginx:latest .
+
 .PHONY: up
-up: build ## start three nodes watching the local Docker engine, nginx in front on :8080
-	bash scripts/local-stack.sh up
+up: images ## start three nodes and nginx on :8080 with docker compose
+	bash scripts/ensure-docker.sh --with-compose
+	$(COMPOSE) -p shoal up -d
+	bash scripts/wait-http.sh http://127.0.0.1:$${SHOAL_HTTP_PORT:-8080}/readyz 60
+	@echo "stack up: node1 node2 node3 behind nginx on http://localhost:$${SHOAL_HTTP_PORT:-8080}"
+	@echo "try: curl localhost:$${SHOAL_HTTP_PORT:-8080}/v1/containers/<name>   or   target/release/shoal get <name>"
 
 .PHONY: down
-down: ## stop what `make up` started
-	bash scripts/local-stack.sh down
+down: ## stop and remove what `make up` started (containers, network)
+	-$(COMPOSE) -p shoal down --remove-orphans -v
 
 .PHONY: logs
-logs: ## follow the logs of what `make up` started
-	bash scripts/local-stack.sh logs
+logs: ## follow the stack's logs
+	$(COMPOSE) -p shoal logs -f --tail 50
+
+.PHONY: up-local
+up-local: build ## the same cluster as plain processes, nginx from Debian, no images
+	bash scripts/local-stack.sh up
+
+.PHONY: down-local
+down-local: ## stop what `make up-local` started
+	bash scripts/local-stack.sh down
+
+.PHONY: e2e
+e2e: images ## the compose stack end to end through nginx on :8080, then torn down
+	bash scripts/ensure-docker.sh --with-compose
+	bash scripts/test-image.sh
+	bash scripts/e2e.sh
+
+.PHONY: k8s-validate
+k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema
+	bash scripts/k8s-validate.sh
+
+.PHONY: minikube
+minikube: build base-images ## build the images into minikube's engine, deploy k8s/, port-forward :8080
+	bash scripts/minikube.sh up
+
+.PHONY: minikube-down
+minikube-down: ## remove the minikube deployment
+	bash scripts/minikube.sh down
 
 .PHONY: clean
-clean: down ## stop the stack and remove build output
+clean: down down-local ## stop the stacks and remove build output
 	$(CARGO) clean

@@ -119,6 +119,22 @@ impl DockerEngine {
     }
 }
 
+/// An error with its causes: bollard's own message often hides the one a
+/// person needs ("permission denied", "no such file").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn classify(host: &str, e: BollardError) -> EngineError {
     match e {
         BollardError::DockerResponseServerError {
@@ -128,7 +144,7 @@ fn classify(host: &str, e: BollardError) -> EngineError {
         BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
             EngineError::Api(format!("{host}: {e}"))
         }
-        other => EngineError::Unreachable(format!("{host}: {other}")),
+        other => EngineError::Unreachable(format!("{host}: {}", with_causes(&other))),
     }
 }
 

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The compose stack end to end, through nginx on localhost:8080 (or
+# $SHOAL_HTTP_PORT): the cache-inventory scenario (name -> IP -> the same
+# container, on the default bridge and on a 192.168.0.0/16 network), every
+# node serving, lookups surviving a stopped node, and a teardown that
+# leaves no container, network or volume behind. Needs the images
+# (make images) and the test image (scripts/test-image.sh).
+set -euo pipefail
+
+me=e2e
+root=$(cd "$(dirname "$0")/.." && pwd)
+port=${SHOAL_HTTP_PORT:-8080}
+project=shoal-e2e
+net=shoal-e2e-testnet
+image=shoal-test/busybox:latest
+compose=$(command -v docker-compose >/dev/null && echo docker-compose || echo "docker compose")
+base="http://127.0.0.1:$port"
+export DOCKER_GID=${DOCKER_GID:-$(stat -c %g /var/run/docker.sock)}
+
+say() { echo "$me: $*" >&2; }
+fail() { say "FAILED: $*"; exit 1; }
+
+teardown() {
+  $compose -p "$project" -f "$root/docker-compose.yml" down --remove-orphans -v >/dev/null 2>&1 || true
+  docker rm -f bridge-cnt testnet-cnt >/dev/null 2>&1 || true
+  docker network rm "$net" >/dev/null 2>&1 || true
+  rm -rf "${tmp:-/nonexistent}"
+}
+trap teardown EXIT
+
+# GET a path through nginx: prints "status node body".
+get() {
+  curl -s -m 5 -D "$tmp/h" -o "$tmp/b" -w '%{http_code}' -H 'cache-control: no-cache' "$base$1" || echo 000
+}
+json() { python3 -c "import json,sys; d=json.load(open('$tmp/b')); print($1)"; }
+
+tmp=$(mktemp -d)
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  fail "port $port is taken (is \`make up\` running? \`make down\` first, or set SHOAL_HTTP_PORT)"
+fi
+teardown
+$compose -p "$project" -f "$root/docker-compose.yml" up -d >/dev/null 2>&1 \
+  || { $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 20 >&2; fail "compose up"; }
+bash "$root/scripts/wait-http.sh" "$base/readyz" 60 || fail "nothing ready behind nginx"
+say "stack up on :$port"
+
+docker run -d --name bridge-cnt "$image" sleep 600 >/dev/null
+docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
+docker run -d --name testnet-cnt --network "$net" "$image" sleep 600 >/dev/null
+
+for pair in bridge-cnt:bridge "testnet-cnt:$net"; do
+  name=${pair%%:*} network=${pair#*:}
+  for _ in $(seq 1 50); do [ "$(get "/v1/containers/$name")" = 200 ] && break; sleep 0.1; done
+  [ "$(get "/v1/containers/$name")" = 200 ] || fail "$name not found through :$port"
+  id=$(json "d['containers'][0]['id']")
+  ip=$(json "d['containers'][0]['networks']['$network']['ip']")
+  [ "$id" = "$(docker inspect -f '{{.Id}}' "$name")" ] || fail "$name: wrong id $id"
+  [ "$ip" = "$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$name")" ] || fail "$name: wrong ip $ip"
+  [ "$(get "/v1/containers/$ip")" = 200 ] || fail "$ip not found"
+  [ "$(json "len(d['containers'])")" = 1 ] || fail "$ip matches more than one container"
+  [ "$(json "d['containers'][0]['id']")" = "$id" ] || fail "$name -> $ip -> another container"
+  say "ok: $name -> $ip -> the same container ($network)"
+done
+case "$ip" in 192.168.*) ;; *) fail "testnet-cnt has $ip, not an address of 192.168.0.0/16" ;; esac
+
+# Every node serves (nginx spreads requests over them).
+seen=""
+for _ in $(seq 1 60); do
+  get /v1/containers/bridge-cnt >/dev/null
+  node=$(awk -F': ' 'tolower($1)=="x-shoal-node" {print $2}' "$tmp/h" | tr -d '\r')
+  case " $seen " in *" $node "*) ;; *) seen="$seen $node" ;; esac
+done
+for n in node1 node2 node3; do
+  case " $seen " in *" $n "*) ;; *) fail "$n never answered (seen:$seen)" ;; esac
+done
+say "ok: every node served (seen:$seen)"
+
+# Stop one node: lookups through nginx keep succeeding.
+$compose -p "$project" -f "$root/docker-compose.yml" stop -t 1 node2 >/dev/null 2>&1
+for i in $(seq 1 60); do
+  for name in bridge-cnt testnet-cnt; do
+    code=$(get "/v1/containers/$name")
+    [ "$code" = 200 ] || fail "lookup $i of $name answered $code with node2 stopped"
+  done
+done
+say "ok: 120 lookups through :$port with node2 stopped, all 200"
+
+teardown
+trap - EXIT
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker network ls -q --filter "name=${project}_"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
+[ -z "$left" ] || fail "left behind: $left"
+docker ps -aq --filter name=bridge-cnt --filter name=testnet-cnt | grep -q . && fail "test containers left behind"
+say "ok: torn down, nothing left behind"
+echo "e2e: 4 passed, 0 failed"
