@@ -24,6 +24,7 @@ test-deps: ## install and start what the tests need (dockerd, the busybox test i
 test: test-deps ## run every test: unit, property, router, fleet, real-Docker, manifests, e2e
 	$(CARGO) test --workspace --locked -- --include-ignored
 	$(MAKE) k8s-validate
+	$(MAKE) peers-dns
 	$(MAKE) e2e
 
 .PHONY: lint
@@ -76,6 +77,10 @@ e2e: images ## the compose stack end to end through nginx on :8080, then torn do
 	bash scripts/ensure-docker.sh --with-compose
 	bash scripts/test-image.sh
 	bash scripts/e2e.sh
+
+.PHONY: peers-dns
+peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
+	bash scripts/peers-dns-test.sh
 
 .PHONY: k8s-validate
 k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema

@@ -332,11 +332,6 @@ fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let resolved = resolve(args, std::env::var("DOCKER_HOST").ok())?;
     init_logging(&resolved.log_level, resolved.log_format)?;
-    if !resolved.node.peers.is_empty() || resolved.node.peers_dns.is_some() {
-        warn!(
-            "peers are set, but this version of shoal runs each node alone: it answers for its own engine only"
-        );
-    }
     let engine = engine(&resolved)?;
     let listen = resolved.node.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# shoal on minikube:
+#   scripts/minikube.sh up     build the images into minikube's engine, apply k8s/,
+#                              wait for the rollout, port-forward localhost:8080
+#   scripts/minikube.sh down   stop the port-forward and delete what k8s/ created
+# Needs minikube and kubectl, and minikube's Docker runtime (the default of
+# its docker driver): the DaemonSet watches each host's Docker engine.
+set -euo pipefail
+
+me=minikube
+root=$(cd "$(dirname "$0")/.." && pwd)
+state="$root/target/minikube"
+port=${SHOAL_HTTP_PORT:-8080}
+profile=${MINIKUBE_PROFILE:-minikube}
+
+say() { echo "$me: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+need() { command -v "$1" >/dev/null || die "$1 is not installed: $2"; }
+
+up() {
+  need minikube "see the minikube documentation to install it"
+  need kubectl "install kubectl, or use 'minikube kubectl --'"
+  [ -x "$root/target/release/shoal" ] || die "build first: make build"
+  if ! minikube -p "$profile" status >/dev/null 2>&1; then
+    say "starting minikube ($profile) with the Docker runtime"
+    minikube -p "$profile" start --container-runtime=docker
+  fi
+  runtime=$(kubectl get nodes -o jsonpath='{.items[0].status.nodeInfo.containerRuntimeVersion}')
+  case "$runtime" in docker://*) ;; *) die "minikube runs $runtime; shoal's DaemonSet needs the Docker runtime (minikube start --container-runtime=docker)";; esac
+  say "building the images into minikube's engine"
+  eval "$(minikube -p "$profile" docker-env)"
+  base=${BASE_IMAGE:-}
+  nginx_base=${NGINX_BASE_IMAGE:-}
+  if [ -z "$base" ]; then
+    # No registry assumed: the local bases, imported into minikube's engine.
+    bash "$root/deploy/base-image.sh"
+    base=shoal/debian:bookworm-slim nginx_base=shoal/nginx-base:bookworm
+  fi
+  docker build -q -f "$root/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" -t shoal/node:latest "$root" >/dev/null
+  docker build -q -f "$root/deploy/nginx.Dockerfile" --build-arg BASE_IMAGE="${nginx_base:-$base}" -t shoal/nginx:latest "$root" >/dev/null
+  kubectl apply -k "$root/k8s"
+  # A re-run picks up rebuilt images.
+  kubectl -n shoal rollout restart daemonset/shoal-node deployment/shoal-nginx >/dev/null
+  kubectl -n shoal rollout status daemonset/shoal-node --timeout=180s
+  kubectl -n shoal rollout status deployment/shoal-nginx --timeout=120s
+  mkdir -p "$state"
+  stop_forward
+  kubectl -n shoal port-forward service/shoal-nginx "$port:8080" >"$state/port-forward.log" 2>&1 &
+  echo $! > "$state/port-forward.pid"
+  bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$port/readyz" 60 \
+    || die "port-forward does not answer; see $state/port-forward.log"
+  cat <<MSG
+shoal runs on minikube; nginx is forwarded to http://localhost:$port
+try:  curl localhost:$port/v1/nodes
+      curl localhost:$port/v1/containers/<name>     (any container on minikube's engine)
+stop: make minikube-down
+MSG
+}
+
+stop_forward() {
+  local pidf="$state/port-forward.pid"
+  if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+    kill "$(cat "$pidf")" && say "stopped the port-forward"
+  fi
+  rm -f "$pidf"
+}
+
+down() {
+  stop_forward
+  need kubectl "install kubectl, or use 'minikube kubectl --'"
+  kubectl delete -k "$root/k8s" --ignore-not-found
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
