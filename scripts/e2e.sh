@@ -18,15 +18,19 @@ base="http://127.0.0.1:$port"
 export DOCKER_GID=${DOCKER_GID:-$(stat -c %g /var/run/docker.sock)}
 
 say() { echo "$me: $*" >&2; }
+passed=0
+ok() { say "ok: $*"; passed=$((passed + 1)); }
 fail() { say "FAILED: $*"; exit 1; }
 
-teardown() {
+remove_stack() {
   $compose -p "$project" -f "$root/docker-compose.yml" down --remove-orphans -v >/dev/null 2>&1 || true
   docker rm -f bridge-cnt testnet-cnt >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
-  rm -rf "${tmp:-/nonexistent}"
 }
-trap teardown EXIT
+teardown() {
+  remove_stack
+  rm -rf "$tmp"
+}
 
 # GET a path through nginx: prints "status node body".
 get() {
@@ -35,23 +39,30 @@ get() {
 json() { python3 -c "import json,sys; d=json.load(open('$tmp/b')); print($1)"; }
 
 tmp=$(mktemp -d)
+trap teardown EXIT
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   fail "port $port is taken (is \`make up\` running? \`make down\` first, or set SHOAL_HTTP_PORT)"
 fi
-teardown
+remove_stack
+# The 192.168.0.0/16 network first: the engine may hand a /20 of that range
+# to the stack's own network otherwise.
+docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
 $compose -p "$project" -f "$root/docker-compose.yml" up -d >/dev/null 2>&1 \
   || { $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 20 >&2; fail "compose up"; }
 bash "$root/scripts/wait-http.sh" "$base/readyz" 60 || fail "nothing ready behind nginx"
 say "stack up on :$port"
 
 docker run -d --name bridge-cnt "$image" sleep 600 >/dev/null
-docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
 docker run -d --name testnet-cnt --network "$net" "$image" sleep 600 >/dev/null
 
 for pair in bridge-cnt:bridge "testnet-cnt:$net"; do
   name=${pair%%:*} network=${pair#*:}
-  for _ in $(seq 1 50); do [ "$(get "/v1/containers/$name")" = 200 ] && break; sleep 0.1; done
-  [ "$(get "/v1/containers/$name")" = 200 ] || fail "$name not found through :$port"
+  for _ in $(seq 1 100); do [ "$(get "/v1/containers/$name")" = 200 ] && break; sleep 0.1; done
+  [ "$(get "/v1/containers/$name")" = 200 ] || {
+    cat "$tmp/h" "$tmp/b" >&2 || true
+    $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 30 >&2
+    fail "$name not found through :$port"
+  }
   id=$(json "d['containers'][0]['id']")
   ip=$(json "d['containers'][0]['networks']['$network']['ip']")
   [ "$id" = "$(docker inspect -f '{{.Id}}' "$name")" ] || fail "$name: wrong id $id"
@@ -59,7 +70,7 @@ for pair in bridge-cnt:bridge "testnet-cnt:$net"; do
   [ "$(get "/v1/containers/$ip")" = 200 ] || fail "$ip not found"
   [ "$(json "len(d['containers'])")" = 1 ] || fail "$ip matches more than one container"
   [ "$(json "d['containers'][0]['id']")" = "$id" ] || fail "$name -> $ip -> another container"
-  say "ok: $name -> $ip -> the same container ($network)"
+  ok "$name -> $ip -> the same container ($network)"
 done
 case "$ip" in 192.168.*) ;; *) fail "testnet-cnt has $ip, not an address of 192.168.0.0/16" ;; esac
 
@@ -73,7 +84,7 @@ done
 for n in node1 node2 node3; do
   case " $seen " in *" $n "*) ;; *) fail "$n never answered (seen:$seen)" ;; esac
 done
-say "ok: every node served (seen:$seen)"
+ok "every node served (seen:$seen)"
 
 # Stop one node: lookups through nginx keep succeeding.
 $compose -p "$project" -f "$root/docker-compose.yml" stop -t 1 node2 >/dev/null 2>&1
@@ -83,12 +94,13 @@ for i in $(seq 1 60); do
     [ "$code" = 200 ] || fail "lookup $i of $name answered $code with node2 stopped"
   done
 done
-say "ok: 120 lookups through :$port with node2 stopped, all 200"
+ok "120 lookups through :$port with node2 stopped, all 200"
 
-teardown
+remove_stack
 trap - EXIT
+rm -rf "$tmp"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker network ls -q --filter "name=${project}_"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "left behind: $left"
 docker ps -aq --filter name=bridge-cnt --filter name=testnet-cnt | grep -q . && fail "test containers left behind"
-say "ok: torn down, nothing left behind"
-echo "e2e: 4 passed, 0 failed"
+ok "torn down, nothing left behind"
+echo "e2e: $passed passed, 0 failed"
