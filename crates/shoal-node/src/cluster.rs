@@ -404,6 +404,8 @@ pub async fn maintain_directory(
     let mut tick = tokio::time::interval(every);
     let mut ring_members: Vec<NodeId> = Vec::new();
     let mut stable_since = Instant::now();
+    // Unowned records are dropped once per stable period of the ring.
+    let mut pruned = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -419,7 +421,8 @@ pub async fn maintain_directory(
         if v.ring.members() != ring_members.as_slice() {
             ring_members = v.ring.members().to_vec();
             stable_since = Instant::now();
-        } else if stable_since.elapsed() >= grace {
+            pruned = false;
+        } else if !pruned && stable_since.elapsed() >= grace {
             let dropped = directory.retain(|r| owns_any(&v.ring, &me, r));
             if dropped > 0 {
                 info!(
@@ -427,8 +430,7 @@ pub async fn maintain_directory(
                     "dropped records whose keys this node no longer owns"
                 );
             }
-            // Run the retain once per stable period.
-            stable_since = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+            pruned = true;
         }
     }
 }
