@@ -82,6 +82,10 @@ e2e: images ## the compose stack end to end through nginx on :8080, then torn do
 peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
 	bash scripts/peers-dns-test.sh
 
+.PHONY: bench
+bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about a minute)
+	bash scripts/bench.sh
+
 .PHONY: k8s-validate
 k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema
 	bash scripts/k8s-validate.sh

@@ -2,6 +2,7 @@
 //! (`shoal get`, `ls`, `nodes`, `projects`). `main` only parses flags and
 //! hands over; the logic lives in the library crates.
 
+mod bench_cmd;
 mod client;
 mod node_cmd;
 mod table;
@@ -30,6 +31,8 @@ enum Command {
     Nodes,
     /// Show compose projects, or one project's containers.
     Projects(client::ProjectsArgs),
+    /// Load a node or nginx with lookups and report throughput and latency.
+    Bench(Box<bench_cmd::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Ls(args) => client::ls(&cli.client, args).await,
             Command::Nodes => client::nodes(&cli.client).await,
             Command::Projects(args) => client::projects(&cli.client, args).await,
+            Command::Bench(args) => bench_cmd::run(&cli.client, *args).await,
         }
     });
     match result {

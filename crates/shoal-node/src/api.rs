@@ -44,6 +44,9 @@ pub fn app(service: Shared) -> Router {
         .route("/_shoal/v1/local", post(peer_local))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
+    // The baseline of the benchmarks: the same HTTP stack, no work. Outside
+    // the peer authentication so that nginx can proxy it too.
+    let baseline = Router::new().route("/_shoal/v1/noop", get(noop));
     let public = Router::new()
         .route("/v1/containers", get(list_containers))
         .route("/v1/containers/{ref}", get(get_container))
@@ -58,6 +61,7 @@ pub fn app(service: Shared) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     public
         .merge(peer_routes)
+        .merge(baseline)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(service.clone(), observe))
@@ -208,6 +212,10 @@ async fn jsonrpc(State(service): State<Shared>, body: Result<Bytes, BytesRejecti
         Ok(body) => jrpc::handle(&service, &body).await,
         Err(e) => jrpc::body_error(ApiError::from(e)),
     }
+}
+
+async fn noop() -> StatusCode {
+    StatusCode::OK
 }
 
 async fn healthz(State(service): State<Shared>) -> Response {
