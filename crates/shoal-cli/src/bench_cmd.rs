@@ -76,10 +76,8 @@ pub async fn run(client: &ClientArgs, args: BenchArgs) -> anyhow::Result<()> {
     if args.duration.is_none() && args.requests.is_none() {
         bail!("give --duration or --requests: every run is bounded");
     }
-    if let Some(s) = args.zipf {
-        if !(s > 0.0 && s.is_finite()) {
-            bail!("--zipf takes a positive exponent (1.1 is common)");
-        }
+    if args.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+        bail!("--zipf takes a positive exponent (1.1 is common)");
     }
     let servers = if args.targets.is_empty() {
         vec![client.server.trim_end_matches('/').to_owned()]
