@@ -328,8 +328,15 @@ async fn peer_publish(
     State(service): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let publish: Publish = peer_body(body)?;
-    Ok(bincode_response(&service.directory.apply(&publish)))
+    // A snapshot is megabytes: decode it off the request threads too.
+    let body = body?;
+    let publish: Publish = tokio::task::spawn_blocking(move || shoal_core::wire::decode(&body))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(bincode_response(
+        &service.directory.apply_blocking(publish).await,
+    ))
 }
 
 async fn peer_digest(

@@ -58,6 +58,15 @@ impl DirectoryService {
         self.edit(|d| d.apply(p))
     }
 
+    /// Applies a publish on the blocking pool: a snapshot of thousands of
+    /// records is CPU work that must not hold up gossip and requests.
+    pub async fn apply_blocking(self: &Arc<Self>, p: Publish) -> PublishAck {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.apply(&p))
+            .await
+            .unwrap_or(PublishAck::Stale)
+    }
+
     /// Matches of a key.
     pub fn lookup(&self, key: &LookupKey) -> Vec<Arc<ContainerRecord>> {
         self.snapshot.load().lookup(key)
@@ -140,6 +149,16 @@ impl Default for PublisherCounters {
     }
 }
 
+/// Deltas with more records than this get the snapshot's time bound.
+const LARGE_DELTA: usize = 256;
+
+/// How long an owner may take to take a snapshot in.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the publisher lets a changed ring settle before it sends
+/// snapshots.
+const RING_SETTLE: Duration = Duration::from_millis(300);
+
 /// Everything the publisher needs.
 pub struct Publisher {
     /// This node.
@@ -205,7 +224,14 @@ impl Publisher {
                 },
                 changed = ring_changes.changed(), if ring_open => {
                     match changed {
-                        Ok(()) => state.snapshot_all().await,
+                        Ok(()) => {
+                            // A join or a death often comes as several
+                            // changes in a row: let the view settle, then
+                            // send one round of snapshots.
+                            tokio::time::sleep(RING_SETTLE).await;
+                            ring_changes.borrow_and_update();
+                            state.snapshot_all().await;
+                        }
                         Err(_) => ring_open = false,
                     }
                 }
@@ -242,7 +268,7 @@ impl PublisherState {
                 p.counters.snapshots.fetch_add(1, Ordering::Relaxed);
             }
             if owner == p.me {
-                p.directory.apply(&message);
+                p.directory.apply_blocking(message).await;
                 continue;
             }
             let Some(addr) = view.api_of(&owner).map(str::to_owned) else {
@@ -250,7 +276,20 @@ impl PublisherState {
                 continue;
             };
             let transport = p.peers.clone();
-            let timeout = p.timeout;
+            // A snapshot carries thousands of records: it gets the time to
+            // travel and be applied. A timed-out snapshot is abandoned by
+            // the owner too, so a short bound would never let one land.
+            let large = match &message.body {
+                PublishBody::Snapshot { .. } => true,
+                PublishBody::Delta { upserts, removes } => {
+                    upserts.len() + removes.len() > LARGE_DELTA
+                }
+            };
+            let timeout = if large {
+                SNAPSHOT_TIMEOUT.max(p.timeout)
+            } else {
+                p.timeout
+            };
             let counters = p.counters.clone();
             calls.push(async move {
                 let r = peer::publish(transport.as_ref(), &addr, &message, timeout).await;
@@ -282,8 +321,19 @@ impl PublisherState {
         let mut per_owner: BTreeMap<NodeId, (Vec<ContainerRecord>, Vec<RecordId>)> =
             BTreeMap::new();
         for d in batch {
+            let old = self.published.get(&d.record().id);
+            // Already published as it is (the first sync's deltas repeat the
+            // snapshot that followed it): nothing to send.
+            let unchanged = match (d, old) {
+                (Delta::Upsert(r), Some(o)) => o.same_content(r),
+                (Delta::Remove(_), None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
             let mut owners = Vec::new();
-            if let Some(old) = self.published.get(&d.record().id) {
+            if let Some(old) = old {
                 owners_of(&view.ring, old, &mut owners);
             }
             owners_of(&view.ring, d.record(), &mut owners);
@@ -296,6 +346,9 @@ impl PublisherState {
             }
             self.published.apply(d);
         }
+        if per_owner.is_empty() {
+            return;
+        }
         let bodies = per_owner
             .into_iter()
             .map(|(o, (upserts, removes))| (o, PublishBody::Delta { upserts, removes }))
@@ -305,33 +358,45 @@ impl PublisherState {
         self.publisher.counters.lag.observe(lag_ms as f64 / 1000.0);
     }
 
-    /// What each live member should hold from this node.
-    fn assignments(&self) -> BTreeMap<NodeId, Vec<ContainerRecord>> {
-        let view = self.publisher.view.load_full();
-        let mut per_owner: BTreeMap<NodeId, Vec<ContainerRecord>> = view
-            .ring
-            .members()
-            .iter()
-            .map(|m| (m.clone(), Vec::new()))
-            .collect();
-        for r in self.published.records() {
-            let mut owners = Vec::new();
-            owners_of(&view.ring, r, &mut owners);
-            for o in owners {
-                per_owner
-                    .entry(o.clone())
-                    .or_default()
-                    .push(ContainerRecord::clone(r));
+    /// What each live member should hold from this node, with its
+    /// digest. Cloning and digesting every record is CPU work: it runs on
+    /// the blocking pool so that gossip and requests keep their threads.
+    async fn assignments(&self) -> BTreeMap<NodeId, (Vec<ContainerRecord>, (u64, u64))> {
+        let ring = self.publisher.view.load_full().ring.clone();
+        let published = self.published.clone();
+        let work = move || {
+            let mut per_owner: BTreeMap<NodeId, Vec<ContainerRecord>> = ring
+                .members()
+                .iter()
+                .map(|m| (m.clone(), Vec::new()))
+                .collect();
+            for r in published.records() {
+                let mut owners = Vec::new();
+                owners_of(&ring, r, &mut owners);
+                for o in owners {
+                    per_owner
+                        .entry(o.clone())
+                        .or_default()
+                        .push(ContainerRecord::clone(r));
+                }
             }
-        }
-        per_owner
+            per_owner
+                .into_iter()
+                .map(|(o, records)| {
+                    let digest = digest_of(&records);
+                    (o, (records, digest))
+                })
+                .collect()
+        };
+        tokio::task::spawn_blocking(work).await.unwrap_or_default()
     }
 
     async fn snapshot_all(&mut self) {
         let bodies = self
             .assignments()
+            .await
             .into_iter()
-            .map(|(o, records)| (o, PublishBody::Snapshot { records }))
+            .map(|(o, (records, _))| (o, PublishBody::Snapshot { records }))
             .collect();
         self.dirty.clear();
         self.send(bodies).await;
@@ -340,8 +405,7 @@ impl PublisherState {
     async fn anti_entropy(&mut self) {
         let view = self.publisher.view.load_full();
         let mut repairs = BTreeMap::new();
-        for (owner, records) in self.assignments() {
-            let (count, digest) = digest_of(&records);
+        for (owner, (records, (count, digest))) in self.assignments().await {
             let request = DigestRequest {
                 source: SourceClock {
                     node: self.publisher.me.clone(),
@@ -423,7 +487,11 @@ pub async fn maintain_directory(
             stable_since = Instant::now();
             pruned = false;
         } else if !pruned && stable_since.elapsed() >= grace {
-            let dropped = directory.retain(|r| owns_any(&v.ring, &me, r));
+            let (directory, me, ring) = (directory.clone(), me.clone(), v.ring.clone());
+            let dropped =
+                tokio::task::spawn_blocking(move || directory.retain(|r| owns_any(&ring, &me, r)))
+                    .await
+                    .unwrap_or(0);
             if dropped > 0 {
                 info!(
                     dropped,

@@ -9,8 +9,8 @@
 //!
 //! The detector: a node is dead when no newer heartbeat has reached us for
 //! `phi_threshold` times the mean interval between heartbeats. Gossip every
-//! `dead_after / 20` with a threshold of 8 declares a stopped node dead in
-//! about 40% of `dead_after`, leaving the rest for the news to spread. A
+//! `dead_after / 15` with a threshold of 8 declares a stopped node dead in
+//! about half of `dead_after`, leaving the rest for the news to spread. A
 //! lower threshold or a faster gossip finds deaths sooner but mistakes a
 //! node that is only slow (a pause, a loaded machine) for a dead one more
 //! often; the gossip traffic grows with the rate.
@@ -148,7 +148,7 @@ pub struct Membership {
 
 /// The gossip interval and detector for a `dead_after`.
 pub fn detector(dead_after: Duration) -> (Duration, FailureDetectorConfig) {
-    let gossip = (dead_after / 20).max(Duration::from_millis(20));
+    let gossip = (dead_after / 15).max(Duration::from_millis(20));
     (
         gossip,
         FailureDetectorConfig {
