@@ -158,12 +158,23 @@ impl Fleet {
                     continue 'wait;
                 }
                 for other in self.nodes.iter().filter(|n| n.task.is_some()) {
-                    let (status, _) = self
-                        .lookup(&node.addr, &format!("{}-{}", other.name, PER_NODE - 1))
-                        .await;
-                    if status != 200 {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue 'wait;
+                    // A name, an ID prefix and an address of each node's
+                    // containers: steady state, not just the first answers.
+                    let r = shoal_engine::synthetic_record(
+                        &format!("{}-", other.name),
+                        0,
+                        &EngineId(String::new()),
+                    );
+                    let keys = [
+                        format!("{}-{}", other.name, PER_NODE - 1),
+                        r.id[..12].to_owned(),
+                        r.networks["synthetic-a"].ip.unwrap().to_string(),
+                    ];
+                    for key in keys {
+                        if self.lookup(&node.addr, &key).await.0 != 200 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue 'wait;
+                        }
                     }
                 }
             }
