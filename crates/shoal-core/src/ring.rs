@@ -222,28 +222,46 @@ mod tests {
         n as f64 / ks.len() as f64
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
-
-        #[test]
-        fn a_join_or_leave_moves_about_one_nth_of_the_keys(n in 3usize..12, seed in 0u32..1000) {
-            let ks: Vec<LookupKey> = (0..4000).map(|i| LookupKey::Name(format!("k{seed}-{i}"))).collect();
+    /// Placement is deterministic, so this measures rather than samples:
+    /// every fleet size from 3 to 16, eight different joiners each. With 64
+    /// virtual nodes a joiner's share varies by about 1/8 around 1/N, so
+    /// the bound of 1.3/N holds for the mean and 2/N for every single join.
+    #[test]
+    fn a_join_or_leave_moves_about_one_nth_of_the_keys() {
+        let ks: Vec<LookupKey> = (0..4000)
+            .map(|i| LookupKey::Name(format!("k-{i}")))
+            .collect();
+        for n in 3usize..=16 {
             let before = Ring::new(members(n), 64, 2);
-            let mut grown = members(n);
-            grown.push(NodeId(format!("joiner-{seed}")));
-            let after = Ring::new(grown, 64, 2);
-            let joined = moved(&before, &after, &ks);
-            let bound = 1.3 / (n + 1) as f64;
-            prop_assert!(joined <= bound, "join of 1 to {n}: {joined:.3} moved, bound {bound:.3}");
-            // Only keys that the joiner now owns moved.
-            for k in &ks {
-                let (b, a) = (before.owners(k)[0], after.owners(k)[0]);
-                prop_assert!(b == a || a.0.starts_with("joiner"));
+            let mut total = 0.0;
+            for j in 0..8 {
+                let mut grown = members(n);
+                grown.push(NodeId(format!("joiner-{j}")));
+                let after = Ring::new(grown, 64, 2);
+                let joined = moved(&before, &after, &ks);
+                assert!(
+                    joined <= 2.0 / (n + 1) as f64,
+                    "join of 1 to {n}: {joined:.3} moved"
+                );
+                // Only keys that the joiner now owns moved.
+                for k in &ks {
+                    let (b, a) = (before.owners(k)[0], after.owners(k)[0]);
+                    assert!(b == a || a.0.starts_with("joiner"));
+                }
+                let left = moved(&after, &before, &ks);
+                assert_eq!(left, joined, "a leave moves back what the join moved");
+                total += joined;
             }
-            let left = moved(&after, &before, &ks);
-            prop_assert!(left <= bound, "leave: {left:.3} moved, bound {bound:.3}");
+            let mean = total / 8.0;
+            let bound = 1.3 / (n + 1) as f64;
+            assert!(
+                mean <= bound,
+                "joins to {n}: {mean:.3} moved on average, bound {bound:.3}"
+            );
         }
+    }
 
+    proptest! {
         #[test]
         fn owners_are_always_distinct(n in 1usize..9, replicas in 1usize..5, key in "[a-z0-9]{1,20}") {
             let ring = Ring::new(members(n), 16, replicas);
