@@ -201,16 +201,6 @@ pub struct Resolved {
     pub log_format: LogFormat,
 }
 
-/// The host name, for the default node ID.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "shoal".to_owned())
-}
-
 /// Layers flags (with their environment) over the file over defaults.
 /// `docker_host_env` is `DOCKER_HOST`, below the file.
 pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Result<Resolved> {
@@ -219,7 +209,10 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
         None => FileConfig::default(),
     };
     let d = NodeConfig::default();
-    let node_id = args.node_id.or(file.node_id).unwrap_or_else(host_name);
+    let node_id = args
+        .node_id
+        .or(file.node_id)
+        .unwrap_or_else(shoal_node::host_name);
     let node = NodeConfig {
         node_id: NodeId(node_id.clone()),
         listen: args.listen.or(file.listen).unwrap_or(d.listen),

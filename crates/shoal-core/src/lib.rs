@@ -21,3 +21,14 @@ pub use key::{KeyKind, LookupKey, RefError, parse_ref, record_keys};
 pub use model::{
     ContainerRecord, ContainerState, EngineId, Health, NetworkAttachment, NodeId, PortMapping,
 };
+
+/// FNV-1a, 64 bits: a hash that is the same in every process and version,
+/// for ring placement and record digests (std's hashers promise neither).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -32,14 +32,9 @@ impl Hash for VirtualNode {
     }
 }
 
-/// FNV-1a of the node ID: stable across processes and versions.
+/// The node ID's hash: stable across processes and versions.
 fn name_hash(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::fnv1a(id.as_bytes())
 }
 
 /// The ring of one membership view.

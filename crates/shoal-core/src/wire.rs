@@ -193,13 +193,7 @@ pub struct Pong {
 pub fn record_digest(r: &ContainerRecord) -> u64 {
     let mut copy = r.clone();
     copy.updated_at = 0;
-    let bytes = bincode::serde::encode_to_vec(&copy, config()).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::fnv1a(&bincode::serde::encode_to_vec(&copy, config()).unwrap_or_default())
 }
 
 #[cfg(test)]

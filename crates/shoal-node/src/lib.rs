@@ -72,12 +72,19 @@ fn api_address(config: &NodeConfig, bound: SocketAddr) -> String {
         return config.advertise.clone();
     }
     if bound.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
-        return format!("{host}:{}", bound.port());
+        return format!("{}:{}", host_name(), bound.port());
     }
     bound.to_string()
+}
+
+/// This host's name (the default node ID and advertised host).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Resolves `host:port` to the address gossip peers send to.
