@@ -53,8 +53,7 @@ impl DirectoryService {
         out
     }
 
-    /// Applies a publish.
-    pub fn apply(&self, p: &Publish) -> PublishAck {
+    fn apply(&self, p: &Publish) -> PublishAck {
         self.edit(|d| d.apply(p))
     }
 
@@ -258,6 +257,15 @@ impl PublisherState {
         let mut calls = Vec::new();
         for (owner, body) in per_owner {
             let is_snapshot = matches!(body, PublishBody::Snapshot { .. });
+            // A snapshot carries thousands of records: it gets the time to
+            // travel and be applied. A timed-out snapshot is abandoned by
+            // the owner too, so a short bound would never let one land.
+            let large = match &body {
+                PublishBody::Snapshot { .. } => true,
+                PublishBody::Delta { upserts, removes } => {
+                    upserts.len() + removes.len() > LARGE_DELTA
+                }
+            };
             let message = Publish {
                 source: self.clock(),
                 body,
@@ -276,15 +284,6 @@ impl PublisherState {
                 continue;
             };
             let transport = p.peers.clone();
-            // A snapshot carries thousands of records: it gets the time to
-            // travel and be applied. A timed-out snapshot is abandoned by
-            // the owner too, so a short bound would never let one land.
-            let large = match &message.body {
-                PublishBody::Snapshot { .. } => true,
-                PublishBody::Delta { upserts, removes } => {
-                    upserts.len() + removes.len() > LARGE_DELTA
-                }
-            };
             let timeout = if large {
                 SNAPSHOT_TIMEOUT.max(p.timeout)
             } else {

@@ -83,20 +83,10 @@ pub struct MemberLabels {
     pub state: &'static str,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Registers every metric under the `shoal_` prefix.
-    pub fn new() -> Self {
-        Self::with_publisher(&crate::cluster::PublisherCounters::default())
-    }
-
-    /// Registers every metric, the publisher's lag histogram included.
-    pub fn with_publisher(publisher: &crate::cluster::PublisherCounters) -> Self {
+    /// Registers every metric under the `shoal_` prefix, the publisher's
+    /// lag histogram included.
+    pub fn new(publisher: &crate::cluster::PublisherCounters) -> Self {
         let mut registry = Registry::with_prefix("shoal");
         let m = Metrics {
             requests: Family::default(),

@@ -290,7 +290,7 @@ impl NodeService {
             config,
             incarnation,
             watcher,
-            metrics: Metrics::with_publisher(&publisher),
+            metrics: Metrics::new(&publisher),
             view,
             directory: Arc::new(DirectoryService::new()),
             peers,
