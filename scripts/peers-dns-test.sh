@@ -78,6 +78,10 @@ state_of() { # ip node
   in_ns curl -s -m 2 "http://$1:7070/v1/nodes" | python3 -c \
     "import json,sys; print([n['state'] for n in json.load(sys.stdin)['nodes'] if n['id']=='$2'][0])" 2>/dev/null || echo none
 }
+sees() { [ "$(alive_seen_by "$1")" = "$2" ]; }         # ip count
+resolves_to() { [ "$(resolves)" = "$1" ]; }              # "addresses"
+calls() { [ "$(state_of "$1" "$2")" = "$3" ]; }          # ip node state
+
 wait_for() { # description seconds command...
   local what=$1 secs=$2; shift 2
   local deadline=$((SECONDS + secs))
@@ -89,18 +93,17 @@ wait_for() { # description seconds command...
 
 start_node a 127.0.0.2
 start_node b 127.0.0.3
-wait_for "a and b did not find each other through DNS" 20 \
-  bash -c "[ \"\$($(declare -f alive_seen_by in_ns); ns=$ns; alive_seen_by 127.0.0.2)\" = 2 ] && [ \"\$($(declare -f alive_seen_by in_ns); ns=$ns; alive_seen_by 127.0.0.3)\" = 2 ]"
+wait_for "a does not see b through DNS" 20 sees 127.0.0.2 2
+wait_for "b does not see a through DNS" 20 sees 127.0.0.3 2
 ok "two nodes found each other through $name"
 
 # A member added: the record first, then the node.
 printf '127.0.0.4 %s\n' "$name" >> "$work/peers.hosts"
 kill -HUP "$dns_pid"
-wait_for "dnsmasq did not serve the added record" 10 bash -c "[ \"\$($(declare -f resolves in_ns); ns=$ns; name=$name; resolves)\" = '127.0.0.2 127.0.0.3 127.0.0.4' ]"
+wait_for "dnsmasq did not serve the added record" 10 resolves_to "127.0.0.2 127.0.0.3 127.0.0.4"
 start_node c 127.0.0.4
 for ip in 127.0.0.2 127.0.0.3 127.0.0.4; do
-  wait_for "$ip does not see three members" 20 \
-    bash -c "[ \"\$($(declare -f alive_seen_by in_ns); ns=$ns; alive_seen_by $ip)\" = 3 ]"
+  wait_for "$ip does not see three members" 20 sees "$ip" 3
 done
 ok "an added member joined; every node sees three"
 code=$(in_ns curl -s -o /dev/null -w '%{http_code}' -H 'cache-control: no-cache' "http://127.0.0.2:7070/v1/containers/c-7")
@@ -110,10 +113,10 @@ ok "the new member's containers are answered by the others"
 # A member removed: out of DNS, then stopped.
 grep -v '^127.0.0.3 ' "$work/peers.hosts" > "$work/peers.new" && mv "$work/peers.new" "$work/peers.hosts"
 kill -HUP "$dns_pid"
-wait_for "dnsmasq still serves the removed record" 10 bash -c "[ \"\$($(declare -f resolves in_ns); ns=$ns; name=$name; resolves)\" = '127.0.0.2 127.0.0.4' ]"
+wait_for "dnsmasq still serves the removed record" 10 resolves_to "127.0.0.2 127.0.0.4"
 kill -TERM "$pid_b"
 for ip in 127.0.0.2 127.0.0.4; do
-  wait_for "$ip does not call b dead" 20 bash -c "[ \"\$($(declare -f state_of in_ns); ns=$ns; state_of $ip b)\" = dead ]"
+  wait_for "$ip does not call b dead" 20 calls "$ip" b dead
 done
 ok "a removed member is declared dead by the others"
 
