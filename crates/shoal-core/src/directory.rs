@@ -14,10 +14,14 @@
 
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdSet};
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+
+use imbl::{HashMap, OrdMap};
 
 use crate::key::{LookupKey, record_keys};
-use crate::model::{ContainerRecord, NodeId};
+use crate::model::{ContainerRecord, EngineId, NodeId};
+use crate::set::IndexSet;
 use crate::wire::{Publish, PublishAck, PublishBody, RecordId, record_digest};
 
 #[derive(Clone, Debug, Default)]
@@ -45,13 +49,53 @@ pub struct SourceSummary {
 #[derive(Clone, Debug, Default)]
 pub struct OwnerDirectory {
     sources: HashMap<NodeId, Source>,
-    by_key: HashMap<LookupKey, OrdSet<(NodeId, RecordId)>>,
+    /// The copies each key names, by the key's hash: a lookup checks
+    /// every candidate against the key, so a collision costs a comparison
+    /// and never a wrong answer. A B-tree of hashes is a fraction of the
+    /// memory of a hash trie of keys, and records are held once per copy.
+    by_key: OrdMap<u64, IndexSet<Held>>,
 }
 
-fn index_key(key: &LookupKey) -> LookupKey {
+/// The hash an index entry is filed under (an ID under its short form,
+/// so that any prefix of at least that length finds it).
+fn index_hash(key: &LookupKey) -> u64 {
+    // SipHash with fixed keys: the same in every run of this process, and
+    // the index never leaves it.
+    let mut h = std::hash::DefaultHasher::new();
     match key {
-        LookupKey::Id(prefix) => LookupKey::id_key(prefix),
-        other => other.clone(),
+        LookupKey::Id(prefix) => LookupKey::id_key(prefix).hash(&mut h),
+        other => other.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// A copy as the index holds it, ordered by source, engine and ID.
+#[derive(Clone, Debug)]
+struct Held(Arc<ContainerRecord>);
+
+impl Held {
+    fn order(&self) -> (&NodeId, &EngineId, &str) {
+        (&self.0.node, &self.0.engine_id, &self.0.id)
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.order().cmp(&other.order())
     }
 }
 
@@ -61,19 +105,25 @@ impl OwnerDirectory {
         Self::default()
     }
 
-    fn insert(&mut self, node: &NodeId, record: ContainerRecord) {
+    fn insert(&mut self, node: &NodeId, mut record: ContainerRecord) {
         let rid = RecordId::of(&record);
         self.remove(node, &rid);
-        for k in record_keys(&record) {
-            self.by_key
-                .entry(k)
-                .or_default()
-                .insert((node.clone(), rid.clone()));
+        // The source says where its containers run; the index orders
+        // copies by it.
+        if record.node != *node {
+            record.node = node.clone();
         }
         let digest = record_digest(&record);
+        let record = Arc::new(record);
+        for k in record_keys(&record) {
+            self.by_key
+                .entry(index_hash(&k))
+                .or_default()
+                .insert(Held(record.clone()));
+        }
         let source = self.sources.entry(node.clone()).or_default();
         source.digest = source.digest.wrapping_add(digest);
-        source.records.insert(rid, (Arc::new(record), digest));
+        source.records.insert(rid, (record, digest));
     }
 
     fn remove(&mut self, node: &NodeId, rid: &RecordId) -> bool {
@@ -84,9 +134,10 @@ impl OwnerDirectory {
             return false;
         };
         source.digest = source.digest.wrapping_sub(digest);
-        let entry = (node.clone(), rid.clone());
-        for k in record_keys(&old) {
-            let now_empty = match self.by_key.get_mut(&k) {
+        let entry = Held(old);
+        for k in record_keys(&entry.0) {
+            let h = index_hash(&k);
+            let now_empty = match self.by_key.get_mut(&h) {
                 Some(set) => {
                     set.remove(&entry);
                     set.is_empty()
@@ -94,7 +145,7 @@ impl OwnerDirectory {
                 None => false,
             };
             if now_empty {
-                self.by_key.remove(&k);
+                self.by_key.remove(&h);
             }
         }
         true
@@ -152,25 +203,25 @@ impl OwnerDirectory {
     /// The records a key matches, each container once (the freshest copy
     /// when several sources watch its engine), in `(engine, id)` order.
     pub fn lookup(&self, key: &LookupKey) -> Vec<Arc<ContainerRecord>> {
-        let Some(entries) = self.by_key.get(&index_key(key)) else {
+        let Some(entries) = self.by_key.get(&index_hash(key)) else {
             return Vec::new();
         };
-        let mut out: Vec<(RecordId, Arc<ContainerRecord>)> = Vec::new();
-        for (node, rid) in entries {
-            let Some((record, _)) = self.sources.get(node).and_then(|s| s.records.get(rid)) else {
-                continue;
-            };
+        let mut out: Vec<Arc<ContainerRecord>> = Vec::new();
+        for Held(record) in entries.iter() {
             if !key.matches(record) {
                 continue;
             }
-            match out.iter_mut().find(|(id, _)| id == rid) {
-                Some((_, kept)) if kept.updated_at < record.updated_at => *kept = record.clone(),
+            let same = |r: &&mut Arc<ContainerRecord>| {
+                r.engine_id == record.engine_id && r.id == record.id
+            };
+            match out.iter_mut().find(same) {
+                Some(kept) if kept.updated_at < record.updated_at => *kept = record.clone(),
                 Some(_) => {}
-                None => out.push((rid.clone(), record.clone())),
+                None => out.push(record.clone()),
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.into_iter().map(|(_, r)| r).collect()
+        out.sort_by(|a, b| (&a.engine_id, &a.id).cmp(&(&b.engine_id, &b.id)));
+        out
     }
 
     /// Forgets a source (declared dead). Its containers stay visible while

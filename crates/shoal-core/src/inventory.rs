@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdMap, OrdSet};
+use imbl::{HashMap, OrdMap};
+
+use crate::set::IndexSet;
 
 use crate::key::{LookupKey, canonical_ip};
 use crate::model::ContainerRecord;
@@ -36,13 +38,13 @@ impl Delta {
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     by_id: OrdMap<String, Arc<ContainerRecord>>,
-    by_name: HashMap<String, OrdSet<String>>,
-    by_ip: HashMap<IpAddr, OrdSet<String>>,
-    by_project: HashMap<String, OrdSet<String>>,
+    by_name: HashMap<String, IndexSet<String>>,
+    by_ip: HashMap<IpAddr, IndexSet<String>>,
+    by_project: HashMap<String, IndexSet<String>>,
 }
 
 fn index_add<K: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<K, OrdSet<String>>,
+    map: &mut HashMap<K, IndexSet<String>>,
     key: K,
     id: &str,
 ) {
@@ -50,7 +52,7 @@ fn index_add<K: std::hash::Hash + Eq + Clone>(
 }
 
 fn index_remove<K: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<K, OrdSet<String>>,
+    map: &mut HashMap<K, IndexSet<String>>,
     key: &K,
     id: &str,
 ) {
@@ -181,7 +183,7 @@ impl Inventory {
             LookupKey::Project(p) => self.by_project.get(p),
         };
         ids.into_iter()
-            .flatten()
+            .flat_map(|ids| ids.iter())
             .filter_map(|id| self.by_id.get(id).cloned())
             .collect()
     }
@@ -232,7 +234,7 @@ pub(crate) mod tests {
         ip: &str,
         project: Option<&str>,
     ) -> ContainerRecord {
-        let mut networks = std::collections::BTreeMap::new();
+        let mut networks = crate::Networks::new();
         networks.insert(
             "bridge".to_owned(),
             NetworkAttachment {
@@ -240,7 +242,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
         );
-        let mut labels = std::collections::BTreeMap::new();
+        let mut labels = crate::Labels::new();
         if let Some(p) = project {
             labels.insert(COMPOSE_PROJECT_LABEL.to_owned(), p.to_owned());
         }

@@ -13,13 +13,15 @@ pub mod inventory;
 pub mod key;
 pub mod model;
 pub mod ring;
+mod set;
 pub mod wire;
 
 pub use filter::{FilterError, ListFilter};
 pub use inventory::{Delta, Inventory};
 pub use key::{KeyKind, LookupKey, RefError, parse_ref, record_keys};
 pub use model::{
-    ContainerRecord, ContainerState, EngineId, Health, NetworkAttachment, NodeId, PortMapping,
+    ContainerRecord, ContainerState, EngineId, Health, Labels, NetworkAttachment, Networks, NodeId,
+    PortMapping,
 };
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and version,

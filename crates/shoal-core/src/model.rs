@@ -1,7 +1,7 @@
 //! The container record: what shoal knows about one live container, exactly
 //! as the public JSON API shows it.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -139,6 +139,15 @@ pub struct PortMapping {
     pub host_port: Option<u16>,
 }
 
+/// Labels, by name. A sorted vector (`LiteMap`), not a `BTreeMap`: a
+/// `BTreeMap` node holds room for 11 entries however few there are, and
+/// records are held once per owner; the JSON and bincode forms are the same
+/// map either way.
+pub type Labels = LiteMap<String, String>;
+
+/// Network name -> attachment, as a sorted vector for the same reason.
+pub type Networks = LiteMap<String, NetworkAttachment>;
+
 /// One live container on one engine. The field names are the public API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -155,13 +164,13 @@ pub struct ContainerRecord {
     /// The main process's PID on its host (0 when not running).
     pub pid: i64,
     /// All labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The compose project, from `com.docker.compose.project`.
     pub project: Option<String>,
     /// The compose service, from `com.docker.compose.service`.
     pub service: Option<String>,
     /// Network name -> attachment.
-    pub networks: BTreeMap<String, NetworkAttachment>,
+    pub networks: Networks,
     /// Exposed and published ports.
     pub ports: Vec<PortMapping>,
     /// Healthcheck status.

@@ -2,7 +2,7 @@
 //! version negotiated so that old engines (20.10, API 1.41) and new ones
 //! (28.x) both work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -182,7 +182,7 @@ pub fn record_from_inspect(c: ContainerInspectResponse) -> Option<ContainerRecor
     let st = c.state.unwrap_or_default();
     let state = ContainerState::from_engine(&st.status.map(|s| s.to_string()).unwrap_or_default())?;
     let config = c.config.unwrap_or_default();
-    let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
+    let labels: shoal_core::Labels = config.labels.unwrap_or_default().into_iter().collect();
     let settings = c.network_settings.unwrap_or_default();
     let networks = settings
         .networks

@@ -61,7 +61,7 @@ pub fn synthetic_record(prefix: &str, i: usize, engine_id: &EngineId) -> Contain
     let n = u32::try_from(i).unwrap_or(u32::MAX);
     let salt = (mix(99, prefix) % 200) as u8 + 20;
     let host = n.wrapping_add(2);
-    let mut networks = BTreeMap::new();
+    let mut networks = shoal_core::Networks::new();
     networks.insert(
         "synthetic-a".to_owned(),
         NetworkAttachment {
@@ -107,7 +107,7 @@ pub fn synthetic_record(prefix: &str, i: usize, engine_id: &EngineId) -> Contain
             },
         );
     }
-    let mut labels = BTreeMap::new();
+    let mut labels = shoal_core::Labels::new();
     labels.insert("shoal.synthetic".to_owned(), "true".to_owned());
     if i.is_multiple_of(5) {
         labels.insert(
@@ -321,7 +321,12 @@ mod tests {
             (0..10_000).map(|i| synthetic_id("c-", i)).collect();
         assert_eq!(ids.len(), 10_000);
         let ips: std::collections::HashSet<_> = (0..10_000)
-            .map(|i| synthetic_record("c-", i, &e).networks["synthetic-a"].ip)
+            .map(|i| {
+                synthetic_record("c-", i, &e)
+                    .networks
+                    .get("synthetic-a")
+                    .and_then(|n| n.ip)
+            })
             .collect();
         assert_eq!(ips.len(), 10_000);
     }

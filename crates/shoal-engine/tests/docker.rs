@@ -199,8 +199,10 @@ async fn cache_inventory_scenario_name_to_ip_to_the_same_container() {
         .await;
         let inv = handle.inventory();
         let record = one(&inv, name).unwrap();
-        let ip = record.networks[network]
-            .ip
+        let ip = record
+            .networks
+            .get(network)
+            .and_then(|n| n.ip)
             .unwrap_or_else(|| panic!("{name} has an IP on {network}"));
         let expected_ip = docker(&[
             "inspect",

@@ -168,7 +168,11 @@ impl Fleet {
                     let keys = [
                         format!("{}-{}", other.name, PER_NODE - 1),
                         r.id[..12].to_owned(),
-                        r.networks["synthetic-a"].ip.unwrap().to_string(),
+                        r.networks
+                            .get("synthetic-a")
+                            .and_then(|n| n.ip)
+                            .unwrap()
+                            .to_string(),
                     ];
                     for key in keys {
                         if self.lookup(&node.addr, &key).await.0 != 200 {

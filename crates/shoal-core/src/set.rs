@@ -1,0 +1,132 @@
+//! A sorted set for index entries: a plain vector while small (almost
+//! every key names one container), a persistent `OrdSet` once large (a
+//! project of hundreds). An `OrdSet` of one element costs a whole B-tree
+//! leaf; this was most of a directory's memory per record.
+
+use std::borrow::Borrow;
+
+use imbl::OrdSet;
+
+/// Above this many entries the set becomes an `OrdSet`; below half of it,
+/// a vector again.
+const FEW: usize = 32;
+
+/// A sorted set of index entries.
+#[derive(Clone, Debug)]
+pub(crate) enum IndexSet<T: Ord + Clone> {
+    /// Sorted, without duplicates.
+    Few(Vec<T>),
+    /// Many entries.
+    Many(OrdSet<T>),
+}
+
+impl<T: Ord + Clone> Default for IndexSet<T> {
+    fn default() -> Self {
+        IndexSet::Few(Vec::new())
+    }
+}
+
+impl<T: Ord + Clone> IndexSet<T> {
+    /// Adds `value` (no-op when present).
+    pub(crate) fn insert(&mut self, value: T) {
+        match self {
+            IndexSet::Few(v) => {
+                if let Err(at) = v.binary_search(&value) {
+                    if v.len() < FEW {
+                        v.reserve_exact(1);
+                        v.insert(at, value);
+                    } else {
+                        let mut set: OrdSet<T> = v.drain(..).collect();
+                        set.insert(value);
+                        *self = IndexSet::Many(set);
+                    }
+                }
+            }
+            IndexSet::Many(set) => {
+                set.insert(value);
+            }
+        }
+    }
+
+    /// Removes `value` (no-op when absent).
+    pub(crate) fn remove<Q: Ord + ?Sized>(&mut self, value: &Q)
+    where
+        T: Borrow<Q>,
+    {
+        match self {
+            IndexSet::Few(v) => {
+                if let Ok(at) = v.binary_search_by(|e| e.borrow().cmp(value)) {
+                    v.remove(at);
+                }
+            }
+            IndexSet::Many(set) => {
+                set.remove(value);
+                if set.len() < FEW / 2 {
+                    *self = IndexSet::Few(set.iter().cloned().collect());
+                }
+            }
+        }
+    }
+
+    /// True when empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            IndexSet::Few(v) => v.is_empty(),
+            IndexSet::Many(set) => set.is_empty(),
+        }
+    }
+
+    /// The entries, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        let (few, many) = match self {
+            IndexSet::Few(v) => (Some(v.iter()), None),
+            IndexSet::Many(set) => (None, Some(set.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the inserts and removals, the set holds what a BTreeSet
+        /// holds, in order, across the switch to an OrdSet and back.
+        #[test]
+        fn behaves_like_a_btreeset(ops in prop::collection::vec((any::<bool>(), 0u16..80), 0..400)) {
+            let mut ours = IndexSet::default();
+            let mut model = BTreeSet::new();
+            for (insert, v) in ops {
+                if insert {
+                    ours.insert(v);
+                    model.insert(v);
+                } else {
+                    ours.remove(&v);
+                    model.remove(&v);
+                }
+                prop_assert_eq!(ours.is_empty(), model.is_empty());
+            }
+            let got: Vec<u16> = ours.iter().copied().collect();
+            let want: Vec<u16> = model.into_iter().collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn grows_into_an_ordset_and_shrinks_back() {
+        let mut s = IndexSet::default();
+        for v in 0..FEW as u32 + 1 {
+            s.insert(v);
+        }
+        assert!(matches!(s, IndexSet::Many(_)));
+        for v in 0..FEW as u32 {
+            s.remove(&v);
+        }
+        assert!(matches!(s, IndexSet::Few(ref v) if v == &[FEW as u32]));
+    }
+}

@@ -1,0 +1,676 @@
+//! `shoal-sim scale`: a fleet of many nodes holding many containers.
+//!
+//! Pure parts first (no I/O): how many keys a join or a leave moves on the
+//! ring, and the bytes one record copy takes in an owner's directory and in
+//! a node's own inventory (counted by the global allocator). Then a live
+//! fleet in this process: time to converge, all-in memory, engine calls per
+//! lookup, publish traffic per event, freshness of synthetic events one by
+//! one and in a burst, convergence after a node dies and after one joins.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use shoal_core::directory::OwnerDirectory;
+use shoal_core::ring::Ring;
+use shoal_core::wire::{self, Publish, PublishBody, SourceClock};
+use shoal_core::{ContainerRecord, EngineId, Inventory, LookupKey, NodeId, record_keys};
+use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_id, synthetic_record};
+use shoal_node::NodeConfig;
+use shoal_node::peer::HttpPeers;
+use tokio::task::JoinSet;
+
+use crate::fleet::{Client, Latency, SimNode, listeners, say};
+
+/// Flags of `shoal-sim scale`.
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// Nodes in the fleet.
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+    /// Containers in the whole fleet, spread evenly.
+    #[arg(long, default_value_t = 100_000)]
+    containers: usize,
+    /// Owners per key.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Virtual nodes per node.
+    #[arg(long, default_value_t = 64)]
+    vnodes: usize,
+    /// Events timed one at a time (each a start and a removal).
+    #[arg(long, default_value_t = 200)]
+    events: usize,
+    /// Events per second in the burst.
+    #[arg(long, default_value_t = 500)]
+    burst_rate: u32,
+    /// How long the burst lasts.
+    #[arg(long, value_parser = crate::duration, default_value = "2s")]
+    burst: Duration,
+    /// Lookups made to count engine calls.
+    #[arg(long, default_value_t = 2000)]
+    lookups: usize,
+    /// The nodes' --dead-after.
+    #[arg(long, value_parser = crate::duration, default_value = "3s")]
+    dead_after: Duration,
+    /// Only the ring and memory figures; start no fleet.
+    #[arg(long)]
+    no_fleet: bool,
+}
+
+/// Keys a membership change moves.
+#[derive(Debug, Serialize)]
+pub struct Moves {
+    /// Members before the change.
+    pub members_before: usize,
+    /// Keys (of every kind) of the fleet's containers.
+    pub keys: usize,
+    /// Of every (key, owner) copy, the share now owned by another node.
+    pub key_copies_moved: f64,
+    /// Of every key, the share whose owner set changed at all.
+    pub keys_changed: f64,
+    /// The target's bound, 1.3 / N (N members after a join, before a leave).
+    pub bound: f64,
+}
+
+/// Memory per record.
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    /// Records measured.
+    pub records: usize,
+    /// Keys per record, on average (ID, names, addresses, project).
+    pub keys_per_record: f64,
+    /// Bytes per record copy in an owner's directory (record + indexes).
+    pub directory_bytes_per_copy: f64,
+    /// Bytes per record in a node's own inventory (record + indexes).
+    pub inventory_bytes_per_record: f64,
+    /// Bytes of one record in a publish (bincode).
+    pub wire_bytes_per_record: f64,
+}
+
+/// What the live fleet showed.
+#[derive(Debug, Default, Serialize)]
+pub struct Live {
+    /// From the first node starting to every node seeing every member and
+    /// answering a container of every node.
+    pub converge_ms: u64,
+    /// Record copies in all directories at rest.
+    pub directory_copies: u64,
+    /// Directory copies per container.
+    pub copies_per_container: f64,
+    /// Bytes the fleet holds beyond its engines' own state, per record
+    /// copy (directory copies + each node's inventory): all-in, with
+    /// gossip, HTTP pools and caches.
+    pub all_in_bytes_per_copy: f64,
+    /// Lookups made while counting engine calls.
+    pub lookups: usize,
+    /// Of those, answered 200.
+    pub lookups_found: usize,
+    /// Engine calls (list, inspect, identity, subscribe) those lookups
+    /// caused, fleet-wide.
+    pub engine_calls_during_lookups: u64,
+    /// Label changes published.
+    pub publish_events: usize,
+    /// Publish bytes (HTTP bodies) per event, fleet-wide.
+    pub publish_bytes_per_event: f64,
+    /// Publish requests per event, fleet-wide.
+    pub publishes_per_event: f64,
+    /// A start on one node to its name answering at another, one at a time.
+    pub fresh_start: Latency,
+    /// A removal on one node to its name gone at another.
+    pub fresh_remove: Latency,
+    /// Starts in a burst, each timed the same way.
+    pub fresh_burst: Latency,
+    /// Events per second the burst asked for.
+    pub burst_rate: u32,
+    /// Events the burst made that never showed (within 10 s).
+    pub burst_lost: usize,
+    /// From a node stopping to its containers gone from every reader.
+    pub death_ms: u64,
+    /// From a node stopping to every reader calling it not alive.
+    pub death_noticed_ms: u64,
+    /// From a new node starting to its containers answering everywhere.
+    pub join_ms: u64,
+    /// Publish bytes the join caused, fleet-wide.
+    pub join_publish_bytes: u64,
+}
+
+/// The report of `shoal-sim scale`.
+#[derive(Debug, Serialize)]
+pub struct ScaleReport {
+    /// Nodes.
+    pub nodes: usize,
+    /// Containers.
+    pub containers: usize,
+    /// Owners per key.
+    pub replicas: usize,
+    /// Virtual nodes per node.
+    pub vnodes: usize,
+    /// The nodes' --dead-after, in ms.
+    pub dead_after_ms: u64,
+    /// A node joins.
+    pub join: Moves,
+    /// A node leaves.
+    pub leave: Moves,
+    /// Memory per record.
+    pub memory: Memory,
+    /// The live fleet, unless --no-fleet.
+    pub live: Option<Live>,
+}
+
+fn node_name(k: usize) -> String {
+    format!("s{k}")
+}
+
+fn prefix(k: usize) -> String {
+    format!("s{k}-")
+}
+
+fn engine_id(k: usize) -> EngineId {
+    EngineId(format!("engine-s{k}"))
+}
+
+/// Every key of every container: `per_node` containers on each of `nodes`.
+fn fleet_keys(nodes: usize, per_node: usize) -> Vec<LookupKey> {
+    let mut keys = Vec::new();
+    for k in 0..nodes {
+        for i in 0..per_node {
+            keys.extend(record_keys(&synthetic_record(&prefix(k), i, &engine_id(k))));
+        }
+    }
+    keys
+}
+
+/// How many keys move from the ring of `before` to the ring of `after`.
+pub fn moves(
+    keys: &[LookupKey],
+    before: &[NodeId],
+    after: &[NodeId],
+    vnodes: usize,
+    replicas: usize,
+) -> Moves {
+    let a = Ring::new(before.iter().cloned(), vnodes, replicas);
+    let b = Ring::new(after.iter().cloned(), vnodes, replicas);
+    let (mut copies, mut moved, mut changed) = (0usize, 0usize, 0usize);
+    for key in keys {
+        let was = a.owners(key);
+        let now = b.owners(key);
+        copies += now.len();
+        let gained = now.iter().filter(|n| !was.contains(n)).count();
+        moved += gained;
+        if gained > 0 || was.len() != now.len() {
+            changed += 1;
+        }
+    }
+    let n = before.len().max(after.len());
+    Moves {
+        members_before: before.len(),
+        keys: keys.len(),
+        key_copies_moved: moved as f64 / copies.max(1) as f64,
+        keys_changed: changed as f64 / keys.len().max(1) as f64,
+        bound: 1.3 / n as f64,
+    }
+}
+
+/// Bytes per record copy, counted by the global allocator.
+fn memory(records: usize) -> Memory {
+    let node = NodeId::from("m0");
+    let all: Vec<ContainerRecord> = (0..records)
+        .map(|i| {
+            let mut r = synthetic_record("m0-", i, &EngineId("engine-m0".into()));
+            r.node = node.clone();
+            r.updated_at = 1;
+            r
+        })
+        .collect();
+    let keys: usize = all.iter().map(|r| record_keys(r).len()).sum();
+    let wire_bytes = wire::encode(&all).len();
+    let publish = Publish {
+        source: SourceClock {
+            node: node.clone(),
+            incarnation: 1,
+            seq: 1,
+        },
+        body: PublishBody::Snapshot {
+            records: all.clone(),
+        },
+    };
+    let before = crate::allocated();
+    let mut directory = OwnerDirectory::new();
+    directory.apply(&publish);
+    let directory_bytes = crate::allocated().saturating_sub(before);
+    assert_eq!(directory.copies(), records, "the snapshot was applied");
+
+    let before = crate::allocated();
+    let inventory = Inventory::from_records(all);
+    let inventory_bytes = crate::allocated().saturating_sub(before);
+    assert_eq!(inventory.len(), records);
+    drop((directory, inventory, publish));
+
+    Memory {
+        records,
+        keys_per_record: keys as f64 / records as f64,
+        directory_bytes_per_copy: directory_bytes as f64 / records as f64,
+        inventory_bytes_per_record: inventory_bytes as f64 / records as f64,
+        wire_bytes_per_record: wire_bytes as f64 / records as f64,
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(args: ScaleArgs) -> Result<ScaleReport> {
+    if args.nodes < 3 {
+        bail!("--nodes must be at least 3 (one dies, one joins, one reads)");
+    }
+    if args.containers < args.nodes {
+        bail!("--containers must be at least --nodes");
+    }
+    let per_node = args.containers / args.nodes;
+    say(format!(
+        "ring moves over {} nodes x {per_node} containers",
+        args.nodes
+    ));
+    let keys = fleet_keys(args.nodes, per_node);
+    let members: Vec<NodeId> = (0..args.nodes).map(|k| NodeId(node_name(k))).collect();
+    let mut joined = members.clone();
+    joined.push(NodeId(node_name(args.nodes)));
+    let join = moves(&keys, &members, &joined, args.vnodes, args.replicas);
+    let left = &members[..args.nodes - 1];
+    let leave = moves(&keys, &members, left, args.vnodes, args.replicas);
+    drop(keys);
+    say("memory per record copy");
+    let memory = memory(20_000);
+
+    let live = if args.no_fleet {
+        None
+    } else {
+        Some(live(&args, per_node).await?)
+    };
+    Ok(ScaleReport {
+        nodes: args.nodes,
+        containers: per_node * args.nodes,
+        replicas: args.replicas,
+        vnodes: args.vnodes,
+        dead_after_ms: args.dead_after.as_millis() as u64,
+        join,
+        leave,
+        memory,
+        live,
+    })
+}
+
+struct Fleet {
+    nodes: Vec<SimNode>,
+    engines: Vec<SyntheticEngine>,
+    seeds: Vec<String>,
+    client: Client,
+}
+
+impl Fleet {
+    fn config(&self, args: &ScaleArgs, k: usize) -> NodeConfig {
+        NodeConfig {
+            node_id: NodeId(node_name(k)),
+            peers: self.seeds.clone(),
+            replicas: args.replicas,
+            vnodes: args.vnodes,
+            dead_after: args.dead_after,
+            ..NodeConfig::default()
+        }
+    }
+
+    fn live_nodes(&self) -> Vec<&SimNode> {
+        self.nodes.iter().filter(|n| n.running()).collect()
+    }
+
+    /// Up to `n` running nodes, not `except`, picked at random.
+    fn readers(&self, rng: &mut impl Rng, n: usize, except: Option<usize>) -> Vec<String> {
+        let candidates: Vec<&SimNode> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(k, node)| node.running() && Some(*k) != except)
+            .map(|(_, node)| node)
+            .collect();
+        candidates
+            .choose_multiple(rng, n)
+            .map(|node| node.addr.clone())
+            .collect()
+    }
+
+    /// Waits until every running node sees `members` alive and answers the
+    /// last container of every node with containers.
+    async fn converge(&self, members: usize, limit: Duration) -> Result<()> {
+        let started = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        'wait: loop {
+            if started.elapsed() > limit {
+                bail!("the fleet did not converge on {members} members within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for node in self.live_nodes() {
+                if self.client.alive(&node.addr).await != members {
+                    continue 'wait;
+                }
+            }
+            let per_node = self.engines[0].ids().len().max(1);
+            for reader in self.readers(&mut rng, 3, None) {
+                for (k, node) in self.nodes.iter().enumerate() {
+                    if !node.running() {
+                        continue;
+                    }
+                    let name = format!("{}{}", prefix(k), per_node - 1);
+                    if self
+                        .client
+                        .status(&reader, &format!("/v1/containers/{name}"))
+                        .await?
+                        != 200
+                    {
+                        continue 'wait;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Waits until the fleet's publish counters stop moving for a second.
+    async fn quiesce(&self) -> Result<f64> {
+        let mut last = -1.0;
+        for _ in 0..60 {
+            let now = self
+                .client
+                .fleet_metric(&self.live_nodes(), "shoal_publish_bytes_total")
+                .await?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(last)
+    }
+}
+
+async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
+    let mut report = Live {
+        burst_rate: args.burst_rate,
+        ..Live::default()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let engines: Vec<SyntheticEngine> = (0..=args.nodes)
+        .map(|k| {
+            SyntheticEngine::new(SyntheticSpec {
+                count: per_node,
+                prefix: prefix(k),
+                engine_id: engine_id(k),
+            })
+        })
+        .collect();
+    let base = crate::allocated();
+    let ls = listeners(args.nodes).await?;
+    let seeds: Vec<String> = ls
+        .iter()
+        .take(3)
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()?;
+    let mut fleet = Fleet {
+        nodes: Vec::new(),
+        engines,
+        seeds,
+        client: Client::new(),
+    };
+    say(format!(
+        "starting {} nodes, {per_node} containers each",
+        args.nodes
+    ));
+    let started = Instant::now();
+    for (k, listener) in ls.into_iter().enumerate() {
+        let config = fleet.config(args, k);
+        let engine = Arc::new(fleet.engines[k].clone());
+        fleet.nodes.push(SimNode::start(
+            listener,
+            config,
+            engine,
+            Arc::new(HttpPeers::new()),
+        )?);
+    }
+    fleet.converge(args.nodes, Duration::from_secs(300)).await?;
+    report.converge_ms = started.elapsed().as_millis() as u64;
+    say(format!("converged in {} ms", report.converge_ms));
+    fleet.quiesce().await?;
+    let copies = fleet
+        .client
+        .fleet_metric(&fleet.live_nodes(), "shoal_directory_record_copies")
+        .await? as u64;
+    report.directory_copies = copies;
+    report.copies_per_container = copies as f64 / (per_node * args.nodes) as f64;
+    let held = crate::allocated().saturating_sub(base);
+    report.all_in_bytes_per_copy = held as f64 / (copies + (per_node * args.nodes) as u64) as f64;
+
+    // Lookups cost no engine calls.
+    say(format!("{} lookups, counting engine calls", args.lookups));
+    let calls = |f: &Fleet| f.nodes.iter().map(|n| n.engine.calls()).sum::<u64>();
+    let before = calls(&fleet);
+    for _ in 0..args.lookups {
+        let k = rng.random_range(0..args.nodes);
+        let reader = fleet.readers(&mut rng, 1, None).remove(0);
+        let name = format!("{}{}", prefix(k), rng.random_range(0..per_node));
+        if fleet
+            .client
+            .status(&reader, &format!("/v1/containers/{name}"))
+            .await?
+            == 200
+        {
+            report.lookups_found += 1;
+        }
+    }
+    report.lookups = args.lookups;
+    report.engine_calls_during_lookups = calls(&fleet) - before;
+
+    // Publish traffic per event: label changes, a few milliseconds apart.
+    say("publish traffic per event");
+    let bytes_before = fleet.quiesce().await?;
+    let pubs = |f: &Fleet| {
+        let c = f.client.clone();
+        let nodes: Vec<String> = f.live_nodes().iter().map(|n| n.addr.clone()).collect();
+        async move {
+            let mut total = 0.0;
+            for addr in nodes {
+                total += c
+                    .metrics(&addr)
+                    .await?
+                    .get("shoal_publishes_total")
+                    .copied()
+                    .unwrap_or(0.0);
+            }
+            anyhow::Ok(total)
+        }
+    };
+    let pubs_before = pubs(&fleet).await?;
+    let events = 200;
+    for e in 0..events {
+        let k = rng.random_range(0..args.nodes);
+        let id = synthetic_id(&prefix(k), rng.random_range(0..per_node));
+        fleet.engines[k].modify(&id, "update", |r| {
+            r.labels.insert("shoal.sim.seq".into(), e.to_string());
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bytes_after = fleet.quiesce().await?;
+    let pubs_after = pubs(&fleet).await?;
+    report.publish_events = events;
+    report.publish_bytes_per_event = (bytes_after - bytes_before) / events as f64;
+    report.publishes_per_event = (pubs_after - pubs_before) / events as f64;
+
+    // Freshness, one event at a time.
+    say(format!("freshness: {} starts and removals", args.events));
+    let (mut starts, mut removes) = (Vec::new(), Vec::new());
+    for i in 0..args.events {
+        let k = rng.random_range(0..args.nodes);
+        let reader = fleet.readers(&mut rng, 1, Some(k)).remove(0);
+        let fresh = format!("{}fresh-", prefix(k));
+        let record = synthetic_record(&fresh, i, &engine_id(k));
+        let (name, id) = (record.names[0].clone(), record.id.clone());
+        let t0 = Instant::now();
+        fleet.engines[k].run(record);
+        fleet
+            .client
+            .wait_for(&reader, &name, true, Duration::from_secs(10))
+            .await?;
+        starts.push(t0.elapsed());
+        let t0 = Instant::now();
+        fleet.engines[k].remove(&id);
+        fleet
+            .client
+            .wait_for(&reader, &name, false, Duration::from_secs(10))
+            .await?;
+        removes.push(t0.elapsed());
+    }
+    report.fresh_start = Latency::of(&starts);
+    report.fresh_remove = Latency::of(&removes);
+
+    // Freshness in a burst: every event polled by its own task.
+    let total = (f64::from(args.burst_rate) * args.burst.as_secs_f64()) as usize;
+    say(format!(
+        "freshness: a burst of {total} starts at {}/s",
+        args.burst_rate
+    ));
+    let mut pollers = JoinSet::new();
+    let gap = Duration::from_secs_f64(1.0 / f64::from(args.burst_rate.max(1)));
+    let burst_started = Instant::now();
+    for i in 0..total {
+        let due = gap * i as u32;
+        if let Some(wait) = due.checked_sub(burst_started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let k = rng.random_range(0..args.nodes);
+        let reader = fleet.readers(&mut rng, 1, Some(k)).remove(0);
+        let record = synthetic_record(&format!("{}burst-", prefix(k)), i, &engine_id(k));
+        let name = record.names[0].clone();
+        let t0 = Instant::now();
+        fleet.engines[k].run(record);
+        let client = fleet.client.clone();
+        pollers.spawn(async move {
+            client
+                .wait_for(&reader, &name, true, Duration::from_secs(10))
+                .await
+                .map(|_| t0.elapsed())
+        });
+    }
+    let mut burst = Vec::new();
+    while let Some(r) = pollers.join_next().await {
+        match r {
+            Ok(Ok(d)) => burst.push(d),
+            _ => report.burst_lost += 1,
+        }
+    }
+    report.fresh_burst = Latency::of(&burst);
+    fleet.quiesce().await?;
+
+    // A node dies: its containers leave every reader.
+    let victim = args.nodes - 1;
+    say(format!("stopping {}", node_name(victim)));
+    let names: Vec<String> = (0..20)
+        .map(|_| format!("{}{}", prefix(victim), rng.random_range(0..per_node)))
+        .collect();
+    let readers = fleet.readers(&mut rng, 5, Some(victim));
+    let t0 = Instant::now();
+    let stopping = fleet.nodes[victim].halt();
+    let mut gone = JoinSet::new();
+    for reader in &readers {
+        for name in &names {
+            let (c, r, n) = (fleet.client.clone(), reader.clone(), name.clone());
+            gone.spawn(async move { c.wait_for(&r, &n, false, Duration::from_secs(60)).await });
+        }
+    }
+    while let Some(r) = gone.join_next().await {
+        r??;
+    }
+    report.death_ms = t0.elapsed().as_millis() as u64;
+    loop {
+        let mut all = true;
+        for r in &readers {
+            all &= fleet.client.alive(r).await == args.nodes - 1;
+        }
+        if all || t0.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.death_noticed_ms = t0.elapsed().as_millis() as u64;
+    if let Some(task) = stopping {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    fleet.quiesce().await?;
+
+    // A node joins: its containers reach every reader.
+    let newcomer = args.nodes;
+    say(format!("starting {}", node_name(newcomer)));
+    let bytes_before = fleet.quiesce().await?;
+    let listener = listeners(1).await?.remove(0);
+    let config = fleet.config(args, newcomer);
+    let t0 = Instant::now();
+    let node = SimNode::start(
+        listener,
+        config,
+        Arc::new(fleet.engines[newcomer].clone()),
+        Arc::new(HttpPeers::new()),
+    )?;
+    fleet.nodes.push(node);
+    let names: Vec<String> = (0..20)
+        .map(|_| format!("{}{}", prefix(newcomer), rng.random_range(0..per_node)))
+        .collect();
+    let readers = fleet.readers(&mut rng, 5, Some(newcomer));
+    let mut seen = JoinSet::new();
+    for reader in &readers {
+        for name in &names {
+            let (c, r, n) = (fleet.client.clone(), reader.clone(), name.clone());
+            seen.spawn(async move { c.wait_for(&r, &n, true, Duration::from_secs(120)).await });
+        }
+    }
+    while let Some(r) = seen.join_next().await {
+        r??;
+    }
+    report.join_ms = t0.elapsed().as_millis() as u64;
+    let bytes_after = fleet.quiesce().await?;
+    report.join_publish_bytes = (bytes_after - bytes_before).max(0.0) as u64;
+
+    say("stopping the fleet");
+    let mut stops = JoinSet::new();
+    for mut node in fleet.nodes.drain(..) {
+        stops.spawn(async move { node.stop().await });
+    }
+    while stops.join_next().await.is_some() {}
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<NodeId> {
+        (0..n).map(|k| NodeId(node_name(k))).collect()
+    }
+
+    #[test]
+    fn a_join_moves_about_one_share_and_a_no_op_moves_none() {
+        let keys = fleet_keys(10, 200);
+        let same = moves(&keys, &ids(10), &ids(10), 64, 2);
+        assert_eq!((same.key_copies_moved, same.keys_changed), (0.0, 0.0));
+        let join = moves(&keys, &ids(10), &ids(11), 64, 2);
+        assert!(join.key_copies_moved > 0.0, "{join:?}");
+        assert!(join.key_copies_moved < 3.0 / 11.0, "{join:?}");
+        assert!(join.keys_changed >= join.key_copies_moved, "{join:?}");
+    }
+
+    #[test]
+    fn memory_is_counted() {
+        let m = memory(500);
+        assert!(m.directory_bytes_per_copy > 100.0, "{m:?}");
+        assert!(m.inventory_bytes_per_record > 100.0, "{m:?}");
+        assert!(m.wire_bytes_per_record > 50.0, "{m:?}");
+        assert!(m.keys_per_record >= 3.0, "{m:?}");
+    }
+}
