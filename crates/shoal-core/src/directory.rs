@@ -180,9 +180,18 @@ impl OwnerDirectory {
         }
         match &publish.body {
             PublishBody::Snapshot { records } => {
-                self.clear_source(&src.node);
-                for r in records {
-                    self.insert(&src.node, r.clone());
+                // After a ring change every owner gets a snapshot, and most
+                // already hold exactly that: then only the clock moves.
+                let held = self
+                    .sources
+                    .get(&src.node)
+                    .filter(|s| s.incarnation == src.incarnation)
+                    .map(|s| (s.records.len() as u64, s.digest));
+                if held != Some(digest_of(records)) {
+                    self.clear_source(&src.node);
+                    for r in records {
+                        self.insert(&src.node, r.clone());
+                    }
                 }
             }
             PublishBody::Delta { upserts, removes } => {
@@ -263,6 +272,27 @@ impl OwnerDirectory {
             seq: s.seq,
             count: s.records.len() as u64,
             digest: s.digest,
+        })
+    }
+
+    /// What a source has published here, counting only the records
+    /// `keep` accepts.
+    pub fn summary_where(
+        &self,
+        node: &NodeId,
+        keep: impl Fn(&ContainerRecord) -> bool,
+    ) -> Option<SourceSummary> {
+        let s = self.sources.get(node)?;
+        let (count, digest) = s
+            .records
+            .values()
+            .filter(|(r, _)| keep(r))
+            .fold((0u64, 0u64), |(n, d), (_, h)| (n + 1, d.wrapping_add(*h)));
+        Some(SourceSummary {
+            incarnation: s.incarnation,
+            seq: s.seq,
+            count,
+            digest,
         })
     }
 
@@ -403,6 +433,27 @@ mod tests {
         });
         assert!(names(&d, "old").is_empty());
         assert_eq!(names(&d, "new"), ["new@a"]);
+    }
+
+    #[test]
+    fn a_snapshot_of_what_is_held_only_moves_the_clock_and_a_changed_one_applies() {
+        let mut d = OwnerDirectory::new();
+        let held = vec![on("a", "e", record(1, "web", "10.0.0.1", None))];
+        d.apply(&delta(clock("a", 1, 1), held.clone(), vec![]));
+        let snapshot = |seq, records| Publish {
+            source: clock("a", 1, seq),
+            body: PublishBody::Snapshot { records },
+        };
+        assert_eq!(d.apply(&snapshot(2, held.clone())), PublishAck::Applied);
+        assert_eq!(d.summary(&NodeId::from("a")).unwrap().seq, 2);
+        assert_eq!(names(&d, "web"), ["web@a"]);
+        // The same count, different content: replaced.
+        let changed = vec![on("a", "e", record(1, "api", "10.0.0.1", None))];
+        d.apply(&snapshot(3, changed));
+        assert!(names(&d, "web").is_empty());
+        assert_eq!(names(&d, "api"), ["api@a"]);
+        // An older clock is still refused.
+        assert_eq!(d.apply(&snapshot(3, held)), PublishAck::Stale);
     }
 
     #[test]

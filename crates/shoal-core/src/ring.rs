@@ -46,7 +46,13 @@ pub struct Ring {
     owners_at: HashMap<(u32, u32), Vec<u32>>,
     replicas: usize,
     vnodes: usize,
+    /// `shares(SHARE_SAMPLES)`, computed on first use: `/v1/nodes` asks
+    /// for it on every call and the ring never changes.
+    shares: std::sync::OnceLock<HashMap<NodeId, f64>>,
 }
+
+/// Samples behind [`Ring::share`].
+const SHARE_SAMPLES: usize = 4096;
 
 impl Ring {
     /// A ring of `members` (duplicates ignored), `vnodes` virtual nodes
@@ -96,7 +102,18 @@ impl Ring {
             owners_at,
             replicas,
             vnodes,
+            shares: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The share of the key space `node` is first owner of (0 to 1),
+    /// estimated once per ring.
+    pub fn share(&self, node: &NodeId) -> f64 {
+        self.shares
+            .get_or_init(|| self.shares(SHARE_SAMPLES))
+            .get(node)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// The members, sorted.

@@ -28,6 +28,9 @@ pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-shoal-node");
 /// The header naming how a lookup was answered.
 pub const PATH_HEADER: HeaderName = HeaderName::from_static("x-shoal-path");
 
+/// Publish bodies up to this size are decoded on the request's thread.
+const SMALL_PUBLISH_BYTES: usize = 64 * 1024;
+
 /// Longest query string accepted, in bytes.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -328,12 +331,19 @@ async fn peer_publish(
     State(service): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // A snapshot is megabytes: decode it off the request threads too.
+    // A snapshot is megabytes: decode it off the request threads too. A
+    // small delta is quicker decoded here than handed to another thread.
     let body = body?;
-    let publish: Publish = tokio::task::spawn_blocking(move || shoal_core::wire::decode(&body))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let publish: Publish = if body.len() <= SMALL_PUBLISH_BYTES {
+        shoal_core::wire::decode(&body)
+    } else {
+        service
+            .directory
+            .bulk(move || shoal_core::wire::decode(&body))
+            .await
+            .ok_or_else(|| ApiError::Internal("decoding the publish failed".into()))?
+    }
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(bincode_response(
         &service.directory.apply_blocking(publish).await,
     ))
@@ -344,7 +354,12 @@ async fn peer_digest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: DigestRequest = peer_body(body)?;
-    Ok(bincode_response(&service.directory.check(&request)))
+    let view = service.view.load();
+    Ok(bincode_response(&service.directory.check(
+        &request,
+        &view.ring,
+        service.node_id(),
+    )))
 }
 
 async fn peer_local(

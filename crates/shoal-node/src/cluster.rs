@@ -4,10 +4,11 @@
 //! owners of every key of each changed record (the owners of its old keys
 //! too, so a rename reaches the owner of the old name), batched per owner,
 //! one request per owner per batch, in order. When the ring changes it
-//! sends every owner a snapshot of what it should hold; every
-//! `sync_interval` it sends each owner a digest of that and a snapshot where
-//! the digest differs (or where a publish failed since), which repairs what
-//! a lost batch left wrong. Publishes to this node itself skip HTTP.
+//! sends each owner the records it gains; every `sync_interval` it sends
+//! each owner a digest of what it should hold and a snapshot where the
+//! owner's digest (over the records it owns now) differs, or where a
+//! publish failed since: that repairs what a lost batch left wrong.
+//! Publishes to this node itself skip HTTP.
 //!
 //! The directory service applies publishes under a short lock and hands
 //! readers an immutable snapshot; it forgets sources the failure detector
@@ -24,6 +25,7 @@ use shoal_core::directory::{OwnerDirectory, SourceSummary, digest_of};
 use shoal_core::ring::Ring;
 use shoal_core::wire::{
     DigestReply, DigestRequest, Publish, PublishAck, PublishBody, RecordId, SourceClock,
+    record_digest,
 };
 use shoal_core::{ContainerRecord, Delta, Inventory, LookupKey, NodeId, record_keys};
 use tokio::sync::broadcast::error::RecvError;
@@ -34,16 +36,42 @@ use crate::membership::ClusterView;
 use crate::peer::{self, PeerTransport};
 
 /// The owner directory behind a lock for writers and a snapshot for readers.
-#[derive(Default)]
 pub struct DirectoryService {
     working: Mutex<OwnerDirectory>,
     snapshot: ArcSwap<OwnerDirectory>,
+    bulk: tokio::sync::Semaphore,
+}
+
+impl Default for DirectoryService {
+    fn default() -> Self {
+        DirectoryService {
+            working: Mutex::default(),
+            snapshot: ArcSwap::default(),
+            bulk: tokio::sync::Semaphore::new(1),
+        }
+    }
 }
 
 impl DirectoryService {
     /// An empty directory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs this node's bulk work (building, decoding and applying
+    /// snapshots; pruning after a ring change) on the blocking pool, one
+    /// piece at a time. Unbounded, a round of snapshots became dozens of
+    /// CPU-bound threads that starved the async workers: gossip stalled,
+    /// members were declared dead, the ring changed, and more snapshots
+    /// followed (50 nodes with 100,000 containers in one process never
+    /// converged). One at a time leaves the other cores to requests and
+    /// gossip. `None` if the work panicked.
+    pub async fn bulk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.bulk.acquire().await.ok()?;
+        tokio::task::spawn_blocking(work).await.ok()
     }
 
     fn edit<T>(&self, f: impl FnOnce(&mut OwnerDirectory) -> T) -> T {
@@ -57,11 +85,18 @@ impl DirectoryService {
         self.edit(|d| d.apply(p))
     }
 
-    /// Applies a publish on the blocking pool: a snapshot of thousands of
-    /// records is CPU work that must not hold up gossip and requests.
+    /// Applies a publish: a snapshot or a large delta (thousands of
+    /// records, CPU work that must not hold up gossip and requests) on the
+    /// blocking pool, a small delta at once (two thread hand-offs were most
+    /// of a small publish's time).
     pub async fn apply_blocking(self: &Arc<Self>, p: Publish) -> PublishAck {
+        if let PublishBody::Delta { upserts, removes } = &p.body
+            && upserts.len() + removes.len() <= LARGE_DELTA
+        {
+            return self.apply(&p);
+        }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.apply(&p))
+        self.bulk(move || this.apply(&p))
             .await
             .unwrap_or(PublishAck::Stale)
     }
@@ -77,9 +112,12 @@ impl DirectoryService {
     }
 
     /// Answers a digest: does this directory hold exactly that from the
-    /// source?
-    pub fn check(&self, d: &DigestRequest) -> DigestReply {
-        let matches = match self.snapshot.load().summary(&d.source.node) {
+    /// source, among the records whose keys `me` owns on `ring`? Records it
+    /// is about to drop (after a ring change, within the ownership grace)
+    /// do not count, so a shrunk share does not cost a snapshot.
+    pub fn check(&self, d: &DigestRequest, ring: &Ring, me: &NodeId) -> DigestReply {
+        let owned = |r: &ContainerRecord| owns_any(ring, me, r);
+        let matches = match self.snapshot.load().summary_where(&d.source.node, owned) {
             Some(SourceSummary {
                 incarnation,
                 count,
@@ -187,6 +225,8 @@ struct PublisherState {
     seq: u64,
     published: Inventory,
     dirty: HashSet<NodeId>,
+    /// The ring the owners last got this node's records by.
+    placed: Option<Arc<Ring>>,
 }
 
 impl Publisher {
@@ -203,6 +243,7 @@ impl Publisher {
             publisher: self,
             seq: 0,
             dirty: HashSet::new(),
+            placed: None,
         };
         state.snapshot_all().await;
         let mut sync = tokio::time::interval(state.publisher.sync_interval);
@@ -226,10 +267,10 @@ impl Publisher {
                         Ok(()) => {
                             // A join or a death often comes as several
                             // changes in a row: let the view settle, then
-                            // send one round of snapshots.
+                            // send each owner what it gains, once.
                             tokio::time::sleep(RING_SETTLE).await;
                             ring_changes.borrow_and_update();
-                            state.snapshot_all().await;
+                            state.rebalance().await;
                         }
                         Err(_) => ring_open = false,
                     }
@@ -387,10 +428,44 @@ impl PublisherState {
                 })
                 .collect()
         };
-        tokio::task::spawn_blocking(work).await.unwrap_or_default()
+        self.publisher
+            .directory
+            .bulk(work)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// What [`Self::assignments`] would say each member's digest is,
+    /// without copying any record: anti-entropy needs the records only
+    /// where a digest differs.
+    async fn digests(&self) -> BTreeMap<NodeId, (u64, u64)> {
+        let ring = self.publisher.view.load_full().ring.clone();
+        let published = self.published.clone();
+        let work = move || {
+            let mut per_owner: BTreeMap<NodeId, (u64, u64)> =
+                ring.members().iter().map(|m| (m.clone(), (0, 0))).collect();
+            let mut owners = Vec::new();
+            for r in published.records() {
+                let digest = record_digest(r);
+                owners.clear();
+                owners_of(&ring, r, &mut owners);
+                for o in &owners {
+                    let (n, d) = per_owner.entry((*o).clone()).or_default();
+                    *n += 1;
+                    *d = d.wrapping_add(digest);
+                }
+            }
+            per_owner
+        };
+        self.publisher
+            .directory
+            .bulk(work)
+            .await
+            .unwrap_or_default()
     }
 
     async fn snapshot_all(&mut self) {
+        self.placed = Some(self.publisher.view.load().ring.clone());
         let bodies = self
             .assignments()
             .await
@@ -401,10 +476,60 @@ impl PublisherState {
         self.send(bodies).await;
     }
 
+    /// After a ring change: each owner gets, as a delta, only the records
+    /// it gains; what it loses it drops itself after the ownership grace.
+    /// Snapshots to every owner made a join cost the whole fleet's records
+    /// in every round (50 nodes with 100,000 containers in one process
+    /// could not keep up); this costs the keys that moved. Owners a publish
+    /// failed to reach get a snapshot.
+    async fn rebalance(&mut self) {
+        let now = self.publisher.view.load().ring.clone();
+        let Some(before) = self.placed.replace(now.clone()) else {
+            return self.snapshot_all().await;
+        };
+        let published = self.published.clone();
+        let gains = self
+            .publisher
+            .directory
+            .bulk(move || {
+                let mut per_owner: BTreeMap<NodeId, Vec<ContainerRecord>> = BTreeMap::new();
+                for r in published.records() {
+                    let (mut was, mut will) = (Vec::new(), Vec::new());
+                    owners_of(&before, r, &mut was);
+                    owners_of(&now, r, &mut will);
+                    for o in will.into_iter().filter(|o| !was.contains(o)) {
+                        per_owner
+                            .entry(o.clone())
+                            .or_default()
+                            .push(ContainerRecord::clone(r));
+                    }
+                }
+                per_owner
+            })
+            .await
+            .unwrap_or_default();
+        let mut bodies: BTreeMap<NodeId, PublishBody> = gains
+            .into_iter()
+            .map(|(o, upserts)| {
+                let removes = Vec::new();
+                (o, PublishBody::Delta { upserts, removes })
+            })
+            .collect();
+        if !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for (o, (records, _)) in self.assignments().await {
+                if dirty.contains(&o) {
+                    bodies.insert(o, PublishBody::Snapshot { records });
+                }
+            }
+        }
+        self.send(bodies).await;
+    }
+
     async fn anti_entropy(&mut self) {
         let view = self.publisher.view.load_full();
-        let mut repairs = BTreeMap::new();
-        for (owner, (records, (count, digest))) in self.assignments().await {
+        let mut repairs = HashSet::new();
+        for (owner, (count, digest)) in self.digests().await {
             let request = DigestRequest {
                 source: SourceClock {
                     node: self.publisher.me.clone(),
@@ -417,7 +542,11 @@ impl PublisherState {
             let matches = if self.dirty.contains(&owner) {
                 false
             } else if owner == self.publisher.me {
-                self.publisher.directory.check(&request).matches
+                let ring = view.ring.clone();
+                self.publisher
+                    .directory
+                    .check(&request, &ring, &self.publisher.me)
+                    .matches
             } else if let Some(addr) = view.api_of(&owner) {
                 match peer::digest(
                     self.publisher.peers.as_ref(),
@@ -437,10 +566,17 @@ impl PublisherState {
                 false
             };
             if !matches {
-                repairs.insert(owner, PublishBody::Snapshot { records });
+                repairs.insert(owner);
             }
         }
         if !repairs.is_empty() {
+            let repairs: BTreeMap<NodeId, PublishBody> = self
+                .assignments()
+                .await
+                .into_iter()
+                .filter(|(o, _)| repairs.contains(o))
+                .map(|(o, (records, _))| (o, PublishBody::Snapshot { records }))
+                .collect();
             info!(
                 owners = repairs.len(),
                 "anti-entropy: sending snapshots where digests differ"
@@ -487,10 +623,11 @@ pub async fn maintain_directory(
             pruned = false;
         } else if !pruned && stable_since.elapsed() >= grace {
             let (directory, me, ring) = (directory.clone(), me.clone(), v.ring.clone());
-            let dropped =
-                tokio::task::spawn_blocking(move || directory.retain(|r| owns_any(&ring, &me, r)))
-                    .await
-                    .unwrap_or(0);
+            let work = directory.clone();
+            let dropped = directory
+                .bulk(move || work.retain(|r| owns_any(&ring, &me, r)))
+                .await
+                .unwrap_or(0);
             if dropped > 0 {
                 info!(
                     dropped,

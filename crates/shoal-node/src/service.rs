@@ -573,7 +573,6 @@ impl NodeService {
     pub fn nodes(&self) -> NodesAnswer {
         let view = self.view.load_full();
         let now = now_ms();
-        let shares = view.ring.shares(4096);
         let status = self.watcher.status();
         let nodes = view
             .members
@@ -620,7 +619,7 @@ impl NodeService {
                         .map(|t: u64| now.saturating_sub(t) as f64 / 1000.0),
                     stale,
                     ready: ready || stale,
-                    ring_share: shares.get(&m.node).copied().unwrap_or(0.0),
+                    ring_share: view.ring.share(&m.node),
                     engine_error: error,
                 }
             })

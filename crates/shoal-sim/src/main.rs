@@ -62,6 +62,14 @@ fn json<T: serde::Serialize>(report: anyhow::Result<T>) -> anyhow::Result<serde_
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The nodes' own logs, on stderr: warnings unless RUST_LOG says more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

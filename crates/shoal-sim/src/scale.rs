@@ -41,6 +41,10 @@ pub struct ScaleArgs {
     /// Virtual nodes per node.
     #[arg(long, default_value_t = 64)]
     vnodes: usize,
+    /// Nodes started at once; the next wave starts when the fleet has
+    /// converged.
+    #[arg(long, default_value_t = 10)]
+    wave: usize,
     /// Events timed one at a time (each a start and a removal).
     #[arg(long, default_value_t = 200)]
     events: usize,
@@ -53,9 +57,14 @@ pub struct ScaleArgs {
     /// Lookups made to count engine calls.
     #[arg(long, default_value_t = 2000)]
     lookups: usize,
-    /// The nodes' --dead-after.
-    #[arg(long, value_parser = crate::duration, default_value = "3s")]
+    /// The nodes' --dead-after. Fifty nodes in one process share this
+    /// machine's cores, so each has a sliver of one: the defaults allow for
+    /// that (a node on its own host runs with 3 s).
+    #[arg(long, value_parser = crate::duration, default_value = "10s")]
     dead_after: Duration,
+    /// The nodes' --peer-timeout (a node on its own host runs with 250 ms).
+    #[arg(long, value_parser = crate::duration, default_value = "2s")]
+    peer_timeout: Duration,
     /// Only the ring and memory figures; start no fleet.
     #[arg(long)]
     no_fleet: bool,
@@ -94,8 +103,8 @@ pub struct Memory {
 /// What the live fleet showed.
 #[derive(Debug, Default, Serialize)]
 pub struct Live {
-    /// From the first node starting to every node seeing every member and
-    /// answering a container of every node.
+    /// From the first node starting (in waves of `--wave`) to every node
+    /// seeing every member and answering a container of every node.
     pub converge_ms: u64,
     /// Record copies in all directories at rest.
     pub directory_copies: u64,
@@ -122,6 +131,11 @@ pub struct Live {
     pub fresh_start: Latency,
     /// A removal on one node to its name gone at another.
     pub fresh_remove: Latency,
+    /// Mean time from a node's watcher reading a change to every owner
+    /// having applied it, over the one-at-a-time events (the publisher's
+    /// own histogram, fleet-wide): the part of freshness that is shoal's
+    /// publishing, without the engine and the reader's polling.
+    pub publish_lag_mean_us: u64,
     /// Starts in a burst, each timed the same way.
     pub fresh_burst: Latency,
     /// Events per second the burst asked for.
@@ -149,8 +163,12 @@ pub struct ScaleReport {
     pub replicas: usize,
     /// Virtual nodes per node.
     pub vnodes: usize,
+    /// Nodes started at once.
+    pub wave: usize,
     /// The nodes' --dead-after, in ms.
     pub dead_after_ms: u64,
+    /// The nodes' --peer-timeout, in ms.
+    pub peer_timeout_ms: u64,
     /// A node joins.
     pub join: Moves,
     /// A node leaves.
@@ -293,7 +311,9 @@ pub async fn run(args: ScaleArgs) -> Result<ScaleReport> {
         containers: per_node * args.nodes,
         replicas: args.replicas,
         vnodes: args.vnodes,
+        wave: args.wave,
         dead_after_ms: args.dead_after.as_millis() as u64,
+        peer_timeout_ms: args.peer_timeout.as_millis() as u64,
         join,
         leave,
         memory,
@@ -316,6 +336,7 @@ impl Fleet {
             replicas: args.replicas,
             vnodes: args.vnodes,
             dead_after: args.dead_after,
+            peer_timeout: args.peer_timeout,
             ..NodeConfig::default()
         }
     }
@@ -344,29 +365,38 @@ impl Fleet {
     async fn converge(&self, members: usize, limit: Duration) -> Result<()> {
         let started = Instant::now();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let per_node = self.engines[0].ids().len().max(1);
+        let mut waiting_for = String::from("nothing asked yet");
         'wait: loop {
             if started.elapsed() > limit {
-                bail!("the fleet did not converge on {members} members within {limit:?}");
+                bail!(
+                    "the fleet did not converge on {members} members within {limit:?}: \
+                     still waiting for {waiting_for}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             for node in self.live_nodes() {
-                if self.client.alive(&node.addr).await != members {
+                let alive = self.client.alive(&node.addr).await;
+                if alive != members {
+                    waiting_for = format!(
+                        "{} to see {members} members alive (it sees {alive})",
+                        node.addr
+                    );
                     continue 'wait;
                 }
             }
-            let per_node = self.engines[0].ids().len().max(1);
             for reader in self.readers(&mut rng, 3, None) {
                 for (k, node) in self.nodes.iter().enumerate() {
                     if !node.running() {
                         continue;
                     }
                     let name = format!("{}{}", prefix(k), per_node - 1);
-                    if self
+                    let status = self
                         .client
                         .status(&reader, &format!("/v1/containers/{name}"))
-                        .await?
-                        != 200
-                    {
+                        .await?;
+                    if status != 200 {
+                        waiting_for = format!("{reader} to answer {name} (it said {status})");
                         continue 'wait;
                     }
                 }
@@ -426,17 +456,29 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         args.nodes
     ));
     let started = Instant::now();
-    for (k, listener) in ls.into_iter().enumerate() {
-        let config = fleet.config(args, k);
-        let engine = Arc::new(fleet.engines[k].clone());
-        fleet.nodes.push(SimNode::start(
-            listener,
-            config,
-            engine,
-            Arc::new(HttpPeers::new()),
-        )?);
+    let mut ls = ls.into_iter().enumerate().peekable();
+    while ls.peek().is_some() {
+        // A rollout in waves, as a fleet is deployed: each wave joins a
+        // settled fleet instead of every node joining every other at once.
+        for (k, listener) in ls.by_ref().take(args.wave.max(1)) {
+            let config = fleet.config(args, k);
+            let engine = Arc::new(fleet.engines[k].clone());
+            fleet.nodes.push(SimNode::start(
+                listener,
+                config,
+                engine,
+                Arc::new(HttpPeers::new()),
+            )?);
+        }
+        fleet
+            .converge(fleet.nodes.len(), Duration::from_secs(300))
+            .await?;
+        say(format!(
+            "{} nodes converged after {} ms",
+            fleet.nodes.len(),
+            started.elapsed().as_millis()
+        ));
     }
-    fleet.converge(args.nodes, Duration::from_secs(300)).await?;
     report.converge_ms = started.elapsed().as_millis() as u64;
     say(format!("converged in {} ms", report.converge_ms));
     fleet.quiesce().await?;
@@ -506,6 +548,26 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
 
     // Freshness, one event at a time.
     say(format!("freshness: {} starts and removals", args.events));
+    let lag = |f: &Fleet| {
+        let c = f.client.clone();
+        let nodes: Vec<String> = f.live_nodes().iter().map(|n| n.addr.clone()).collect();
+        async move {
+            let (mut sum, mut count) = (0.0, 0.0);
+            for addr in nodes {
+                let m = c.metrics(&addr).await?;
+                sum += m
+                    .get("shoal_publish_lag_seconds_sum")
+                    .copied()
+                    .unwrap_or(0.0);
+                count += m
+                    .get("shoal_publish_lag_seconds_count")
+                    .copied()
+                    .unwrap_or(0.0);
+            }
+            anyhow::Ok((sum, count))
+        }
+    };
+    let lag_before = lag(&fleet).await?;
     let (mut starts, mut removes) = (Vec::new(), Vec::new());
     for i in 0..args.events {
         let k = rng.random_range(0..args.nodes);
@@ -528,6 +590,9 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
             .await?;
         removes.push(t0.elapsed());
     }
+    let lag_after = lag(&fleet).await?;
+    report.publish_lag_mean_us =
+        ((lag_after.0 - lag_before.0) * 1e6 / (lag_after.1 - lag_before.1).max(1.0)) as u64;
     report.fresh_start = Latency::of(&starts);
     report.fresh_remove = Latency::of(&removes);
 
