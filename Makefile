@@ -12,8 +12,8 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## build the release binary target/release/shoal
-	$(CARGO) build --release --locked -p shoal-cli
+build: ## build the release binaries target/release/shoal and shoal-sim
+	$(CARGO) build --release --locked -p shoal-cli -p shoal-sim
 
 .PHONY: test-deps
 test-deps: ## install and start what the tests need (dockerd, the busybox test image)
@@ -83,7 +83,7 @@ peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
 	bash scripts/peers-dns-test.sh
 
 .PHONY: bench
-bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about a minute)
+bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about 15 minutes)
 	bash scripts/bench.sh
 
 .PHONY: k8s-validate

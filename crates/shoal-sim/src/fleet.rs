@@ -263,18 +263,40 @@ impl Client {
         found: bool,
         limit: Duration,
     ) -> Result<Duration> {
+        self.poll(addr, reference, found, limit, Duration::ZERO)
+            .await
+    }
+
+    /// As [`Client::wait_for`], resting `pause` between polls (many pollers
+    /// at once would otherwise be most of the load they measure).
+    pub async fn poll(
+        &self,
+        addr: &str,
+        reference: &str,
+        found: bool,
+        limit: Duration,
+        pause: Duration,
+    ) -> Result<Duration> {
         let started = Instant::now();
         let path = format!("/v1/containers/{reference}");
         loop {
-            let status = self.status(addr, &path).await?;
-            if (status == 200) == found && (status == 200 || status == 404) {
+            // A slow or failed answer (a node forwarding to an owner that
+            // just died) is not an answer: ask again until the limit.
+            let status = match self.status(addr, &path).await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            if status == if found { "200" } else { "404" } {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > limit {
                 bail!(
-                    "{reference} was still {} at {addr} after {limit:?} (last status {status})",
+                    "{reference} was still {} at {addr} after {limit:?} (last answer: {status})",
                     if found { "missing" } else { "there" }
                 );
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
     }
