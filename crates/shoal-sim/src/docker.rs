@@ -31,7 +31,7 @@ use shoal_engine::{DockerEngine, Engine, SyntheticEngine, SyntheticSpec};
 use shoal_node::NodeConfig;
 use shoal_node::peer::HttpPeers;
 
-use crate::fleet::{Client, Latency, SimNode, listeners, say};
+use crate::fleet::{Client, Latency, SimNode, addresses, listeners, say};
 
 /// Flags of `shoal-sim docker`.
 #[derive(Args, Debug)]
@@ -177,10 +177,7 @@ async fn scenario(
     };
 
     let ls = listeners(3).await?;
-    let seeds: Vec<String> = ls
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<std::io::Result<_>>()?;
+    let seeds = addresses(&ls)?;
     let mut nodes = Vec::new();
     for (k, listener) in ls.into_iter().enumerate() {
         let engine: Arc<dyn Engine> = if k == 0 {

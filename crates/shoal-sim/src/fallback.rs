@@ -20,7 +20,7 @@ use shoal_engine::{SyntheticEngine, SyntheticSpec};
 use shoal_node::NodeConfig;
 use shoal_node::peer::{HttpPeers, PeerError, PeerTransport};
 
-use crate::fleet::{Client, SimNode, listeners, say};
+use crate::fleet::{Client, SimNode, addresses, listeners, say};
 
 /// Flags of `shoal-sim fallback`.
 #[derive(Args, Debug)]
@@ -92,10 +92,7 @@ async fn load(spec: LoadSpec) -> Result<Report> {
 /// Runs the scenario.
 pub async fn run(args: FallbackArgs) -> Result<FallbackReport> {
     let ls = listeners(3).await?;
-    let seeds: Vec<String> = ls
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<std::io::Result<_>>()?;
+    let seeds = addresses(&ls)?;
     let mut nodes = Vec::new();
     for (k, listener) in ls.into_iter().enumerate() {
         let engine = SyntheticEngine::new(SyntheticSpec {

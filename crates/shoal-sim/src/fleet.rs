@@ -113,8 +113,7 @@ impl SimNode {
     /// Stops the node: its HTTP and gossip go silent at once, which its
     /// peers cannot tell from a crash.
     pub async fn stop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.halt() {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
     }
@@ -142,6 +141,14 @@ pub async fn listeners(n: usize) -> Result<Vec<tokio::net::TcpListener>> {
         );
     }
     Ok(out)
+}
+
+/// The addresses of `listeners`, as seeds.
+pub fn addresses(listeners: &[tokio::net::TcpListener]) -> Result<Vec<String>> {
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()?)
 }
 
 /// Asks nodes over HTTP, as a user would, always past the hot cache.

@@ -24,7 +24,7 @@ use shoal_node::NodeConfig;
 use shoal_node::peer::HttpPeers;
 use tokio::task::JoinSet;
 
-use crate::fleet::{Client, Latency, SimNode, listeners, say};
+use crate::fleet::{Client, Latency, SimNode, addresses, listeners, say};
 
 /// Flags of `shoal-sim scale`.
 #[derive(Args, Debug)]
@@ -410,14 +410,38 @@ impl Fleet {
         }
     }
 
+    /// Waits until every reader answers every name (`found`) or none
+    /// (`!found`).
+    async fn all_see(
+        &self,
+        readers: &[String],
+        names: &[String],
+        found: bool,
+        limit: Duration,
+    ) -> Result<()> {
+        let mut polls = JoinSet::new();
+        for reader in readers {
+            for name in names {
+                let (c, r, n) = (self.client.clone(), reader.clone(), name.clone());
+                polls.spawn(async move { c.wait_for(&r, &n, found, limit).await });
+            }
+        }
+        while let Some(r) = polls.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// A metric summed over the running nodes.
+    async fn metric(&self, name: &str) -> Result<f64> {
+        self.client.fleet_metric(&self.live_nodes(), name).await
+    }
+
     /// Waits until the fleet's publish counters stop moving for a second.
     async fn quiesce(&self) -> Result<f64> {
         let mut last = -1.0;
         for _ in 0..60 {
-            let now = self
-                .client
-                .fleet_metric(&self.live_nodes(), "shoal_publish_bytes_total")
-                .await?;
+            let now = self.metric("shoal_publish_bytes_total").await?;
             if now == last {
                 return Ok(now);
             }
@@ -445,11 +469,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         .collect();
     let base = crate::allocated();
     let ls = listeners(args.nodes).await?;
-    let seeds: Vec<String> = ls
-        .iter()
-        .take(3)
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<std::io::Result<_>>()?;
+    let seeds = addresses(&ls[..3])?;
     let mut fleet = Fleet {
         nodes: Vec::new(),
         engines,
@@ -487,10 +507,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     report.converge_ms = started.elapsed().as_millis() as u64;
     say(format!("converged in {} ms", report.converge_ms));
     fleet.quiesce().await?;
-    let copies = fleet
-        .client
-        .fleet_metric(&fleet.live_nodes(), "shoal_directory_record_copies")
-        .await? as u64;
+    let copies = fleet.metric("shoal_directory_record_copies").await? as u64;
     report.directory_copies = copies;
     report.copies_per_container = copies as f64 / (per_node * args.nodes) as f64;
     let held = crate::allocated().saturating_sub(base);
@@ -519,23 +536,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     // Publish traffic per event: label changes, a few milliseconds apart.
     say("publish traffic per event");
     let bytes_before = fleet.quiesce().await?;
-    let pubs = |f: &Fleet| {
-        let c = f.client.clone();
-        let nodes: Vec<String> = f.live_nodes().iter().map(|n| n.addr.clone()).collect();
-        async move {
-            let mut total = 0.0;
-            for addr in nodes {
-                total += c
-                    .metrics(&addr)
-                    .await?
-                    .get("shoal_publishes_total")
-                    .copied()
-                    .unwrap_or(0.0);
-            }
-            anyhow::Ok(total)
-        }
-    };
-    let pubs_before = pubs(&fleet).await?;
+    let pubs_before = fleet.metric("shoal_publishes_total").await?;
     let events = 200;
     for e in 0..events {
         let k = rng.random_range(0..args.nodes);
@@ -546,33 +547,17 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let bytes_after = fleet.quiesce().await?;
-    let pubs_after = pubs(&fleet).await?;
+    let pubs_after = fleet.metric("shoal_publishes_total").await?;
     report.publish_events = events;
     report.publish_bytes_per_event = (bytes_after - bytes_before) / events as f64;
     report.publishes_per_event = (pubs_after - pubs_before) / events as f64;
 
     // Freshness, one event at a time.
     say(format!("freshness: {} starts and removals", args.events));
-    let lag = |f: &Fleet| {
-        let c = f.client.clone();
-        let nodes: Vec<String> = f.live_nodes().iter().map(|n| n.addr.clone()).collect();
-        async move {
-            let (mut sum, mut count) = (0.0, 0.0);
-            for addr in nodes {
-                let m = c.metrics(&addr).await?;
-                sum += m
-                    .get("shoal_publish_lag_seconds_sum")
-                    .copied()
-                    .unwrap_or(0.0);
-                count += m
-                    .get("shoal_publish_lag_seconds_count")
-                    .copied()
-                    .unwrap_or(0.0);
-            }
-            anyhow::Ok((sum, count))
-        }
-    };
-    let lag_before = lag(&fleet).await?;
+    let lag_before = (
+        fleet.metric("shoal_publish_lag_seconds_sum").await?,
+        fleet.metric("shoal_publish_lag_seconds_count").await?,
+    );
     let (mut starts, mut removes) = (Vec::new(), Vec::new());
     for i in 0..args.events {
         let k = rng.random_range(0..args.nodes);
@@ -595,7 +580,10 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
             .await?;
         removes.push(t0.elapsed());
     }
-    let lag_after = lag(&fleet).await?;
+    let lag_after = (
+        fleet.metric("shoal_publish_lag_seconds_sum").await?,
+        fleet.metric("shoal_publish_lag_seconds_count").await?,
+    );
     report.publish_lag_mean_us =
         ((lag_after.0 - lag_before.0) * 1e6 / (lag_after.1 - lag_before.1).max(1.0)) as u64;
     report.fresh_start = Latency::of(&starts);
@@ -654,16 +642,9 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     let readers = fleet.readers(&mut rng, 5, Some(victim));
     let t0 = Instant::now();
     let stopping = fleet.nodes[victim].halt();
-    let mut gone = JoinSet::new();
-    for reader in &readers {
-        for name in &names {
-            let (c, r, n) = (fleet.client.clone(), reader.clone(), name.clone());
-            gone.spawn(async move { c.wait_for(&r, &n, false, Duration::from_secs(60)).await });
-        }
-    }
-    while let Some(r) = gone.join_next().await {
-        r??;
-    }
+    fleet
+        .all_see(&readers, &names, false, Duration::from_secs(60))
+        .await?;
     report.death_ms = t0.elapsed().as_millis() as u64;
     loop {
         let mut all = true;
@@ -679,7 +660,6 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     if let Some(task) = stopping {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
-    fleet.quiesce().await?;
 
     // A node joins: its containers reach every reader.
     let newcomer = args.nodes;
@@ -699,16 +679,9 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         .map(|_| format!("{}{}", prefix(newcomer), rng.random_range(0..per_node)))
         .collect();
     let readers = fleet.readers(&mut rng, 5, Some(newcomer));
-    let mut seen = JoinSet::new();
-    for reader in &readers {
-        for name in &names {
-            let (c, r, n) = (fleet.client.clone(), reader.clone(), name.clone());
-            seen.spawn(async move { c.wait_for(&r, &n, true, Duration::from_secs(120)).await });
-        }
-    }
-    while let Some(r) = seen.join_next().await {
-        r??;
-    }
+    fleet
+        .all_see(&readers, &names, true, Duration::from_secs(120))
+        .await?;
     report.join_ms = t0.elapsed().as_millis() as u64;
     let bytes_after = fleet.quiesce().await?;
     report.join_publish_bytes = (bytes_after - bytes_before).max(0.0) as u64;
