@@ -98,6 +98,20 @@ impl LookupKey {
         LookupKey::Id(id[..id.len().min(SHORT_ID_LEN)].to_ascii_lowercase())
     }
 
+    /// The canonical form a key is placed on the ring by, the same for
+    /// every accepted spelling of it: an ID prefix of any length places by
+    /// its first 12 hex characters, which is the key a record is published
+    /// under ([`record_keys`]). Names, addresses and projects are already
+    /// canonical once parsed.
+    pub fn placement(&self) -> std::borrow::Cow<'_, LookupKey> {
+        match self {
+            LookupKey::Id(prefix) if prefix.len() != SHORT_ID_LEN => {
+                std::borrow::Cow::Owned(LookupKey::id_key(prefix))
+            }
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
+
     /// True when `record` answers this key.
     pub fn matches(&self, record: &ContainerRecord) -> bool {
         match self {

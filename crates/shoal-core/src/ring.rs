@@ -136,9 +136,12 @@ impl Ring {
         self.vnodes
     }
 
-    /// The owners of a key, first owner first, all distinct.
+    /// The owners of a key, first owner first, all distinct. Every
+    /// spelling of a key has the same owners: placement is by the key's
+    /// canonical form ([`LookupKey::placement`]), so a full ID goes to the
+    /// owners its record was published to.
     pub fn owners(&self, key: &LookupKey) -> Vec<&NodeId> {
-        let Some(v) = self.ring.get(&key.to_string()) else {
+        let Some(v) = self.ring.get(&key.placement().to_string()) else {
             return Vec::new();
         };
         self.owners_at
@@ -273,7 +276,68 @@ mod tests {
         }
     }
 
+    /// Every accepted spelling of each key of a record, as a person or a
+    /// script would type it.
+    fn spellings(key: &LookupKey) -> Vec<(String, Option<crate::KeyKind>)> {
+        use crate::KeyKind;
+        match key {
+            // The key is the 12-hex form; the test adds the record's full
+            // ID at every length from 12 to 64.
+            LookupKey::Id(short) => vec![(short.to_uppercase(), None)],
+            LookupKey::Name(n) => vec![
+                (n.clone(), Some(KeyKind::Name)),
+                (format!("/{n}"), Some(KeyKind::Name)),
+            ],
+            LookupKey::Ip(ip) => {
+                let mut v = vec![(ip.to_string(), None), (ip.to_string(), Some(KeyKind::Ip))];
+                match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        v.push((v4.to_ipv6_mapped().to_string(), None));
+                        v.push((format!("[{}]", v4.to_ipv6_mapped()), None));
+                    }
+                    std::net::IpAddr::V6(v6) => v.push((format!("[{v6}]"), None)),
+                }
+                v
+            }
+            LookupKey::Project(p) => vec![(p.clone(), Some(KeyKind::Project))],
+        }
+    }
+
     proptest! {
+        /// For every record and every accepted spelling of each of its
+        /// keys, the owners a lookup computes are the owners the record was
+        /// published to.
+        #[test]
+        fn every_spelling_of_a_key_goes_to_the_owners_it_was_published_to(
+            seed in any::<u64>(),
+            id in "[0-9a-f]{64}",
+            name in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,30}",
+            v4 in any::<[u8; 4]>(),
+            project in "[a-z0-9][a-z0-9_-]{0,20}",
+            n in 1usize..12,
+            replicas in 1usize..4,
+        ) {
+            let ip = std::net::Ipv4Addr::from(v4).to_string();
+            let mut record = crate::inventory::tests::record(seed, &name, &ip, Some(&project));
+            record.id = id.clone();
+            let ring = Ring::new(members(n), 16, replicas);
+            for key in crate::record_keys(&record) {
+                let published = ring.owners(&key);
+                let mut asked = spellings(&key);
+                if let LookupKey::Id(_) = key {
+                    for len in 12..=64 {
+                        asked.push((id[..len].to_owned(), None));
+                        asked.push((id[..len].to_uppercase(), Some(crate::KeyKind::Id)));
+                    }
+                }
+                for (text, by) in asked {
+                    let parsed = crate::parse_ref(&text, by).unwrap();
+                    prop_assert!(parsed.matches(&record), "{text:?} does not match its record");
+                    prop_assert_eq!(ring.owners(&parsed), published.clone(), "{:?} of {}", text, key);
+                }
+            }
+        }
+
         #[test]
         fn owners_are_always_distinct(n in 1usize..9, replicas in 1usize..5, key in "[a-z0-9]{1,20}") {
             let ring = Ring::new(members(n), 16, replicas);
