@@ -11,6 +11,15 @@
 //!
 //! Like the inventory, the maps are persistent: the directory service edits
 //! a working copy and readers get an immutable snapshot.
+//!
+//! The directory also knows when it is complete. It is complete for a
+//! source once it has applied a snapshot, or matched a digest, from that
+//! source's current incarnation, placed on the ring the directory's node
+//! has now. Deltas from the same incarnation keep it complete; a new
+//! incarnation, a forgotten source or another ring does not. A lookup's
+//! answer names the live sources the directory is not complete for
+//! ([`OwnerDirectory::missing`]): an empty answer is final only when it
+//! names none.
 
 use std::sync::Arc;
 
@@ -22,7 +31,9 @@ use imbl::{HashMap, OrdMap};
 use crate::key::{LookupKey, record_keys};
 use crate::model::{ContainerRecord, EngineId, NodeId};
 use crate::set::IndexSet;
-use crate::wire::{Publish, PublishAck, PublishBody, RecordId, record_digest};
+use crate::wire::{
+    DigestReply, DigestRequest, Publish, PublishAck, PublishBody, RecordId, record_digest,
+};
 
 #[derive(Clone, Debug, Default)]
 struct Source {
@@ -30,6 +41,22 @@ struct Source {
     seq: u64,
     records: HashMap<RecordId, (Arc<ContainerRecord>, u64)>,
     digest: u64,
+    /// The ring this source's records were last made complete on (a
+    /// snapshot or a clean digest of this incarnation); `None` until then.
+    complete_on: Option<u64>,
+}
+
+/// What the owner knows when a message from a source arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Here {
+    /// The fingerprint of the owner's ring now.
+    pub ring: u64,
+    /// The incarnation the owner's membership says the source lives in,
+    /// if it knows the source. A publish from that incarnation is taken
+    /// even when an older-looking incarnation is held: a clock that stepped
+    /// back across a restart gives the live process a smaller number than
+    /// its dead predecessor, and the live one must win.
+    pub live: Option<u64>,
 }
 
 /// What one source has published here, for `/v1/nodes` and anti-entropy.
@@ -163,19 +190,28 @@ impl OwnerDirectory {
     }
 
     /// Applies a publish. Older than what this directory has from that
-    /// source (a lower incarnation, or the same one and a sequence not
-    /// above the last) is ignored.
-    pub fn apply(&mut self, publish: &Publish) -> PublishAck {
+    /// source (a lower incarnation that is not the live one, or the same
+    /// one and a sequence not above the last) is ignored.
+    pub fn apply(&mut self, publish: &Publish, here: Here) -> PublishAck {
         let src = &publish.source;
         if let Some(known) = self.sources.get(&src.node) {
-            if src.incarnation < known.incarnation
-                || (src.incarnation == known.incarnation && src.seq <= known.seq)
-            {
+            let same = src.incarnation == known.incarnation;
+            let newer = if same {
+                src.seq > known.seq
+            } else if here.live == Some(src.incarnation) {
+                true
+            } else {
+                src.incarnation > known.incarnation && here.live != Some(known.incarnation)
+            };
+            if !newer {
                 return PublishAck::Stale;
             }
-            if src.incarnation > known.incarnation {
+            if !same {
                 // A restarted source: what its previous life said is void.
                 self.clear_source(&src.node);
+                if let Some(s) = self.sources.get_mut(&src.node) {
+                    s.complete_on = None;
+                }
             }
         }
         match &publish.body {
@@ -206,7 +242,74 @@ impl OwnerDirectory {
         let source = self.sources.entry(src.node.clone()).or_default();
         source.incarnation = src.incarnation;
         source.seq = src.seq;
+        if let PublishBody::Snapshot { .. } = publish.body {
+            // A snapshot placed on another ring may lack records this owner
+            // owns on its own: it does not make the source complete.
+            source.complete_on = (src.ring == here.ring).then_some(here.ring);
+        }
         PublishAck::Applied
+    }
+
+    /// Answers a digest: does this directory hold exactly that from the
+    /// source, among the records `owned` accepts? A match on the same ring
+    /// makes the directory complete for the source; a mismatch makes it
+    /// incomplete until the snapshot that follows lands.
+    pub fn check(
+        &mut self,
+        d: &DigestRequest,
+        here: Here,
+        owned: impl Fn(&ContainerRecord) -> bool,
+    ) -> DigestReply {
+        let held = self.summary_where(&d.source.node, owned);
+        let matches = match held {
+            Some(SourceSummary {
+                incarnation,
+                count,
+                digest,
+                ..
+            }) => incarnation == d.source.incarnation && count == d.count && digest == d.digest,
+            None => d.count == 0,
+        };
+        let same_ring = d.source.ring == here.ring;
+        match self.sources.get_mut(&d.source.node) {
+            Some(s) if s.incarnation == d.source.incarnation => {
+                s.complete_on = (matches && same_ring).then_some(here.ring);
+            }
+            Some(_) => {}
+            None if matches && same_ring => {
+                self.sources.insert(
+                    d.source.node.clone(),
+                    Source {
+                        incarnation: d.source.incarnation,
+                        seq: d.source.seq,
+                        complete_on: Some(here.ring),
+                        ..Source::default()
+                    },
+                );
+            }
+            None => {}
+        }
+        DigestReply { matches }
+    }
+
+    /// Of the live sources `required` (node and its live incarnation), the
+    /// ones this directory is not complete for on `ring`: their
+    /// containers may be missing from its answers.
+    pub fn missing<'a>(
+        &self,
+        required: impl IntoIterator<Item = (&'a NodeId, u64)>,
+        ring: u64,
+    ) -> Vec<NodeId> {
+        required
+            .into_iter()
+            .filter(|(node, incarnation)| {
+                !self
+                    .sources
+                    .get(*node)
+                    .is_some_and(|s| s.incarnation == *incarnation && s.complete_on == Some(ring))
+            })
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     /// The records a key matches, each container once (the freshest copy
@@ -328,8 +431,15 @@ mod tests {
             node: NodeId::from(node),
             incarnation,
             seq,
+            ring: RING,
         }
     }
+
+    const RING: u64 = 7;
+    const HERE: Here = Here {
+        ring: RING,
+        live: None,
+    };
 
     fn delta(c: SourceClock, upserts: Vec<ContainerRecord>, removes: Vec<RecordId>) -> Publish {
         Publish {
@@ -356,16 +466,22 @@ mod tests {
     #[test]
     fn the_same_name_on_two_hosts_returns_both_each_with_its_node() {
         let mut d = OwnerDirectory::new();
-        d.apply(&delta(
-            clock("a", 1, 1),
-            vec![on("a", "ea", record(1, "web", "172.17.0.2", None))],
-            vec![],
-        ));
-        d.apply(&delta(
-            clock("b", 1, 1),
-            vec![on("b", "eb", record(1, "web", "172.17.0.2", None))],
-            vec![],
-        ));
+        d.apply(
+            &delta(
+                clock("a", 1, 1),
+                vec![on("a", "ea", record(1, "web", "172.17.0.2", None))],
+                vec![],
+            ),
+            HERE,
+        );
+        d.apply(
+            &delta(
+                clock("b", 1, 1),
+                vec![on("b", "eb", record(1, "web", "172.17.0.2", None))],
+                vec![],
+            ),
+            HERE,
+        );
         assert_eq!(names(&d, "web"), ["web@a", "web@b"]);
         assert_eq!(names(&d, "172.17.0.2").len(), 2);
     }
@@ -377,8 +493,8 @@ mod tests {
         older.updated_at = 1;
         let mut newer = on("b", "e", record(1, "web", "10.0.0.1", None));
         newer.updated_at = 2;
-        d.apply(&delta(clock("a", 1, 1), vec![older], vec![]));
-        d.apply(&delta(clock("b", 1, 1), vec![newer], vec![]));
+        d.apply(&delta(clock("a", 1, 1), vec![older], vec![]), HERE);
+        d.apply(&delta(clock("b", 1, 1), vec![newer], vec![]), HERE);
         assert_eq!(names(&d, "web"), ["web@b"], "once, the freshest copy");
         d.remove_source(&NodeId::from("b"));
         assert_eq!(names(&d, "web"), ["web@a"], "kept while a watcher lives");
@@ -392,22 +508,22 @@ mod tests {
         let mut d = OwnerDirectory::new();
         let r = on("a", "e", record(1, "web", "10.0.0.1", None));
         assert_eq!(
-            d.apply(&delta(clock("a", 5, 2), vec![r.clone()], vec![])),
+            d.apply(&delta(clock("a", 5, 2), vec![r.clone()], vec![]), HERE),
             PublishAck::Applied
         );
         let rid = RecordId::of(&r);
         assert_eq!(
-            d.apply(&delta(clock("a", 5, 1), vec![], vec![rid.clone()])),
+            d.apply(&delta(clock("a", 5, 1), vec![], vec![rid.clone()]), HERE),
             PublishAck::Stale
         );
         assert_eq!(
-            d.apply(&delta(clock("a", 4, 9), vec![], vec![rid])),
+            d.apply(&delta(clock("a", 4, 9), vec![], vec![rid]), HERE),
             PublishAck::Stale
         );
         assert_eq!(names(&d, "web"), ["web@a"]);
         let fresh = on("a", "e", record(2, "api", "10.0.0.2", None));
         assert_eq!(
-            d.apply(&delta(clock("a", 6, 1), vec![fresh], vec![])),
+            d.apply(&delta(clock("a", 6, 1), vec![fresh], vec![]), HERE),
             PublishAck::Applied
         );
         assert!(
@@ -420,17 +536,23 @@ mod tests {
     #[test]
     fn a_snapshot_replaces_what_the_source_said() {
         let mut d = OwnerDirectory::new();
-        d.apply(&delta(
-            clock("a", 1, 1),
-            vec![on("a", "e", record(1, "old", "10.0.0.1", None))],
-            vec![],
-        ));
-        d.apply(&Publish {
-            source: clock("a", 1, 2),
-            body: PublishBody::Snapshot {
-                records: vec![on("a", "e", record(2, "new", "10.0.0.2", None))],
+        d.apply(
+            &delta(
+                clock("a", 1, 1),
+                vec![on("a", "e", record(1, "old", "10.0.0.1", None))],
+                vec![],
+            ),
+            HERE,
+        );
+        d.apply(
+            &Publish {
+                source: clock("a", 1, 2),
+                body: PublishBody::Snapshot {
+                    records: vec![on("a", "e", record(2, "new", "10.0.0.2", None))],
+                },
             },
-        });
+            HERE,
+        );
         assert!(names(&d, "old").is_empty());
         assert_eq!(names(&d, "new"), ["new@a"]);
     }
@@ -439,21 +561,24 @@ mod tests {
     fn a_snapshot_of_what_is_held_only_moves_the_clock_and_a_changed_one_applies() {
         let mut d = OwnerDirectory::new();
         let held = vec![on("a", "e", record(1, "web", "10.0.0.1", None))];
-        d.apply(&delta(clock("a", 1, 1), held.clone(), vec![]));
+        d.apply(&delta(clock("a", 1, 1), held.clone(), vec![]), HERE);
         let snapshot = |seq, records| Publish {
             source: clock("a", 1, seq),
             body: PublishBody::Snapshot { records },
         };
-        assert_eq!(d.apply(&snapshot(2, held.clone())), PublishAck::Applied);
+        assert_eq!(
+            d.apply(&snapshot(2, held.clone()), HERE),
+            PublishAck::Applied
+        );
         assert_eq!(d.summary(&NodeId::from("a")).unwrap().seq, 2);
         assert_eq!(names(&d, "web"), ["web@a"]);
         // The same count, different content: replaced.
         let changed = vec![on("a", "e", record(1, "api", "10.0.0.1", None))];
-        d.apply(&snapshot(3, changed));
+        d.apply(&snapshot(3, changed), HERE);
         assert!(names(&d, "web").is_empty());
         assert_eq!(names(&d, "api"), ["api@a"]);
         // An older clock is still refused.
-        assert_eq!(d.apply(&snapshot(3, held)), PublishAck::Stale);
+        assert_eq!(d.apply(&snapshot(3, held), HERE), PublishAck::Stale);
     }
 
     #[test]
@@ -461,10 +586,10 @@ mod tests {
         let mut d = OwnerDirectory::new();
         let r = on("a", "e", record(1, "old", "10.0.0.1", None));
         let id = r.id.clone();
-        d.apply(&delta(clock("a", 1, 1), vec![r], vec![]));
+        d.apply(&delta(clock("a", 1, 1), vec![r], vec![]), HERE);
         let mut renamed = on("a", "e", record(1, "new", "10.0.0.1", None));
         renamed.updated_at = 9;
-        d.apply(&delta(clock("a", 1, 2), vec![renamed], vec![]));
+        d.apply(&delta(clock("a", 1, 2), vec![renamed], vec![]), HERE);
         assert!(names(&d, "old").is_empty());
         assert_eq!(names(&d, &id[..20]), ["new@a"]);
         assert!(names(&d, &format!("{}f", &id[..12])).is_empty());
@@ -477,14 +602,13 @@ mod tests {
             on("a", "e", record(1, "x", "10.0.0.1", None)),
             on("a", "e", record(2, "y", "10.0.0.2", None)),
         ];
-        d.apply(&delta(clock("a", 1, 1), records.clone(), vec![]));
+        d.apply(&delta(clock("a", 1, 1), records.clone(), vec![]), HERE);
         let s = d.summary(&NodeId::from("a")).unwrap();
         assert_eq!((s.count, s.digest), digest_of(&records));
-        d.apply(&delta(
-            clock("a", 1, 2),
-            vec![],
-            vec![RecordId::of(&records[0])],
-        ));
+        d.apply(
+            &delta(clock("a", 1, 2), vec![], vec![RecordId::of(&records[0])]),
+            HERE,
+        );
         let s = d.summary(&NodeId::from("a")).unwrap();
         assert_eq!((s.count, s.digest), digest_of(&records[1..]));
     }
@@ -492,17 +616,163 @@ mod tests {
     #[test]
     fn retain_drops_what_is_no_longer_owned() {
         let mut d = OwnerDirectory::new();
-        d.apply(&delta(
-            clock("a", 1, 1),
-            vec![
-                on("a", "e", record(1, "x", "10.0.0.1", None)),
-                on("a", "e", record(2, "y", "10.0.0.2", None)),
-            ],
-            vec![],
-        ));
+        d.apply(
+            &delta(
+                clock("a", 1, 1),
+                vec![
+                    on("a", "e", record(1, "x", "10.0.0.1", None)),
+                    on("a", "e", record(2, "y", "10.0.0.2", None)),
+                ],
+                vec![],
+            ),
+            HERE,
+        );
         assert_eq!(d.retain(|r| r.primary_name() == "x"), 1);
         assert_eq!(names(&d, "x").len(), 1);
         assert!(names(&d, "y").is_empty());
         assert_eq!(d.copies(), 1);
+    }
+
+    fn snapshot_from(c: SourceClock, records: Vec<ContainerRecord>) -> Publish {
+        Publish {
+            source: c,
+            body: PublishBody::Snapshot { records },
+        }
+    }
+
+    fn required(list: &[(&str, u64)]) -> Vec<(NodeId, u64)> {
+        list.iter().map(|(n, i)| (NodeId::from(*n), *i)).collect()
+    }
+
+    fn missing(d: &OwnerDirectory, list: &[(&str, u64)], ring: u64) -> Vec<String> {
+        let req = required(list);
+        d.missing(req.iter().map(|(n, i)| (n, *i)), ring)
+            .into_iter()
+            .map(|n| n.0)
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_directory_is_complete_for_no_live_source() {
+        let d = OwnerDirectory::new();
+        assert_eq!(missing(&d, &[("a", 1), ("b", 1)], RING), ["a", "b"]);
+        assert!(missing(&d, &[], RING).is_empty());
+    }
+
+    #[test]
+    fn deltas_alone_do_not_make_a_source_complete_a_snapshot_on_the_same_ring_does() {
+        let mut d = OwnerDirectory::new();
+        let r = on("a", "e", record(1, "web", "10.0.0.1", None));
+        d.apply(&delta(clock("a", 1, 1), vec![r.clone()], vec![]), HERE);
+        assert_eq!(missing(&d, &[("a", 1)], RING), ["a"]);
+        let other_ring = SourceClock {
+            ring: RING + 1,
+            ..clock("a", 1, 2)
+        };
+        d.apply(&snapshot_from(other_ring, vec![r.clone()]), HERE);
+        assert_eq!(
+            missing(&d, &[("a", 1)], RING),
+            ["a"],
+            "placed on another ring"
+        );
+        d.apply(&snapshot_from(clock("a", 1, 3), vec![r.clone()]), HERE);
+        assert!(missing(&d, &[("a", 1)], RING).is_empty());
+        d.apply(
+            &delta(clock("a", 1, 4), vec![], vec![RecordId::of(&r)]),
+            HERE,
+        );
+        assert!(missing(&d, &[("a", 1)], RING).is_empty(), "deltas keep it");
+        assert!(names(&d, "web").is_empty());
+        assert_eq!(
+            missing(&d, &[("a", 1)], RING + 2),
+            ["a"],
+            "a ring change makes it incomplete"
+        );
+    }
+
+    #[test]
+    fn a_new_incarnation_or_a_forgotten_source_is_incomplete_until_it_resyncs() {
+        let mut d = OwnerDirectory::new();
+        let r = on("a", "e", record(1, "web", "10.0.0.1", None));
+        d.apply(&snapshot_from(clock("a", 1, 1), vec![r.clone()]), HERE);
+        assert!(missing(&d, &[("a", 1)], RING).is_empty());
+        assert_eq!(missing(&d, &[("a", 2)], RING), ["a"], "restarted");
+        d.apply(&delta(clock("a", 2, 1), vec![r.clone()], vec![]), HERE);
+        assert_eq!(
+            missing(&d, &[("a", 2)], RING),
+            ["a"],
+            "a delta of the new life"
+        );
+        d.apply(&snapshot_from(clock("a", 2, 2), vec![r]), HERE);
+        assert!(missing(&d, &[("a", 2)], RING).is_empty());
+        d.remove_source(&NodeId::from("a"));
+        assert_eq!(missing(&d, &[("a", 2)], RING), ["a"]);
+    }
+
+    #[test]
+    fn a_clean_digest_on_the_same_ring_makes_a_source_complete_and_a_mismatch_undoes_it() {
+        let mut d = OwnerDirectory::new();
+        let records = vec![on("a", "e", record(1, "web", "10.0.0.1", None))];
+        d.apply(&delta(clock("a", 1, 1), records.clone(), vec![]), HERE);
+        let (count, digest) = digest_of(&records);
+        let ask = |ring, count, digest| DigestRequest {
+            source: SourceClock {
+                ring,
+                ..clock("a", 1, 1)
+            },
+            count,
+            digest,
+        };
+        assert!(
+            d.check(&ask(RING + 1, count, digest), HERE, |_| true)
+                .matches
+        );
+        assert_eq!(missing(&d, &[("a", 1)], RING), ["a"], "another ring");
+        assert!(d.check(&ask(RING, count, digest), HERE, |_| true).matches);
+        assert!(missing(&d, &[("a", 1)], RING).is_empty());
+        assert!(
+            !d.check(&ask(RING, count + 1, digest), HERE, |_| true)
+                .matches
+        );
+        assert_eq!(missing(&d, &[("a", 1)], RING), ["a"]);
+        // A source that owns nothing here: a clean empty digest is enough.
+        let empty = DigestRequest {
+            source: clock("b", 3, 1),
+            count: 0,
+            digest: 0,
+        };
+        assert!(d.check(&empty, HERE, |_| true).matches);
+        assert!(missing(&d, &[("b", 3)], RING).is_empty());
+    }
+
+    #[test]
+    fn the_live_incarnation_wins_when_the_clock_stepped_back_across_a_restart() {
+        let mut d = OwnerDirectory::new();
+        let old = on("a", "e", record(1, "old", "10.0.0.1", None));
+        d.apply(&snapshot_from(clock("a", 1_000, 5), vec![old]), HERE);
+        // The restarted process got a smaller start time.
+        let new = on("a", "e", record(2, "new", "10.0.0.2", None));
+        let live = Here {
+            live: Some(900),
+            ..HERE
+        };
+        assert_eq!(
+            d.apply(&snapshot_from(clock("a", 900, 1), vec![new.clone()]), HERE),
+            PublishAck::Stale,
+            "without membership's word, a smaller incarnation is older"
+        );
+        assert_eq!(
+            d.apply(&snapshot_from(clock("a", 900, 1), vec![new]), live),
+            PublishAck::Applied
+        );
+        assert!(names(&d, "old").is_empty());
+        assert_eq!(names(&d, "new"), ["new@a"]);
+        assert!(missing(&d, &[("a", 900)], RING).is_empty());
+        // The dead life's late messages are refused now.
+        let late = on("a", "e", record(3, "late", "10.0.0.3", None));
+        assert_eq!(
+            d.apply(&delta(clock("a", 1_000, 6), vec![late], vec![]), live),
+            PublishAck::Stale
+        );
     }
 }

@@ -46,6 +46,7 @@ pub struct Ring {
     owners_at: HashMap<(u32, u32), Vec<u32>>,
     replicas: usize,
     vnodes: usize,
+    fingerprint: u64,
     /// `shares(SHARE_SAMPLES)`, computed on first use: `/v1/nodes` asks
     /// for it on every call and the ring never changes.
     shares: std::sync::OnceLock<HashMap<NodeId, f64>>,
@@ -96,7 +97,13 @@ impl Ring {
             let v = order[start];
             owners_at.insert((v.node, v.i), owners);
         }
+        let mut text = format!("{vnodes}/{replicas}");
+        for n in &nodes {
+            text.push('/');
+            text.push_str(&n.0);
+        }
         Ring {
+            fingerprint: crate::fnv1a(text.as_bytes()),
             nodes,
             ring,
             owners_at,
@@ -134,6 +141,13 @@ impl Ring {
     /// Virtual nodes per member.
     pub fn vnodes(&self) -> usize {
         self.vnodes
+    }
+
+    /// A digest of what placement depends on (members, virtual nodes,
+    /// replicas): two rings with the same fingerprint place every key on
+    /// the same owners, in every process.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The owners of a key, first owner first, all distinct. Every

@@ -11,8 +11,10 @@ use crate::filter::ListFilter;
 use crate::key::LookupKey;
 use crate::model::{ContainerRecord, EngineId, NodeId};
 
-/// The version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// The version this build speaks. 2: publishes and digests carry the
+/// sender's ring, lookup replies say which sources the owner is missing,
+/// and owners can ask a source to resync them.
+pub const WIRE_VERSION: u16 = 2;
 /// The content type of peer bodies.
 pub const CONTENT_TYPE: &str = "application/x-shoal-bincode";
 /// The most bytes one decode may allocate, whatever the body claims.
@@ -91,6 +93,11 @@ pub struct SourceClock {
     pub incarnation: u64,
     /// Increases with every batch the source sends to anyone.
     pub seq: u64,
+    /// The fingerprint of the ring the source placed this message's
+    /// records by ([`crate::ring::Ring::fingerprint`]). An owner counts a
+    /// snapshot or a clean digest as making it complete for this source
+    /// only when its own ring is the same.
+    pub ring: u64,
 }
 
 /// What a publish carries.
@@ -155,6 +162,21 @@ pub struct LookupReply {
     pub node: NodeId,
     /// Its matches (possibly none).
     pub records: Vec<ContainerRecord>,
+    /// The live sources the owner is not complete for (no snapshot or
+    /// clean digest from their current incarnation on its current ring):
+    /// their containers may be missing from `records`. Empty means the
+    /// answer is final, a "nothing" included.
+    pub missing: Vec<NodeId>,
+}
+
+/// `POST /_shoal/v1/resync`: an owner that is not complete for this
+/// source asks it for a digest round (and a snapshot if that differs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncRequest {
+    /// The owner asking.
+    pub owner: NodeId,
+    /// The owner's ring fingerprint, for the logs of the source.
+    pub ring: u64,
 }
 
 /// `POST /_shoal/v1/local`: a node's own containers, for scatter-gather.
@@ -208,6 +230,7 @@ mod tests {
                 node: NodeId::from("n1"),
                 incarnation: 7,
                 seq: 3,
+                ring: 11,
             },
             body: PublishBody::Delta {
                 upserts: vec![record(1, "web", "10.0.0.1", Some("shop"))],
@@ -232,8 +255,8 @@ mod tests {
     #[test]
     fn another_version_is_refused_before_the_body_is_read() {
         let mut bytes = encode(&publish());
-        bytes[0] = 2;
-        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Version(2)));
+        bytes[0] = 1;
+        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Version(1)));
     }
 
     #[test]
@@ -247,7 +270,7 @@ mod tests {
     fn a_huge_claimed_length_is_refused_without_allocating_it() {
         // Version 1, then a Delta whose upsert vector claims u64::MAX items.
         let mut bytes = encode_raw(&WIRE_VERSION);
-        bytes.extend(encode_raw(&(NodeId::from("n"), 1u64, 1u64)));
+        bytes.extend(encode_raw(&(NodeId::from("n"), 1u64, 1u64, 1u64)));
         bytes.push(0); // variant Delta
         bytes.extend([0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use shoal_core::wire::{DigestRequest, LocalQuery, LocalReply, LookupReply, Pong, Publish};
+use shoal_core::wire::{
+    DigestRequest, LocalQuery, LocalReply, LookupReply, Pong, Publish, ResyncRequest,
+};
 use shoal_core::{ContainerRecord, KeyKind, ListFilter, parse_ref};
 
 use crate::error::ApiError;
@@ -45,6 +47,7 @@ pub fn app(service: Shared) -> Router {
         .route("/_shoal/v1/publish", post(peer_publish))
         .route("/_shoal/v1/digest", post(peer_digest))
         .route("/_shoal/v1/local", post(peer_local))
+        .route("/_shoal/v1/resync", post(peer_resync))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     // The baseline of the benchmarks: the same HTTP stack, no work. Outside
@@ -320,10 +323,19 @@ async fn peer_lookup(
 ) -> Result<Response, ApiError> {
     let Path((kind, value)) = parts?;
     let key = parse_ref(&value, Some(kind.parse()?))?;
+    let view = service.view.load();
+    if !view.joined {
+        return Err(ApiError::Unavailable(format!(
+            "node {} is still joining the fleet",
+            view.me
+        )));
+    }
+    let missing = service.directory.missing(&view);
     let records = service.directory.lookup(&key);
     Ok(bincode_response(&LookupReply {
         node: service.node_id().clone(),
         records: records.iter().map(|r| ContainerRecord::clone(r)).collect(),
+        missing,
     }))
 }
 
@@ -344,8 +356,9 @@ async fn peer_publish(
             .ok_or_else(|| ApiError::Internal("decoding the publish failed".into()))?
     }
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let view = service.view.load_full();
     Ok(bincode_response(
-        &service.directory.apply_blocking(publish).await,
+        &service.directory.apply_blocking(publish, &view).await,
     ))
 }
 
@@ -355,11 +368,18 @@ async fn peer_digest(
 ) -> Result<Response, ApiError> {
     let request: DigestRequest = peer_body(body)?;
     let view = service.view.load();
-    Ok(bincode_response(&service.directory.check(
-        &request,
-        &view.ring,
-        service.node_id(),
-    )))
+    Ok(bincode_response(&service.directory.check(&request, &view)))
+}
+
+/// An owner that is not complete for this node asks for a digest round.
+/// The answer only says the request was taken; the round follows.
+async fn peer_resync(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ResyncRequest = peer_body(body)?;
+    let taken = service.request_resync(request.owner);
+    Ok(bincode_response(&taken))
 }
 
 async fn peer_local(

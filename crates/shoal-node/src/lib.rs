@@ -147,6 +147,7 @@ pub async fn run_with(
             dead_after: config.dead_after,
             vnodes: config.vnodes,
             replicas: config.replicas,
+            join_timeout: config.dead_after,
         },
         Vec::new(),
         gossip,

@@ -75,6 +75,11 @@ pub struct ClusterView {
     pub members: BTreeMap<NodeId, Member>,
     /// The ring of the live members.
     pub ring: Arc<Ring>,
+    /// True once this node has joined the fleet: it has seen another live
+    /// member, or it has no one to join (no seeds but itself), or no one
+    /// answered within the join timeout (the first node of a fleet). Until
+    /// then its ring is itself alone and would claim every key.
+    pub joined: bool,
 }
 
 impl ClusterView {
@@ -101,12 +106,23 @@ impl ClusterView {
             ring: Arc::new(Ring::new([me.clone()], vnodes, replicas)),
             me,
             members,
+            joined: true,
         }
     }
 
     /// The live members.
     pub fn live(&self) -> impl Iterator<Item = &Member> {
         self.members.values().filter(|m| m.alive)
+    }
+
+    /// The sources an owner must hold to be complete: live members that
+    /// say they are ready (their first publish round is done), with their
+    /// incarnations. A member that has not read its engine yet has
+    /// nothing to publish.
+    pub fn sources(&self) -> impl Iterator<Item = (&NodeId, u64)> {
+        self.live()
+            .filter(|m| matches!(m.value(KEY_READY), Some("true" | "stale")))
+            .map(|m| (&m.node, m.incarnation))
     }
 
     /// A member's API address.
@@ -136,6 +152,16 @@ pub struct MembershipConfig {
     pub vnodes: usize,
     /// Owners per key.
     pub replicas: usize,
+    /// How long to wait for another member before joining alone.
+    pub join_timeout: Duration,
+}
+
+impl MembershipConfig {
+    /// True when a seed names someone other than this node.
+    fn has_peers(&self) -> bool {
+        let own = [self.api.clone(), self.gossip_advertise.to_string()];
+        self.seeds.iter().any(|s| !own.contains(s))
+    }
 }
 
 /// The running membership: the chitchat server and the view it keeps.
@@ -197,13 +223,16 @@ impl Membership {
                     config.gossip_listen
                 ))
             })?;
-        let view = Arc::new(ArcSwap::from_pointee(ClusterView::alone(
-            config.node.clone(),
-            config.api.clone(),
-            config.incarnation,
-            config.vnodes,
-            config.replicas,
-        )));
+        let view = Arc::new(ArcSwap::from_pointee(ClusterView {
+            joined: !config.has_peers(),
+            ..ClusterView::alone(
+                config.node.clone(),
+                config.api.clone(),
+                config.incarnation,
+                config.vnodes,
+                config.replicas,
+            )
+        }));
         let (tx, changes) = watch::channel(0u64);
         let task = tokio::spawn(refresh(
             handle.chitchat(),
@@ -231,7 +260,8 @@ impl Membership {
         self.view.clone()
     }
 
-    /// Ticks every time the ring's members change.
+    /// Ticks every time the ring's members or a live member's incarnation
+    /// change.
     pub fn ring_changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
@@ -267,6 +297,9 @@ async fn refresh(
 ) {
     let mut ticker = tokio::time::interval(every);
     let mut generation = 0u64;
+    let started = tokio::time::Instant::now();
+    let mut joined = !config.has_peers();
+    let mut incarnations: Vec<(NodeId, u64)> = Vec::new();
     // chitchat counts a member it has not had heartbeats from yet as dead;
     // here a member is dead only once it has been seen alive, so a joiner's
     // records are not pruned before its first heartbeats arrive.
@@ -307,18 +340,22 @@ async fn refresh(
                     alive,
                     values,
                 };
-                // The newest incarnation speaks for the node; an older one
-                // (before a restart) is only shown while nothing newer is.
-                let replace = match members.get(&node) {
-                    None => true,
-                    Some(m) => member.incarnation > m.incarnation,
-                };
+                let replace = members
+                    .get(&node)
+                    .is_none_or(|held| speaks_for(&member, held));
                 if replace {
                     members.insert(node, member);
                 }
             }
             members
         };
+        if !joined {
+            let others = members.values().any(|m| m.alive && m.node != config.node);
+            joined = others || started.elapsed() >= config.join_timeout;
+            if joined {
+                info!(alone = !others, "joined the fleet");
+            }
+        }
         let current = view.load();
         let mut live: Vec<NodeId> = members
             .values()
@@ -336,6 +373,19 @@ async fn refresh(
             generation += 1;
             Arc::new(Ring::new(live, config.vnodes, config.replicas))
         };
+        // A member restarted under the same ID leaves the ring as it is,
+        // but its directory is empty: that is a change too.
+        let live_incarnations: Vec<(NodeId, u64)> = members
+            .values()
+            .filter(|m| m.alive)
+            .map(|m| (m.node.clone(), m.incarnation))
+            .collect();
+        if live_incarnations != incarnations {
+            if !incarnations.is_empty() {
+                generation += 1;
+            }
+            incarnations = live_incarnations;
+        }
         let mut members = members;
         members
             .entry(config.node.clone())
@@ -350,6 +400,7 @@ async fn refresh(
             me: config.node.clone(),
             members,
             ring,
+            joined,
         }));
         changes.send_if_modified(|g| {
             if *g != generation {
@@ -362,7 +413,38 @@ async fn refresh(
     }
 }
 
+/// True when `candidate` speaks for its node rather than `held` (two
+/// incarnations of one node). A live incarnation wins over a dead one,
+/// whatever their numbers: a clock that stepped back across a restart gives
+/// the live process the smaller one. Among equals, the newest.
+fn speaks_for(candidate: &Member, held: &Member) -> bool {
+    (candidate.alive, candidate.incarnation) > (held.alive, held.incarnation)
+}
+
 /// Why membership could not start; shown to users as it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct MembershipError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(incarnation: u64, alive: bool) -> Member {
+        Member {
+            node: NodeId::from("a"),
+            incarnation,
+            api: "a:1".into(),
+            alive,
+            values: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_live_incarnation_speaks_for_its_node_even_with_a_smaller_number() {
+        assert!(speaks_for(&member(900, true), &member(1_000, false)));
+        assert!(!speaks_for(&member(1_000, false), &member(900, true)));
+        assert!(speaks_for(&member(1_000, true), &member(900, true)));
+        assert!(speaks_for(&member(1_000, false), &member(900, false)));
+    }
+}

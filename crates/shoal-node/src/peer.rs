@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use shoal_core::LookupKey;
 use shoal_core::wire::{
     self, DigestReply, DigestRequest, LocalQuery, LocalReply, LookupReply, Publish, PublishAck,
+    ResyncRequest,
 };
 
 /// The header a forwarded request carries; a node never forwards a request
@@ -235,6 +236,17 @@ pub async fn lookup(
     timeout: Duration,
 ) -> Result<LookupReply, PeerError> {
     typed::<(), _>(t, addr, &lookup_path(key), None, timeout).await
+}
+
+/// Asks a source for a digest round (an owner not complete for it). The
+/// answer is whether the source took the request.
+pub async fn resync(
+    t: &dyn PeerTransport,
+    addr: &str,
+    r: &ResyncRequest,
+    timeout: Duration,
+) -> Result<bool, PeerError> {
+    typed(t, addr, "/_shoal/v1/resync", Some(r), timeout).await
 }
 
 /// Asks a node for its own containers that match.

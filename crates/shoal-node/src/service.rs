@@ -22,9 +22,9 @@ use shoal_core::{ContainerRecord, Inventory, ListFilter, LookupKey, NodeId};
 use shoal_engine::WatcherHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::debug;
 
-use crate::cluster::{DirectoryService, Publisher, PublisherCounters, maintain_directory};
+use crate::cluster::{DirectoryService, Publisher, PublisherCounters, Upkeep};
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::membership::{
@@ -186,10 +186,13 @@ pub struct NodesAnswer {
 /// The answer to `GET /readyz`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Readiness {
-    /// True once the engine's first sync is done.
+    /// True once the engine's first sync is done and the node has joined
+    /// the fleet.
     pub ready: bool,
     /// synced, stale or not_synced.
     pub engine: &'static str,
+    /// joined, or joining while no other member has been heard from.
+    pub membership: &'static str,
     /// The last engine error, while it lasts.
     pub error: Option<String>,
 }
@@ -216,6 +219,14 @@ fn describe(key: &LookupKey) -> String {
 struct Found {
     containers: Vec<Arc<ContainerRecord>>,
     path: LookupPath,
+}
+
+/// A lookup's answer that the hot cache does not keep, or why there is
+/// none: moka keeps only what the loader returns as `Ok`.
+#[derive(Debug)]
+enum Uncached {
+    Found(Arc<Found>),
+    Failed(ApiError),
 }
 
 /// How a lookup was asked.
@@ -246,7 +257,15 @@ pub struct NodeService {
     /// The publisher's counters.
     pub publisher: Arc<PublisherCounters>,
     hot: Option<Cache<LookupKey, Arc<Found>>>,
+    /// Owners that asked this node for a resync, to its publisher.
+    resyncs: tokio::sync::mpsc::Sender<NodeId>,
+    /// The publisher's end, until the publisher starts.
+    resyncs_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<NodeId>>>,
 }
+
+/// Resync requests waiting for the publisher; more are refused (the owner
+/// asks again) rather than queued without bound.
+const RESYNC_QUEUE: usize = 1024;
 
 impl NodeService {
     /// A node alone (it owns every key), talking HTTP to peers.
@@ -286,7 +305,10 @@ impl NodeService {
                 .build()
         });
         let publisher = Arc::new(PublisherCounters::default());
+        let (resyncs, resyncs_rx) = tokio::sync::mpsc::channel(RESYNC_QUEUE);
         NodeService {
+            resyncs,
+            resyncs_rx: std::sync::Mutex::new(Some(resyncs_rx)),
             config,
             incarnation,
             watcher,
@@ -306,7 +328,14 @@ impl NodeService {
         ring_changes: tokio::sync::watch::Receiver<u64>,
         shutdown: &CancellationToken,
     ) -> Vec<JoinHandle<()>> {
+        let resyncs = self
+            .resyncs_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
         let publisher = Publisher {
+            resyncs,
             me: self.node_id().clone(),
             incarnation: self.incarnation,
             view: self.view.clone(),
@@ -318,18 +347,27 @@ impl NodeService {
             ring_changes,
             counters: self.publisher.clone(),
         };
-        let upkeep = maintain_directory(
-            self.node_id().clone(),
-            self.view.clone(),
-            self.directory.clone(),
-            (self.config.dead_after / 10).max(Duration::from_millis(50)),
-            self.config.ownership_grace,
-            shutdown.clone(),
-        );
+        let upkeep = Upkeep {
+            me: self.node_id().clone(),
+            view: self.view.clone(),
+            directory: self.directory.clone(),
+            peers: self.peers.clone(),
+            own_publisher: self.resyncs.clone(),
+            timeout: self.config.peer_timeout,
+            every: (self.config.dead_after / 10).max(Duration::from_millis(50)),
+            grace: self.config.ownership_grace,
+            prune_every: self.config.sync_interval,
+        };
         vec![
             tokio::spawn(publisher.run(shutdown.clone())),
-            tokio::spawn(upkeep),
+            tokio::spawn(upkeep.run(shutdown.clone())),
         ]
+    }
+
+    /// Takes an owner's request for a digest round of this node's
+    /// publisher; false when the queue is full (the owner asks again).
+    pub fn request_resync(&self, owner: NodeId) -> bool {
+        self.resyncs.try_send(owner).is_ok()
     }
 
     /// This node's ID.
@@ -371,25 +409,42 @@ impl NodeService {
     }
 
     /// Looks a key up: hot cache, the owned slice, a forward to the
-    /// owners in turn, then every live node. 404 when nothing matches.
+    /// owners in turn, then every live node. An owner's answer counts only
+    /// for the sources it is complete for; the sources it names as missing
+    /// are asked for their own matches. 404 only when nothing matches and
+    /// every source was accounted for.
     pub async fn lookup(
         &self,
         key: &LookupKey,
         options: LookupOptions,
     ) -> Result<LookupAnswer, ApiError> {
         let view = self.view.load_full();
+        joined(&view)?;
         let me = self.node_id();
-        let owners = view.ring.owners(key);
-        let found = if options.hop || owners.contains(&me) {
+        let found = if options.hop {
+            // Asked by a peer: this node's directory as it is, never
+            // forwarded again.
+            Arc::new(Found {
+                containers: self.directory.lookup(key),
+                path: LookupPath::Owner,
+            })
+        } else if view.ring.owners(key).contains(&me) {
             if view.members.len() == 1 {
                 // Alone, the directory is this engine: before its first
                 // sync an empty answer would deny containers that exist.
                 self.local_inventory().map_err(ApiError::Unavailable)?;
             }
-            Arc::new(Found {
-                containers: self.directory.lookup(key),
-                path: LookupPath::Owner,
-            })
+            let containers = self.directory.lookup(key);
+            let missing = self.directory.missing(&view);
+            if missing.is_empty() {
+                Arc::new(Found {
+                    containers,
+                    path: LookupPath::Owner,
+                })
+            } else {
+                self.complete_from_sources(key, containers, missing, &view)
+                    .await?
+            }
         } else {
             match (&self.hot, options.no_cache) {
                 (Some(hot), false) => match hot.get(key).await {
@@ -397,11 +452,27 @@ impl NodeService {
                         containers: found.containers.clone(),
                         path: LookupPath::Hot,
                     }),
-                    // Concurrent identical lookups share one forward.
+                    // Concurrent identical lookups share one forward. Only
+                    // a final answer that found something is kept: a miss
+                    // cached would deny a container that starts a moment
+                    // later, for the whole TTL.
                     None => hot
-                        .try_get_with(key.clone(), self.remote_lookup(key, &view))
+                        .try_get_with(key.clone(), async {
+                            let found = self
+                                .remote_lookup(key, &view)
+                                .await
+                                .map_err(Uncached::Failed)?;
+                            if found.path == LookupPath::Forwarded && !found.containers.is_empty() {
+                                Ok(found)
+                            } else {
+                                Err(Uncached::Found(found))
+                            }
+                        })
                         .await
-                        .map_err(|e| ApiError::clone(&e))?,
+                        .or_else(|e| match &*e {
+                            Uncached::Found(found) => Ok(found.clone()),
+                            Uncached::Failed(e) => Err(e.clone()),
+                        })?,
                 },
                 _ => self.remote_lookup(key, &view).await?,
             }
@@ -434,85 +505,117 @@ impl NodeService {
             match peer::lookup(self.peers.as_ref(), addr, key, self.config.peer_timeout).await {
                 Ok(reply) => {
                     self.metrics.observe_forward(started.elapsed(), true);
-                    return Ok(Arc::new(Found {
-                        containers: reply.records.into_iter().map(Arc::new).collect(),
-                        path: LookupPath::Forwarded,
-                    }));
+                    let containers = reply.records.into_iter().map(Arc::new).collect();
+                    if reply.missing.is_empty() {
+                        return Ok(Arc::new(Found {
+                            containers,
+                            path: LookupPath::Forwarded,
+                        }));
+                    }
+                    return self
+                        .complete_from_sources(key, containers, reply.missing, view)
+                        .await;
                 }
                 Err(e) => {
                     self.metrics.observe_forward(started.elapsed(), false);
-                    warn!(%owner, error = %e, key = %key, "forward failed; trying the next owner");
+                    debug!(%owner, error = %e, key = %key, "forward failed; trying the next owner");
                 }
             }
         }
-        let (containers, covered) = self.scatter(&LocalQuery::Key(key.clone())).await;
-        if covered.ok.is_empty() {
-            let failed: Vec<String> = covered.failed.iter().map(|f| f.error.clone()).collect();
-            return Err(ApiError::Unavailable(format!(
-                "every owner of {key} and every node failed: {}",
-                failed.join("; ")
-            )));
+        let (containers, covered) = self.scatter(&LocalQuery::Key(key.clone())).await?;
+        final_or_unavailable(key, containers, &covered.failed)
+    }
+
+    /// Completes an owner's answer that is missing some sources: each of
+    /// them is asked for its own matches, which replace what the owner had
+    /// from it. An answer that found something stands even if a source
+    /// failed; an empty one is final only if none did.
+    async fn complete_from_sources(
+        &self,
+        key: &LookupKey,
+        owner_records: Vec<Arc<ContainerRecord>>,
+        missing: Vec<NodeId>,
+        view: &ClusterView,
+    ) -> Result<Arc<Found>, ApiError> {
+        let query = LocalQuery::Key(key.clone());
+        let targets = missing
+            .into_iter()
+            .map(|n| {
+                let addr = view.api_of(&n).map(str::to_owned);
+                (n, addr)
+            })
+            .collect();
+        let (answered, failed) = self.ask_local(&query, targets).await;
+        let asked: Vec<NodeId> = answered.iter().map(|(n, _)| n.clone()).collect();
+        let kept = owner_records
+            .into_iter()
+            .filter(|r| !asked.contains(&r.node));
+        let fresh = answered.into_iter().flat_map(|(_, records)| records);
+        let containers = merge_freshest(kept.chain(fresh));
+        final_or_unavailable(key, containers, &failed)
+    }
+
+    /// Asks each node for its own matches of `query` (this node answers
+    /// from its inventory), all at once within the scatter deadline.
+    async fn ask_local(
+        &self,
+        query: &LocalQuery,
+        targets: Vec<(NodeId, Option<String>)>,
+    ) -> (Vec<(NodeId, Vec<Arc<ContainerRecord>>)>, Vec<FailedNode>) {
+        let me = self.node_id();
+        let timeout = self.config.scatter_timeout;
+        let calls = targets.into_iter().map(|(node, addr)| async move {
+            if node == *me {
+                return (node, self.local_matches(query));
+            }
+            let Some(addr) = addr else {
+                return (node, Err("its address is not known here".to_owned()));
+            };
+            let r = peer::local(self.peers.as_ref(), &addr, query, timeout)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|reply| {
+                    if reply.ready {
+                        Ok(reply.records.into_iter().map(Arc::new).collect())
+                    } else {
+                        Err(format!("node {} has not read its engine yet", reply.node))
+                    }
+                });
+            (node, r)
+        });
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for (node, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(records) => answered.push((node, records)),
+                Err(error) => failed.push(FailedNode { node, error }),
+            }
         }
-        Ok(Arc::new(Found {
-            containers,
-            path: LookupPath::Fallback,
-        }))
+        (answered, failed)
     }
 
     /// Asks every live node for its own matches, within the scatter
     /// deadline; each container once (the freshest copy).
-    async fn scatter(&self, query: &LocalQuery) -> (Vec<Arc<ContainerRecord>>, NodesCovered) {
+    async fn scatter(
+        &self,
+        query: &LocalQuery,
+    ) -> Result<(Vec<Arc<ContainerRecord>>, NodesCovered), ApiError> {
         let view = self.view.load_full();
-        let me = self.node_id().clone();
-        let timeout = self.config.scatter_timeout;
-        let calls = view.live().map(|m| {
-            let node = m.node.clone();
-            let addr = m.api.clone();
-            let me = me.clone();
-            async move {
-                if node == me {
-                    return (node, self.local_matches(query));
-                }
-                let r = peer::local(self.peers.as_ref(), &addr, query, timeout)
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|reply| {
-                        if reply.ready {
-                            Ok(reply.records.into_iter().map(Arc::new).collect())
-                        } else {
-                            Err(format!("node {} has not read its engine yet", reply.node))
-                        }
-                    });
-                (node, r)
-            }
-        });
-        let mut covered = NodesCovered::default();
-        let mut merged: BTreeMap<(String, String), Arc<ContainerRecord>> = BTreeMap::new();
-        for (node, result) in futures::future::join_all(calls).await {
-            match result {
-                Ok(records) => {
-                    covered.ok.push(node);
-                    for r in records {
-                        let id = (r.engine_id.0.clone(), r.id.clone());
-                        match merged.get(&id) {
-                            Some(kept) if kept.updated_at >= r.updated_at => {}
-                            _ => {
-                                merged.insert(id, r);
-                            }
-                        }
-                    }
-                }
-                Err(error) => covered.failed.push(FailedNode { node, error }),
-            }
-        }
-        let mut containers: Vec<_> = merged.into_values().collect();
+        joined(&view)?;
+        let targets = view
+            .live()
+            .map(|m| (m.node.clone(), Some(m.api.clone())))
+            .collect();
+        let (answered, failed) = self.ask_local(query, targets).await;
+        let ok = answered.iter().map(|(n, _)| n.clone()).collect();
+        let mut containers = merge_freshest(answered.into_iter().flat_map(|(_, r)| r));
         containers.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
-        (containers, covered)
+        Ok((containers, NodesCovered { ok, failed }))
     }
 
     /// Lists the fleet's containers that match `filter`.
     pub async fn list(&self, filter: &ListFilter) -> Result<ListAnswer, ApiError> {
-        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter.clone())).await;
+        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter.clone())).await?;
         if nodes.ok.is_empty() {
             return Err(unavailable(&nodes));
         }
@@ -529,7 +632,7 @@ impl NodeService {
             labels: vec![(COMPOSE_PROJECT_LABEL.to_owned(), None)],
             ..ListFilter::default()
         };
-        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter)).await;
+        let (containers, nodes) = self.scatter(&LocalQuery::Filter(filter)).await?;
         if nodes.ok.is_empty() {
             return Err(unavailable(&nodes));
         }
@@ -552,7 +655,7 @@ impl NodeService {
     /// One compose project's containers, fleet-wide. 404 when it has none.
     pub async fn project(&self, name: &str) -> Result<ProjectAnswer, ApiError> {
         let key = shoal_core::parse_ref(name, Some(shoal_core::KeyKind::Project))?;
-        let (containers, nodes) = self.scatter(&LocalQuery::Key(key)).await;
+        let (containers, nodes) = self.scatter(&LocalQuery::Key(key)).await?;
         if nodes.ok.is_empty() {
             return Err(unavailable(&nodes));
         }
@@ -637,7 +740,16 @@ impl NodeService {
             (KEY_CONTAINERS, self.watcher.inventory().len().to_string()),
             (
                 KEY_READY,
-                match (s.ready, s.stale) {
+                // Ready for the fleet once the first publish round is
+                // done: owners wait for that to count themselves complete.
+                match (
+                    s.ready
+                        && self
+                            .publisher
+                            .started
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    s.stale,
+                ) {
                     (true, true) => "stale",
                     (true, false) => "true",
                     _ => "false",
@@ -656,13 +768,16 @@ impl NodeService {
         values
     }
 
-    /// Readiness: the engine's first sync is done. A node whose engine is
-    /// lost after that stays ready (it serves the fleet and its last
-    /// inventory) and says its engine is stale.
+    /// Readiness: the engine's first sync is done and the node has joined
+    /// the fleet (before that its ring is itself alone). A node whose
+    /// engine is lost after that stays ready (it serves the fleet and its
+    /// last inventory) and says its engine is stale.
     pub fn readiness(&self) -> Readiness {
         let s = self.watcher.status();
+        let joined = self.view.load().joined;
         Readiness {
-            ready: s.ready,
+            ready: s.ready && joined,
+            membership: if joined { "joined" } else { "joining" },
             engine: match (s.ready, s.stale) {
                 (false, _) => "not_synced",
                 (true, true) => "stale",
@@ -671,6 +786,62 @@ impl NodeService {
             error: s.last_error,
         }
     }
+}
+
+/// Refuses to answer for the fleet before this node has joined it: its
+/// ring would be itself alone, and its answers would deny the rest.
+fn joined(view: &ClusterView) -> Result<(), ApiError> {
+    if view.joined {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "node {} is still joining the fleet",
+            view.me
+        )))
+    }
+}
+
+/// Each container once, by `(engine, id)`: the freshest copy when several
+/// sources watch its engine.
+fn merge_freshest(
+    records: impl IntoIterator<Item = Arc<ContainerRecord>>,
+) -> Vec<Arc<ContainerRecord>> {
+    let mut merged: BTreeMap<(String, String), Arc<ContainerRecord>> = BTreeMap::new();
+    for r in records {
+        let id = (r.engine_id.0.clone(), r.id.clone());
+        match merged.get(&id) {
+            Some(kept) if kept.updated_at >= r.updated_at => {}
+            _ => {
+                merged.insert(id, r);
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+/// A lookup's answer once every source was asked: what was found stands,
+/// even if some source failed; nothing is final (a 404) only when none
+/// failed, else the lookup is unavailable, naming who did not answer.
+fn final_or_unavailable(
+    key: &LookupKey,
+    containers: Vec<Arc<ContainerRecord>>,
+    failed: &[FailedNode],
+) -> Result<Arc<Found>, ApiError> {
+    if containers.is_empty() && !failed.is_empty() {
+        let why: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{}: {}", f.node, f.error))
+            .collect();
+        return Err(ApiError::Unavailable(format!(
+            "no container matches {} among the nodes that answered, and these did not: {}",
+            describe(key),
+            why.join("; ")
+        )));
+    }
+    Ok(Arc::new(Found {
+        containers,
+        path: LookupPath::Fallback,
+    }))
 }
 
 fn unavailable(nodes: &NodesCovered) -> ApiError {

@@ -73,6 +73,17 @@ async fn start_node(
     engine: SyntheticEngine,
     secret: Option<String>,
 ) -> FleetNode {
+    start_node_with(name, listener, seeds, engine, secret, NodeConfig::default()).await
+}
+
+async fn start_node_with(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    seeds: Vec<String>,
+    engine: SyntheticEngine,
+    secret: Option<String>,
+    base: NodeConfig,
+) -> FleetNode {
     let addr = listener.local_addr().unwrap().to_string();
     let peers = Arc::new(Cuttable {
         inner: HttpPeers::with_secret(secret.clone()),
@@ -86,7 +97,7 @@ async fn start_node(
         sync_interval: Duration::from_millis(500),
         ownership_grace: Duration::from_secs(2),
         cluster_secret: secret,
-        ..Default::default()
+        ..base
     };
     let task = {
         let (engine, peers, stop) = (engine.clone(), peers.clone(), stop.clone());
@@ -119,6 +130,10 @@ impl Fleet {
     }
 
     async fn start_with(n: usize, secret: Option<&str>) -> Fleet {
+        Self::start_configured(n, secret, NodeConfig::default()).await
+    }
+
+    async fn start_configured(n: usize, secret: Option<&str>, base: NodeConfig) -> Fleet {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -132,7 +147,9 @@ impl Fleet {
             let name = format!("f{i}");
             let engine = engine_for(&name, PER_NODE);
             let secret = secret.map(str::to_owned);
-            nodes.push(start_node(&name, listener, seeds.clone(), engine, secret).await);
+            nodes.push(
+                start_node_with(&name, listener, seeds.clone(), engine, secret, base.clone()).await,
+            );
         }
         let fleet = Fleet {
             nodes,
@@ -201,6 +218,16 @@ impl Fleet {
 
     async fn lookup(&self, addr: &str, reference: &str) -> (u16, Value) {
         self.get(addr, &format!("/v1/containers/{reference}")).await
+    }
+
+    /// A plain GET, as a script polls: the hot cache answers if it can.
+    async fn plain_lookup(&self, addr: &str, reference: &str) -> u16 {
+        self.http
+            .get(format!("http://{addr}/v1/containers/{reference}"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     async fn kill(&mut self, i: usize) {
@@ -464,4 +491,161 @@ async fn a_fleet_with_a_cluster_secret_publishes_and_forwards_signed() {
     let (status, answer) = fleet.lookup(&fleet.nodes[0].addr, "f2-1").await;
     assert_eq!(status, 200);
     assert_eq!(answer["containers"][0]["node"], "f2");
+}
+
+/// The full ID of container `i` of node `name`.
+fn full_id(name: &str, i: usize) -> String {
+    shoal_engine::synthetic_id(&format!("{name}-"), i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_restarted_at_once_denies_none_of_the_other_nodes_containers() {
+    let mut fleet = Fleet::start(5).await;
+    let addr = fleet.nodes[4].addr.clone();
+    let seeds: Vec<String> = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
+    fleet.kill(4).await;
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    fleet.nodes[4] = start_node("f4", listener, seeds, engine_for("f4", PER_NODE), None).await;
+    // Through the restart and well after it, every live node is asked for
+    // the other nodes' containers by full ID and by name: a restarted
+    // owner's empty directory must never turn into a 404.
+    let (mut asked, mut denied, mut failed) = (0, 0, 0);
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        for asker in 0..4 {
+            for owner in 0..4 {
+                let name = format!("f{owner}");
+                let reference = if i % 2 == 0 {
+                    full_id(&name, i % PER_NODE)
+                } else {
+                    format!("{name}-{}", i % PER_NODE)
+                };
+                let status = fleet.lookup(&fleet.nodes[asker].addr, &reference).await.0;
+                asked += 1;
+                match status {
+                    200 => {}
+                    404 => denied += 1,
+                    _ => failed += 1,
+                }
+            }
+        }
+        i += 1;
+    }
+    println!("restart: {denied} of {asked} denied, {failed} other errors");
+    assert_eq!(denied, 0, "{denied} of {asked} lookups were denied");
+    assert_eq!(failed, 0, "{failed} of {asked} lookups failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
+    // A long hot TTL: a cached miss would deny the container for its
+    // whole length.
+    let base = NodeConfig {
+        hot_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let fleet = Fleet::start_configured(4, None, base).await;
+    for n in &fleet.nodes {
+        assert_eq!(fleet.plain_lookup(&n.addr, "late-comer").await, 404);
+        assert_eq!(fleet.plain_lookup(&n.addr, "late-comer").await, 404);
+    }
+    let mut record = synthetic_record("late-", 0, &EngineId("engine-f1".into()));
+    record.names = vec!["late-comer".into()];
+    fleet.nodes[1].engine.run(record);
+    let started = Instant::now();
+    for n in &fleet.nodes {
+        while fleet.plain_lookup(&n.addr, "late-comer").await != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} still denies the new container",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Fleet {
+    /// Record copies held over every directory of the fleet.
+    async fn copies(&self) -> usize {
+        let mut copies = 0;
+        for n in &self.nodes {
+            let metrics = self
+                .http
+                .get(format!("http://{}/metrics", n.addr))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            copies += metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("shoal_directory_record_copies "))
+                .expect("the directory size is in the metrics")
+                .trim()
+                .parse::<f64>()
+                .unwrap() as usize;
+        }
+        copies
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
+    // No pruning during the test: only the publisher keeps directories to
+    // what their nodes own.
+    let base = NodeConfig {
+        ownership_grace: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let fleet = Fleet::start_configured(4, None, base).await;
+    let ring = shoal_core::ring::Ring::new(
+        fleet.nodes.iter().map(|n| n.name.as_str().into()),
+        NodeConfig::default().vnodes,
+        NodeConfig::default().replicas,
+    );
+    let owners = |r: &shoal_core::ContainerRecord| {
+        let mut owners = HashSet::new();
+        for k in shoal_core::record_keys(r) {
+            owners.extend(ring.owners(&k).into_iter().cloned());
+        }
+        owners.len() as i64
+    };
+    let before = fleet.copies().await as i64;
+    let renamed = 8;
+    let mut change = 0;
+    for i in 0..renamed {
+        let old = synthetic_record("f0-", i, &EngineId("engine-f0".into()));
+        let new = shoal_core::ContainerRecord {
+            names: vec![format!("renamed-{i}")],
+            ..old.clone()
+        };
+        change += owners(&new) - owners(&old);
+        fleet.nodes[0]
+            .engine
+            .modify(&full_id("f0", i), "rename", |r| {
+                r.names = vec![format!("renamed-{i}")]
+            });
+    }
+    let started = Instant::now();
+    for n in &fleet.nodes {
+        for i in 0..renamed {
+            while fleet.lookup(&n.addr, &format!("renamed-{i}")).await.0 != 200
+                || fleet.lookup(&n.addr, &format!("f0-{i}")).await.0 != 404
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{} never saw rename {i}",
+                    n.name
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // The owners of only the old names got a Remove, not the new record:
+    // the fleet's copies changed by exactly what the ring says.
+    let after = fleet.copies().await as i64;
+    assert_eq!(after - before, change, "record copies over the fleet");
 }

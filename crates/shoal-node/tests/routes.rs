@@ -626,6 +626,7 @@ fn a_publish() -> Vec<u8> {
             node: "intruder".into(),
             incarnation: 1,
             seq: 1,
+            ring: 0,
         },
         body: PublishBody::Snapshot {
             records: vec![synthetic_record("evil", 0, &EngineId("x".into()))],

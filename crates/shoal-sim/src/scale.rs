@@ -253,6 +253,7 @@ fn memory(records: usize) -> Memory {
             node: node.clone(),
             incarnation: 1,
             seq: 1,
+            ring: 0,
         },
         body: PublishBody::Snapshot {
             records: all.clone(),
@@ -260,7 +261,13 @@ fn memory(records: usize) -> Memory {
     };
     let before = crate::allocated();
     let mut directory = OwnerDirectory::new();
-    directory.apply(&publish);
+    directory.apply(
+        &publish,
+        shoal_core::directory::Here {
+            ring: 0,
+            live: Some(1),
+        },
+    );
     let directory_bytes = crate::allocated().saturating_sub(before);
     assert_eq!(directory.copies(), records, "the snapshot was applied");
 
