@@ -176,11 +176,19 @@ fn parse_ip(s: Option<&String>) -> Option<IpAddr> {
     s.and_then(|s| s.parse().ok())
 }
 
-/// Turns an inspect answer into a record, or `None` when the container is
-/// not live. `node`, `engine_id` and `updated_at` are left for the watcher.
-pub fn record_from_inspect(c: ContainerInspectResponse) -> Option<ContainerRecord> {
+/// Turns an inspect answer into a record, `Ok(None)` when the container is
+/// not live, or an error when the answer lacks the ID or state that say
+/// which container it is and whether it lives: such an answer must not read
+/// as "gone". `node`, `engine_id` and `updated_at` are left for the watcher.
+pub fn record_from_inspect(
+    c: ContainerInspectResponse,
+) -> Result<Option<ContainerRecord>, &'static str> {
     let st = c.state.unwrap_or_default();
-    let state = ContainerState::from_engine(&st.status.map(|s| s.to_string()).unwrap_or_default())?;
+    let status = st.status.ok_or("the inspect answer has no State.Status")?;
+    let id = c.id.ok_or("the inspect answer has no Id")?;
+    let Some(state) = ContainerState::from_engine(status.as_ref()) else {
+        return Ok(None);
+    };
     let config = c.config.unwrap_or_default();
     let labels: shoal_core::Labels = config.labels.unwrap_or_default().into_iter().collect();
     let settings = c.network_settings.unwrap_or_default();
@@ -201,9 +209,9 @@ pub fn record_from_inspect(c: ContainerInspectResponse) -> Option<ContainerRecor
         .collect();
     let ports = ports_from(settings.ports.unwrap_or_default());
     let started_at = non_empty(st.started_at).filter(|s| !s.starts_with("0001-"));
-    Some(
+    Ok(Some(
         ContainerRecord {
-            id: c.id?,
+            id,
             names: non_empty(c.name)
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .into_iter()
@@ -229,7 +237,7 @@ pub fn record_from_inspect(c: ContainerInspectResponse) -> Option<ContainerRecor
             updated_at: 0,
         }
         .with_compose_fields(),
-    )
+    ))
 }
 
 fn ports_from(map: HashMap<String, Option<Vec<bollard::models::PortBinding>>>) -> Vec<PortMapping> {
@@ -349,7 +357,8 @@ impl Engine for DockerEngine {
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
         {
-            Ok(c) => Ok(record_from_inspect(c)),
+            Ok(c) => record_from_inspect(c)
+                .map_err(|why| EngineError::Api(format!("{}: inspect {id}: {why}", self.host))),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
@@ -461,6 +470,32 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(record_from_inspect(c), None);
+        assert_eq!(record_from_inspect(c), Ok(None));
+    }
+
+    #[test]
+    fn an_inspect_answer_without_id_or_state_is_an_error_not_gone() {
+        let running = || {
+            Some(bollard::models::ContainerState {
+                status: Some(bollard::models::ContainerStateStatusEnum::RUNNING),
+                ..Default::default()
+            })
+        };
+        let no_id = ContainerInspectResponse {
+            state: running(),
+            ..Default::default()
+        };
+        assert!(record_from_inspect(no_id).is_err());
+        let no_state = ContainerInspectResponse {
+            id: Some("a".repeat(64)),
+            ..Default::default()
+        };
+        assert!(record_from_inspect(no_state).is_err());
+        let live = ContainerInspectResponse {
+            id: Some("a".repeat(64)),
+            state: running(),
+            ..Default::default()
+        };
+        assert!(matches!(record_from_inspect(live), Ok(Some(_))));
     }
 }

@@ -4,7 +4,7 @@
 //! on two networks and compose labels on some; tests script events on it
 //! and can take it away and bring it back like a restarting dockerd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,8 @@ pub fn synthetic_record(prefix: &str, i: usize, engine_id: &EngineId) -> Contain
 struct SyntheticState {
     containers: BTreeMap<String, ContainerRecord>,
     up: bool,
+    /// Inspects still to fail, by container ID (see `fail_inspect`).
+    failing_inspects: HashMap<String, usize>,
 }
 
 /// An engine held in memory. Clones share the same engine.
@@ -167,6 +169,7 @@ impl SyntheticEngine {
             state: Arc::new(Mutex::new(SyntheticState {
                 containers,
                 up: true,
+                failing_inspects: HashMap::new(),
             })),
             events,
             calls: Arc::new(AtomicU64::new(0)),
@@ -241,6 +244,13 @@ impl SyntheticEngine {
         }
     }
 
+    /// Makes the next `times` inspects of container `id` fail with an API
+    /// error, as when dockerd answers 500 or with a body that cannot be
+    /// decoded, while the engine stays up and the container lives on.
+    pub fn fail_inspect(&self, id: &str, times: usize) {
+        self.state().failing_inspects.insert(id.to_owned(), times);
+    }
+
     /// How many engine calls (list, inspect, identity, subscribe) were made.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -301,7 +311,14 @@ impl Engine for SyntheticEngine {
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerRecord>, EngineError> {
         self.check_up()?;
-        Ok(self.state().containers.get(id).cloned())
+        let mut state = self.state();
+        if let Some(left) = state.failing_inspects.get_mut(id).filter(|n| **n > 0) {
+            *left -= 1;
+            return Err(EngineError::Api(format!(
+                "synthetic inspect of {id} failed as scripted"
+            )));
+        }
+        Ok(state.containers.get(id).cloned())
     }
 }
 

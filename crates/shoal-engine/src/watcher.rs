@@ -13,11 +13,16 @@
 //!    (make-before-break), publishing the difference.
 //! 4. A full list every `resync_interval` repairs what dropped events left
 //!    wrong.
+//! 5. Only the engine saying a container is gone takes it out. An inspect
+//!    that fails otherwise (an HTTP 500, a body that cannot be decoded)
+//!    keeps the last record and re-reads that container with capped
+//!    exponential backoff until the engine answers: a hiccup in one call
+//!    must not remove a live container from the fleet.
 //!
 //! Readers get an immutable snapshot (`WatcherHandle::inventory`) without a
 //! lock; the watcher task is the only writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,9 +46,10 @@ pub struct WatcherConfig {
     pub node: NodeId,
     /// How often to reconcile with a full list (default 60 s).
     pub resync_interval: Duration,
-    /// First reconnect delay (default 100 ms); it doubles per failure.
+    /// First reconnect delay, and first re-read delay of a container whose
+    /// inspect failed (default 100 ms); it doubles per failure.
     pub backoff_initial: Duration,
-    /// Longest reconnect delay (default 10 s).
+    /// Longest reconnect or re-read delay (default 10 s).
     pub backoff_max: Duration,
     /// Inspect calls in flight at once (default 16).
     pub inspect_concurrency: usize,
@@ -102,6 +108,9 @@ pub struct WatcherCounters {
     pub engine_losses: AtomicU64,
     /// Inspect calls made.
     pub inspects: AtomicU64,
+    /// Inspect calls that failed with an engine error other than "gone";
+    /// the container kept its last record and is re-read with backoff.
+    pub inspect_failures: AtomicU64,
 }
 
 struct Shared {
@@ -191,12 +200,79 @@ impl Backoff {
     }
 }
 
+/// What one inspect said about one container.
+enum Inspected {
+    // Boxed: a record is large next to the other variants.
+    Live(Box<ContainerRecord>),
+    /// The engine says so: gone, or no longer live.
+    Gone,
+    /// The engine answered with an error: we do not know.
+    Unreadable,
+}
+
+/// Containers whose last inspect was unreadable, each with its own backoff,
+/// so that one broken container is re-read slowly without holding back the
+/// others.
+struct InspectRetries {
+    initial: Duration,
+    max: Duration,
+    pending: HashMap<String, (Backoff, tokio::time::Instant)>,
+}
+
+impl InspectRetries {
+    fn new(initial: Duration, max: Duration) -> Self {
+        InspectRetries {
+            initial,
+            max,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Schedules the next re-read of `id`, later each time it fails again.
+    fn failed(&mut self, id: &str) {
+        let (backoff, due) = self.pending.entry(id.to_owned()).or_insert_with(|| {
+            (
+                Backoff::new(self.initial, self.max),
+                tokio::time::Instant::now(),
+            )
+        });
+        *due = tokio::time::Instant::now() + backoff.next_delay();
+    }
+
+    /// After a full sync: the list is the truth about which containers
+    /// live, so only the ones it named and could not read stay pending
+    /// (keeping their backoff, so a resync does not restart it).
+    fn sync_failed(&mut self, unreadable: &HashSet<String>) {
+        self.pending.retain(|id, _| unreadable.contains(id));
+        for id in unreadable {
+            self.failed(id);
+        }
+    }
+
+    fn answered(&mut self, id: &str) {
+        self.pending.remove(id);
+    }
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.pending.values().map(|(_, due)| *due).min()
+    }
+
+    fn due(&self, now: tokio::time::Instant) -> Vec<String> {
+        self.pending
+            .iter()
+            .filter(|(_, (_, due))| *due <= now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
 /// The writer: owns the engine and the working copy of the inventory.
 pub struct Watcher {
     engine: Arc<dyn Engine>,
     config: WatcherConfig,
     handle: WatcherHandle,
     working: Inventory,
+    retries: InspectRetries,
 }
 
 impl Watcher {
@@ -219,6 +295,7 @@ impl Watcher {
         };
         let watcher = Watcher {
             engine,
+            retries: InspectRetries::new(config.backoff_initial, config.backoff_max),
             config,
             handle: handle.clone(),
             working: Inventory::new(),
@@ -282,6 +359,13 @@ impl Watcher {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.config.event_batch);
         loop {
+            let next_retry = self.retries.next_due();
+            let retry_due = async move {
+                match next_retry {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 n = rx.recv_many(&mut batch, self.config.event_batch.max(1)) => {
@@ -296,6 +380,10 @@ impl Watcher {
                 _ = resync.tick() => {
                     self.sync(&identity).await?;
                     debug!(containers = self.working.len(), "periodic resync done");
+                }
+                _ = retry_due => {
+                    let ids = self.retries.due(tokio::time::Instant::now());
+                    self.reread(&identity, ids).await?;
                 }
             }
         }
@@ -316,14 +404,22 @@ impl Watcher {
     /// Reads the whole engine into a new inventory, then swaps it in.
     async fn sync(&mut self, identity: &EngineIdentity) -> Result<(), EngineError> {
         let ids = self.engine.list().await?;
-        let fresh = self.inspect_all(ids).await?;
+        let read = self.inspect_all(ids).await?;
         let now = now_ms();
-        let next = Inventory::from_records(
-            fresh
-                .into_iter()
-                .filter_map(|(_, r)| r)
-                .map(|r| self.stamp(identity, r, now)),
-        );
+        let mut records = Vec::with_capacity(read.len());
+        let mut unreadable = HashSet::new();
+        for (id, inspected) in read {
+            match inspected {
+                Inspected::Live(r) => records.push(self.stamp(identity, *r, now)),
+                Inspected::Gone => {}
+                Inspected::Unreadable => {
+                    records.extend(self.working.get(&id).map(|r| ContainerRecord::clone(r)));
+                    unreadable.insert(id);
+                }
+            }
+        }
+        self.retries.sync_failed(&unreadable);
+        let next = Inventory::from_records(records);
         let deltas = self.working.diff(&next);
         // Keep records whose content did not change as they were, so the
         // diff of the next sync is against what readers saw.
@@ -343,23 +439,23 @@ impl Watcher {
         Ok(())
     }
 
-    async fn inspect_all(
-        &self,
-        ids: Vec<String>,
-    ) -> Result<Vec<(String, Option<ContainerRecord>)>, EngineError> {
+    /// Inspects each container. Fails only when the engine is lost.
+    async fn inspect_all(&self, ids: Vec<String>) -> Result<Vec<(String, Inspected)>, EngineError> {
         let engine = &self.engine;
         let counters = self.handle.counters();
         futures::stream::iter(ids)
             .map(|id| async move {
                 counters.inspects.fetch_add(1, Ordering::Relaxed);
                 match engine.inspect(&id).await {
-                    Ok(r) => Ok((id, r)),
-                    // One container the engine cannot describe is not a lost
-                    // engine: leave it out and let the next event or resync
-                    // try again.
+                    Ok(Some(r)) => Ok((id, Inspected::Live(Box::new(r)))),
+                    Ok(None) => Ok((id, Inspected::Gone)),
+                    // One container the engine cannot describe is neither a
+                    // lost engine nor a gone container.
                     Err(EngineError::Api(msg)) => {
-                        warn!(container = %id, error = %msg, "inspect failed");
-                        Ok((id, None))
+                        counters.inspect_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(container = %id, error = %msg,
+                              "inspect failed; keeping the last record and retrying");
+                        Ok((id, Inspected::Unreadable))
                     }
                     Err(e) => Err(e),
                 }
@@ -385,18 +481,39 @@ impl Watcher {
             .map(|e| e.container_id)
             .filter(|id| seen.insert(id.clone()))
             .collect();
+        self.reread(identity, ids).await?;
+        self.handle
+            .update_status(|s| s.last_event_ms = Some(now_ms()));
+        Ok(())
+    }
+
+    /// Inspects these containers again and applies what the engine says.
+    async fn reread(
+        &mut self,
+        identity: &EngineIdentity,
+        ids: Vec<String>,
+    ) -> Result<(), EngineError> {
         let read = self.inspect_all(ids).await?;
         let now = now_ms();
         let mut deltas = Vec::with_capacity(read.len());
-        for (id, record) in read {
-            let delta = match record {
-                Some(r) => self.working.upsert(self.stamp(identity, r, now)),
-                None => self.working.remove(&id),
+        for (id, inspected) in read {
+            let delta = match inspected {
+                Inspected::Live(r) => {
+                    self.retries.answered(&id);
+                    self.working.upsert(self.stamp(identity, *r, now))
+                }
+                Inspected::Gone => {
+                    self.retries.answered(&id);
+                    self.working.remove(&id)
+                }
+                Inspected::Unreadable => {
+                    self.retries.failed(&id);
+                    None
+                }
             };
             deltas.extend(delta);
         }
         self.publish(deltas);
-        self.handle.update_status(|s| s.last_event_ms = Some(now));
         Ok(())
     }
 
@@ -591,6 +708,109 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(h.status().ready);
         assert_eq!(h.inventory().len(), 1);
+        stop.cancel();
+    }
+
+    fn inspect_failures(h: &WatcherHandle) -> u64 {
+        h.counters().inspect_failures.load(Ordering::Relaxed)
+    }
+
+    async fn failures_reach(h: &WatcherHandle, n: u64) {
+        for _ in 0..2000 {
+            if inspect_failures(h) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!(
+            "inspect failures stayed at {}, not {n}",
+            inspect_failures(h)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_container_keeps_its_record_until_the_engine_answers() {
+        let e = engine(3);
+        let stop = CancellationToken::new();
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), config(), stop.clone());
+        h.ready().await;
+        let id = e.ids()[0].clone();
+        let old_name = h.inventory().get(&id).unwrap().names[0].clone();
+
+        e.fail_inspect(&id, 3);
+        let start = tokio::time::Instant::now();
+        e.modify(&id, "rename", |r| r.names = vec!["renamed".into()]);
+        for n in 1..=3 {
+            failures_reach(&h, n).await;
+            let inv = h.inventory();
+            assert_eq!(inv.len(), 3, "after failure {n}");
+            assert_eq!(names(&inv, &old_name), 1, "after failure {n}");
+        }
+
+        eventually(&h, "the retry applies the rename", |inv| {
+            names(inv, "renamed") == 1 && names(inv, &old_name) == 0
+        })
+        .await;
+        // Three failures back off at least 50 + 100 + 200 ms (100 ms
+        // doubling, jittered to half): retries do not spin.
+        assert!(start.elapsed() >= Duration::from_millis(350));
+        assert_eq!(inspect_failures(&h), 3);
+
+        e.remove(&id);
+        eventually(&h, "gone once the engine says so", |inv| {
+            inv.get(&id).is_none() && inv.len() == 2
+        })
+        .await;
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_new_container_appears_once_it_can_be_read() {
+        let e = engine(1);
+        let stop = CancellationToken::new();
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), config(), stop.clone());
+        h.ready().await;
+        let r = synthetic_record("new", 0, &EngineId("e1".into()));
+        let id = r.id.clone();
+
+        e.fail_inspect(&id, 1);
+        e.run(r);
+        failures_reach(&h, 1).await;
+        assert!(
+            h.inventory().get(&id).is_none(),
+            "nothing to keep, nothing added"
+        );
+        eventually(&h, "the retry adds it", |inv| inv.get(&id).is_some()).await;
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resync_keeps_a_container_whose_inspect_fails() {
+        let e = engine(3);
+        let stop = CancellationToken::new();
+        let cfg = WatcherConfig {
+            resync_interval: Duration::from_secs(1),
+            ..config()
+        };
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), cfg, stop.clone());
+        h.ready().await;
+        let id = e.ids()[0].clone();
+        let old_name = h.inventory().get(&id).unwrap().names[0].clone();
+
+        e.fail_inspect(&id, 2);
+        e.modify_silently(&id, |r| r.names = vec!["quiet".into()]);
+        let syncs = h.counters().syncs.load(Ordering::Relaxed);
+        failures_reach(&h, 1).await;
+        assert!(h.counters().syncs.load(Ordering::Relaxed) > syncs);
+        let inv = h.inventory();
+        assert_eq!(inv.len(), 3);
+        assert_eq!(names(&inv, &old_name), 1, "the resync kept the last record");
+
+        eventually(&h, "a retry reads the silent rename", |inv| {
+            names(inv, "quiet") == 1 && inv.len() == 3
+        })
+        .await;
+        assert_eq!(inspect_failures(&h), 2);
         stop.cancel();
     }
 

@@ -58,6 +58,7 @@ pub struct Metrics {
     engine_syncs: Counter,
     engine_losses: Counter,
     engine_inspects: Counter,
+    engine_inspect_failures: Counter,
     last_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     forward_seconds: Family<ForwardLabels, Histogram, fn() -> Histogram>,
     directory_copies: Gauge,
@@ -100,6 +101,7 @@ impl Metrics {
             engine_syncs: Counter::default(),
             engine_losses: Counter::default(),
             engine_inspects: Counter::default(),
+            engine_inspect_failures: Counter::default(),
             last_event_age: Gauge::default(),
             forward_seconds: Family::new_with_constructor(latency_histogram),
             directory_copies: Gauge::default(),
@@ -157,6 +159,12 @@ impl Metrics {
             "engine_inspects",
             "Inspect calls made to the engine",
             m.engine_inspects.clone(),
+        );
+        registry.register(
+            "engine_inspect_failures",
+            "Inspect calls that failed without the engine saying the container is gone; \
+             the last record is kept and the container re-read with backoff",
+            m.engine_inspect_failures.clone(),
         );
         registry.register(
             "engine_last_event_age_seconds",
@@ -290,6 +298,7 @@ impl Metrics {
             (&self.engine_syncs, &counters.syncs),
             (&self.engine_losses, &counters.engine_losses),
             (&self.engine_inspects, &counters.inspects),
+            (&self.engine_inspect_failures, &counters.inspect_failures),
         ] {
             counter
                 .inner()
