@@ -1,0 +1,198 @@
+//! What the tests of the built `shoal` binary share: a node process on a
+//! loopback port that is killed when the test ends, and a plain HTTP/1.1
+//! client over a TCP socket.
+
+// Each test file is its own crate and uses only some of these helpers.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// How long a node may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A node process, killed if the test ends before it is stopped.
+pub struct NodeProcess {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    // A file rather than a pipe: a pipe nobody reads fills up and blocks
+    // a node that logs a lot.
+    log: tempfile::NamedTempFile,
+}
+
+impl NodeProcess {
+    /// A node on a free port, ready.
+    pub fn start(extra: &[&str]) -> Self {
+        let node = Self::spawn(free_port(), extra);
+        node.wait_ready();
+        node
+    }
+
+    /// A node on `port`, not waited for.
+    pub fn spawn(port: u16, extra: &[&str]) -> Self {
+        let mut node = NodeProcess {
+            child: None,
+            port,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            log: tempfile::NamedTempFile::new().unwrap(),
+        };
+        node.respawn();
+        node
+    }
+
+    /// Starts the process again with the same flags and port (after
+    /// [`Self::sigkill`]), not waited for; it logs to the same file.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "the node on port {} runs", self.port);
+        let log = OpenOptions::new()
+            .append(true)
+            .open(self.log.path())
+            .unwrap();
+        let child = Command::new(SHOAL)
+            .args(["node", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .env_remove("SHOAL_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the shoal binary starts");
+        self.child = Some(child);
+    }
+
+    pub fn server(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        http_get(&format!("{}/readyz", self.server())).is_ok_and(|r| r.0 == 200)
+    }
+
+    /// Waits for /readyz; a node that exits or stays unready fails the
+    /// test with what it logged.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        while Instant::now() < deadline {
+            if self.is_ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the node on port {} did not become ready within {READY_WITHIN:?}; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        let mut log = String::new();
+        let _ = File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut log));
+        log
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports: each is held until all are chosen, so none is
+/// handed out twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A plain HTTP/1.1 request over a TCP socket, one connection each:
+/// status and body.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn http(method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
+    http_request(method, url, &[], body)
+}
+
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    http("GET", url, "")
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
