@@ -231,6 +231,14 @@ impl OwnerDirectory {
                 }
             }
             PublishBody::Delta { upserts, removes } => {
+                // A message to this owner was lost in between: what it
+                // said is missing here until a digest or snapshot.
+                if let Some(s) = self.sources.get_mut(&src.node)
+                    && s.incarnation == src.incarnation
+                    && s.seq != src.prev
+                {
+                    s.complete_on = None;
+                }
                 for rid in removes {
                     self.remove(&src.node, rid);
                 }
@@ -431,6 +439,7 @@ mod tests {
             node: NodeId::from(node),
             incarnation,
             seq,
+            prev: seq.saturating_sub(1),
             ring: RING,
         }
     }

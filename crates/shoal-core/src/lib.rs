@@ -12,6 +12,8 @@ pub mod filter;
 pub mod inventory;
 pub mod key;
 pub mod model;
+pub mod placement;
+pub mod protocol;
 pub mod ring;
 mod set;
 pub mod wire;

@@ -93,6 +93,10 @@ pub struct SourceClock {
     pub incarnation: u64,
     /// Increases with every batch the source sends to anyone.
     pub seq: u64,
+    /// The sequence of the previous publish this source sent to the same
+    /// owner (0 for none): an owner that last applied another one missed a
+    /// message. A digest names the last publish in both fields.
+    pub prev: u64,
     /// The fingerprint of the ring the source placed this message's
     /// records by ([`crate::ring::Ring::fingerprint`]). An owner counts a
     /// snapshot or a clean digest as making it complete for this source
@@ -230,6 +234,7 @@ mod tests {
                 node: NodeId::from("n1"),
                 incarnation: 7,
                 seq: 3,
+                prev: 2,
                 ring: 11,
             },
             body: PublishBody::Delta {
@@ -270,7 +275,7 @@ mod tests {
     fn a_huge_claimed_length_is_refused_without_allocating_it() {
         // Version 1, then a Delta whose upsert vector claims u64::MAX items.
         let mut bytes = encode_raw(&WIRE_VERSION);
-        bytes.extend(encode_raw(&(NodeId::from("n"), 1u64, 1u64, 1u64)));
+        bytes.extend(encode_raw(&(NodeId::from("n"), 1u64, 1u64, 1u64, 1u64)));
         bytes.push(0); // variant Delta
         bytes.extend([0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(

@@ -14,16 +14,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use shoal_core::wire::{
-    DigestRequest, LocalQuery, LocalReply, LookupReply, Pong, Publish, ResyncRequest,
-};
+use shoal_core::wire::{DigestRequest, LocalQuery, LocalReply, Publish, ResyncRequest};
 use shoal_core::{ContainerRecord, KeyKind, ListFilter, parse_ref};
 
+use crate::answers::LookupAnswer;
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::jrpc;
+use crate::lookup::LookupOptions;
 use crate::metrics::RequestLabels;
 use crate::peer::HOP_HEADER;
-use crate::service::{LookupAnswer, LookupOptions, NodeService, now_ms};
+use crate::peer::routes;
+use crate::service::NodeService;
 
 /// The header naming the node that answered.
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-shoal-node");
@@ -40,14 +42,14 @@ type Shared = Arc<NodeService>;
 
 /// The node's router, without a bound port: tests call it directly.
 pub fn app(service: Shared) -> Router {
-    let limits = service.config.clone();
+    let limits = service.config().clone();
     let peer_routes = Router::new()
-        .route("/_shoal/v1/ping", get(peer_ping))
-        .route("/_shoal/v1/lookup/{kind}/{value}", get(peer_lookup))
-        .route("/_shoal/v1/publish", post(peer_publish))
-        .route("/_shoal/v1/digest", post(peer_digest))
-        .route("/_shoal/v1/local", post(peer_local))
-        .route("/_shoal/v1/resync", post(peer_resync))
+        .route(routes::PING, get(peer_ping))
+        .route(routes::LOOKUP_ROUTE, get(peer_lookup))
+        .route(routes::PUBLISH, post(peer_publish))
+        .route(routes::DIGEST, post(peer_digest))
+        .route(routes::LOCAL, post(peer_local))
+        .route(routes::RESYNC, post(peer_resync))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     // The baseline of the benchmarks: the same HTTP stack, no work. Outside
@@ -86,7 +88,7 @@ async fn observe(State(service): State<Shared>, request: Request, next: Next) ->
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
-    let limit = service.config.request_timeout;
+    let limit = service.config().request_timeout;
     let mut response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(r) => r,
         Err(_) => {
@@ -96,7 +98,7 @@ async fn observe(State(service): State<Shared>, request: Request, next: Next) ->
     if let Ok(v) = HeaderValue::from_str(&service.node_id().0) {
         response.headers_mut().insert(NODE_HEADER, v);
     }
-    service.metrics.observe_request(
+    service.metrics().observe_request(
         RequestLabels {
             route,
             method,
@@ -239,7 +241,7 @@ async fn readyz(State(service): State<Shared>) -> Response {
 }
 
 async fn metrics(State(service): State<Shared>) -> Response {
-    let body = service.metrics.render(&service, now_ms());
+    let body = service.render_metrics();
     (
         [(
             CONTENT_TYPE,
@@ -260,11 +262,11 @@ async fn method_not_allowed() -> ApiError {
 
 /// With `--cluster-secret`, a peer request must carry a valid HMAC.
 async fn peer_auth(State(service): State<Shared>, request: Request, next: Next) -> Response {
-    let Some(secret) = service.config.cluster_secret.clone() else {
+    let Some(secret) = service.config().cluster_secret.clone() else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
-    let limit = service.config.max_peer_body_bytes;
+    let limit = service.config().max_peer_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -308,12 +310,7 @@ fn peer_body<T: serde::de::DeserializeOwned>(
 }
 
 async fn peer_ping(State(service): State<Shared>) -> Response {
-    let view = service.view.load_full();
-    bincode_response(&Pong {
-        node: service.node_id().clone(),
-        incarnation: service.incarnation,
-        ring: view.ring.members().to_vec(),
-    })
+    bincode_response(&service.pong())
 }
 
 /// A peer asks this node's directory; never forwarded further.
@@ -323,20 +320,7 @@ async fn peer_lookup(
 ) -> Result<Response, ApiError> {
     let Path((kind, value)) = parts?;
     let key = parse_ref(&value, Some(kind.parse()?))?;
-    let view = service.view.load();
-    if !view.joined {
-        return Err(ApiError::Unavailable(format!(
-            "node {} is still joining the fleet",
-            view.me
-        )));
-    }
-    let missing = service.directory.missing(&view);
-    let records = service.directory.lookup(&key);
-    Ok(bincode_response(&LookupReply {
-        node: service.node_id().clone(),
-        records: records.iter().map(|r| ContainerRecord::clone(r)).collect(),
-        missing,
-    }))
+    Ok(bincode_response(&service.owner_lookup(&key)?))
 }
 
 async fn peer_publish(
@@ -350,16 +334,12 @@ async fn peer_publish(
         shoal_core::wire::decode(&body)
     } else {
         service
-            .directory
             .bulk(move || shoal_core::wire::decode(&body))
             .await
             .ok_or_else(|| ApiError::Internal("decoding the publish failed".into()))?
     }
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let view = service.view.load_full();
-    Ok(bincode_response(
-        &service.directory.apply_blocking(publish, &view).await,
-    ))
+    Ok(bincode_response(&service.apply_publish(publish).await))
 }
 
 async fn peer_digest(
@@ -367,8 +347,7 @@ async fn peer_digest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: DigestRequest = peer_body(body)?;
-    let view = service.view.load();
-    Ok(bincode_response(&service.directory.check(&request, &view)))
+    Ok(bincode_response(&service.check_digest(&request)))
 }
 
 /// An owner that is not complete for this node asks for a digest round.

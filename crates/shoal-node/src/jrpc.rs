@@ -14,17 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_core::{KeyKind, ListFilter, parse_ref};
 
+use crate::answers::{METHOD_GET, METHOD_LIST, METHOD_NODES, METHOD_PROJECTS};
 use crate::error::ApiError;
-use crate::service::{LookupOptions, NodeService};
-
-/// `Inventory.Get {ref, by?}`: a lookup.
-pub const METHOD_GET: &str = "Inventory.Get";
-/// `Inventory.List {filters?}`: a fleet listing.
-pub const METHOD_LIST: &str = "Inventory.List";
-/// `Inventory.Nodes {}`: the members.
-pub const METHOD_NODES: &str = "Inventory.Nodes";
-/// `Inventory.Projects {name?}`: compose projects, or one project.
-pub const METHOD_PROJECTS: &str = "Inventory.Projects";
+use crate::lookup::LookupOptions;
+use crate::service::NodeService;
 
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
@@ -104,7 +97,7 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            service.metrics.observe_rpc("", false);
+            service.metrics().observe_rpc("", false);
             let err = RpcError::new(PARSE_ERROR, format!("parse error: {e}"));
             return (
                 StatusCode::BAD_REQUEST,
@@ -123,7 +116,7 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
                 )
                     .into_response();
             }
-            let limit = service.config.max_batch;
+            let limit = service.config().max_batch;
             if calls.len() > limit {
                 let err = RpcError::new(
                     INVALID_REQUEST,
@@ -170,7 +163,7 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
 async fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
     let Value::Object(mut obj) = request else {
         let err = RpcError::new(INVALID_REQUEST, "a request must be a JSON object");
-        service.metrics.observe_rpc("", false);
+        service.metrics().observe_rpc("", false);
         return Some((Some(err.code), response(Value::Null, Err(err))));
     };
     let id = obj.remove("id");
@@ -203,7 +196,7 @@ async fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Val
         }
     };
     let method_name = method.as_ref().and_then(Value::as_str).unwrap_or("");
-    service.metrics.observe_rpc(method_name, outcome.is_ok());
+    service.metrics().observe_rpc(method_name, outcome.is_ok());
     let is_notification = id.is_none() && valid_id && version_ok;
     if is_notification {
         return None;

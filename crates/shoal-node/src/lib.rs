@@ -9,15 +9,19 @@
 //! members the same way for REST ([`api`]) and JSON-RPC ([`jrpc`]).
 //! [`NodeConfig`] is the plain configuration the `shoal` command fills.
 
+pub mod answers;
 pub mod api;
 pub mod auth;
-pub mod cluster;
+pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod jrpc;
+pub mod lookup;
 pub mod membership;
 pub mod metrics;
 pub mod peer;
+pub mod publisher;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -29,10 +33,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use answers::{LookupAnswer, LookupPath};
 pub use api::app;
 pub use config::NodeConfig;
 pub use error::ApiError;
-pub use service::{LookupAnswer, LookupPath, NodeService};
+pub use service::NodeService;
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +115,7 @@ pub async fn run_with(
     let bound = listener.local_addr()?;
     config.listen = bound;
     config.advertise = api_address(&config, bound);
-    let incarnation = service::now_ms();
+    let incarnation = clock::now_ms();
     let tasks_stop = shutdown.child_token();
     let (watcher, watcher_task) = Watcher::spawn(
         engine,
@@ -171,7 +176,7 @@ pub async fn run_with(
         membership.clone(),
         tasks_stop.clone(),
     )));
-    info!(node = %service.node_id(), addr = %bound, api = %service.config.advertise, gossip = %gossip_advertise, "listening");
+    info!(node = %service.node_id(), addr = %bound, api = %service.config().advertise, gossip = %gossip_advertise, "listening");
 
     let server = axum::serve(listener, app(service.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

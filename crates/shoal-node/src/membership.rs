@@ -43,6 +43,9 @@ pub const KEY_CONTAINERS: &str = "containers";
 pub const KEY_LAST_EVENT: &str = "last_event_ms";
 /// Key of a member's readiness.
 pub const KEY_READY: &str = "ready";
+/// Key of the owners a member's publishes failed to reach since their last
+/// snapshot, comma-separated: those owners are not complete for it.
+pub const KEY_BEHIND: &str = "behind";
 
 /// One member as this node sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +126,15 @@ impl ClusterView {
         self.live()
             .filter(|m| matches!(m.value(KEY_READY), Some("true" | "stale")))
             .map(|m| (&m.node, m.incarnation))
+    }
+
+    /// True when `source` says its publishes to `owner` failed since the
+    /// owner's last snapshot.
+    pub fn is_behind(&self, source: &NodeId, owner: &NodeId) -> bool {
+        self.members
+            .get(source)
+            .and_then(|m| m.value(KEY_BEHIND))
+            .is_some_and(|v| v.split(',').any(|n| n == owner.0))
     }
 
     /// A member's API address.

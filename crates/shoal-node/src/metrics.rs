@@ -9,6 +9,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use shoal_core::directory::OwnerDirectory;
+use shoal_engine::WatcherHandle;
+
+use crate::membership::ClusterView;
+use crate::publisher::PublisherCounters;
 
 /// Labels of a served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +47,18 @@ pub struct RpcLabels {
 fn latency_histogram() -> Histogram {
     // 50 µs to about 1.6 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// What the metrics read of the node when they are rendered.
+pub struct NodeState<'a> {
+    /// The owner directory now.
+    pub directory: &'a OwnerDirectory,
+    /// The membership view now.
+    pub view: &'a ClusterView,
+    /// The publisher's counters.
+    pub publisher: &'a PublisherCounters,
+    /// The engine's watcher.
+    pub watcher: &'a WatcherHandle,
 }
 
 /// The node's metrics.
@@ -87,7 +104,7 @@ pub struct MemberLabels {
 impl Metrics {
     /// Registers every metric under the `shoal_` prefix, the publisher's
     /// lag histogram included.
-    pub fn new(publisher: &crate::cluster::PublisherCounters) -> Self {
+    pub fn new(publisher: &PublisherCounters) -> Self {
         let mut registry = Registry::with_prefix("shoal");
         let m = Metrics {
             requests: Family::default(),
@@ -246,10 +263,10 @@ impl Metrics {
     /// Counts one JSON-RPC call.
     pub fn observe_rpc(&self, method: &str, ok: bool) {
         let method = match method {
-            crate::jrpc::METHOD_GET
-            | crate::jrpc::METHOD_LIST
-            | crate::jrpc::METHOD_NODES
-            | crate::jrpc::METHOD_PROJECTS => method.to_owned(),
+            crate::answers::METHOD_GET
+            | crate::answers::METHOD_LIST
+            | crate::answers::METHOD_NODES
+            | crate::answers::METHOD_PROJECTS => method.to_owned(),
             _ => "invalid".to_owned(),
         };
         let outcome = if ok { "ok" } else { "error" };
@@ -259,12 +276,12 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text, first reading the node's state.
-    pub fn render(&self, node: &crate::service::NodeService, now_ms: u64) -> String {
-        let watcher = &node.watcher;
-        let directory = node.directory.snapshot();
+    pub fn render(&self, node: NodeState<'_>, now_ms: u64) -> String {
+        let watcher = node.watcher;
+        let directory = node.directory;
         self.directory_copies.set(directory.copies() as i64);
         self.directory_keys.set(directory.keys() as i64);
-        let view = node.view.load_full();
+        let view = node.view;
         let alive = view.members.values().filter(|m| m.alive).count();
         self.members
             .get_or_create(&MemberLabels { state: "alive" })

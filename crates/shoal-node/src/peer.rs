@@ -1,8 +1,10 @@
-//! Talking to peers: the `PeerTransport` trait (so a test can cut, delay or
-//! fail a link) and its HTTP implementation on reqwest with pooled
-//! keep-alive connections, plus typed calls of the peer API under
-//! `/_shoal/v1/` (bincode bodies, see [`shoal_core::wire`]).
+//! Talking to peers: the `PeerTransport` trait and its HTTP implementation
+//! on reqwest with pooled keep-alive connections; [`PeerClient`], the typed
+//! peer API under `/_shoal/v1/` (bincode bodies, see [`shoal_core::wire`])
+//! with its routes defined once in [`routes`]; and [`FaultyPeers`], the one
+//! fault-injecting transport the tests and shoal-sim share.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,7 +133,7 @@ impl PeerTransport for HttpPeers {
         .header(HOP_HEADER, "1")
         .timeout(timeout);
         if let Some(secret) = &self.secret {
-            let ts = crate::service::now_ms() / 1000;
+            let ts = crate::clock::now_ms() / 1000;
             let mac = crate::auth::sign(
                 secret.as_bytes(),
                 method,
@@ -172,17 +174,149 @@ impl PeerTransport for HttpPeers {
     }
 }
 
-async fn typed<Q: Serialize, A: DeserializeOwned>(
-    transport: &dyn PeerTransport,
-    addr: &str,
-    path: &str,
-    body: Option<&Q>,
-    timeout: Duration,
-) -> Result<A, PeerError> {
-    let bytes = transport
-        .call(addr, path, body.map(wire::encode), timeout)
-        .await?;
-    wire::decode(&bytes).map_err(|e| PeerError::Malformed {
+/// The peer API's routes, defined once for the router and the client.
+pub mod routes {
+    /// `GET`: health and view digest.
+    pub const PING: &str = "/_shoal/v1/ping";
+    /// `GET {LOOKUP}/{kind}/{value}`: an owner's directory matches.
+    pub const LOOKUP: &str = "/_shoal/v1/lookup";
+    /// The router's pattern of [`LOOKUP`].
+    pub const LOOKUP_ROUTE: &str = "/_shoal/v1/lookup/{kind}/{value}";
+    /// `POST`: a publish to an owner.
+    pub const PUBLISH: &str = "/_shoal/v1/publish";
+    /// `POST`: a digest of what an owner should hold.
+    pub const DIGEST: &str = "/_shoal/v1/digest";
+    /// `POST`: a node's own matches, for scatter-gather.
+    pub const LOCAL: &str = "/_shoal/v1/local";
+    /// `POST`: an owner asks a source for a digest round.
+    pub const RESYNC: &str = "/_shoal/v1/resync";
+    /// `POST`: an owner tells a node to drop hot cache entries.
+    pub const INVALIDATE: &str = "/_shoal/v1/invalidate";
+}
+
+/// The kind of a peer call, for fault injection and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallKind {
+    /// [`routes::PING`].
+    Ping,
+    /// [`routes::LOOKUP`].
+    Lookup,
+    /// [`routes::PUBLISH`].
+    Publish,
+    /// [`routes::DIGEST`].
+    Digest,
+    /// [`routes::LOCAL`].
+    Local,
+    /// [`routes::RESYNC`].
+    Resync,
+    /// [`routes::INVALIDATE`].
+    Invalidate,
+}
+
+impl CallKind {
+    /// The kind of a call to `path`; `None` for a path that is no peer
+    /// route.
+    pub fn of(path: &str) -> Option<CallKind> {
+        Some(match path {
+            routes::PING => CallKind::Ping,
+            routes::PUBLISH => CallKind::Publish,
+            routes::DIGEST => CallKind::Digest,
+            routes::LOCAL => CallKind::Local,
+            routes::RESYNC => CallKind::Resync,
+            routes::INVALIDATE => CallKind::Invalidate,
+            p if p.starts_with(routes::LOOKUP) => CallKind::Lookup,
+            _ => return None,
+        })
+    }
+}
+
+/// The typed peer API over a transport: one method per call.
+#[derive(Clone)]
+pub struct PeerClient {
+    transport: Arc<dyn PeerTransport>,
+}
+
+impl PeerClient {
+    /// A client over `transport`.
+    pub fn new(transport: Arc<dyn PeerTransport>) -> Self {
+        PeerClient { transport }
+    }
+
+    async fn typed<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<&Q>,
+        timeout: Duration,
+    ) -> Result<A, PeerError> {
+        let bytes = self
+            .transport
+            .call(addr, path, body.map(wire::encode), timeout)
+            .await?;
+        decode(addr, &bytes)
+    }
+
+    /// Sends a publish to an owner; answers its ack and the bytes sent.
+    pub async fn publish(
+        &self,
+        addr: &str,
+        p: &Publish,
+        timeout: Duration,
+    ) -> Result<(PublishAck, usize), PeerError> {
+        let body = wire::encode(p);
+        let sent = body.len();
+        let answer = self
+            .transport
+            .call(addr, routes::PUBLISH, Some(body), timeout)
+            .await?;
+        Ok((decode(addr, &answer)?, sent))
+    }
+
+    /// Asks an owner whether it holds what the digest says.
+    pub async fn digest(
+        &self,
+        addr: &str,
+        d: &DigestRequest,
+        timeout: Duration,
+    ) -> Result<DigestReply, PeerError> {
+        self.typed(addr, routes::DIGEST, Some(d), timeout).await
+    }
+
+    /// Asks an owner for its directory's matches of a key.
+    pub async fn lookup(
+        &self,
+        addr: &str,
+        key: &LookupKey,
+        timeout: Duration,
+    ) -> Result<LookupReply, PeerError> {
+        self.typed::<(), _>(addr, &lookup_path(key), None, timeout)
+            .await
+    }
+
+    /// Asks a node for its own containers that match.
+    pub async fn local(
+        &self,
+        addr: &str,
+        q: &LocalQuery,
+        timeout: Duration,
+    ) -> Result<LocalReply, PeerError> {
+        self.typed(addr, routes::LOCAL, Some(q), timeout).await
+    }
+
+    /// Asks a source for a digest round (an owner not complete for it).
+    /// The answer is whether the source took the request.
+    pub async fn resync(
+        &self,
+        addr: &str,
+        r: &ResyncRequest,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        self.typed(addr, routes::RESYNC, Some(r), timeout).await
+    }
+}
+
+fn decode<A: DeserializeOwned>(addr: &str, bytes: &[u8]) -> Result<A, PeerError> {
+    wire::decode(bytes).map_err(|e| PeerError::Malformed {
         addr: addr.to_owned(),
         message: e.to_string(),
     })
@@ -191,70 +325,117 @@ async fn typed<Q: Serialize, A: DeserializeOwned>(
 /// The path of a peer lookup: the key's kind and value, percent-free
 /// (keys are validated text: letters, digits, `_.-:` only).
 pub fn lookup_path(key: &LookupKey) -> String {
-    format!("/_shoal/v1/lookup/{}", key.kind().as_str())
-        + "/"
+    format!("{}/{}/", routes::LOOKUP, key.kind().as_str())
         + &match key {
             LookupKey::Id(s) | LookupKey::Name(s) | LookupKey::Project(s) => s.clone(),
             LookupKey::Ip(ip) => ip.to_string(),
         }
 }
 
-/// Sends a publish to an owner; answers its ack and the bytes sent.
-pub async fn publish(
-    t: &dyn PeerTransport,
-    addr: &str,
-    p: &Publish,
-    timeout: Duration,
-) -> Result<(PublishAck, usize), PeerError> {
-    let body = wire::encode(p);
-    let sent = body.len();
-    let answer = t
-        .call(addr, "/_shoal/v1/publish", Some(body), timeout)
-        .await?;
-    let ack = wire::decode(&answer).map_err(|e| PeerError::Malformed {
-        addr: addr.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok((ack, sent))
+/// What [`FaultyPeers`] does to a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails at once, as a refused connection does.
+    Cut,
+    /// Waits this long first (a slow link or a paused peer); the call's
+    /// own timeout still applies.
+    Delay(Duration),
+    /// Answers this HTTP status without reaching the peer.
+    Fail(u16),
 }
 
-/// Asks an owner whether it holds what the digest says.
-pub async fn digest(
-    t: &dyn PeerTransport,
-    addr: &str,
-    d: &DigestRequest,
-    timeout: Duration,
-) -> Result<DigestReply, PeerError> {
-    typed(t, addr, "/_shoal/v1/digest", Some(d), timeout).await
+/// A fault-injecting transport for tests and simulations: cut, delay or
+/// fail calls per destination address and per call kind (`None` for
+/// every kind). Calls without a matching fault go to the inner transport.
+pub struct FaultyPeers {
+    inner: Arc<dyn PeerTransport>,
+    faults: std::sync::Mutex<std::collections::BTreeMap<(String, Option<CallKind>), Fault>>,
 }
 
-/// Asks an owner for its directory's matches of a key.
-pub async fn lookup(
-    t: &dyn PeerTransport,
-    addr: &str,
-    key: &LookupKey,
-    timeout: Duration,
-) -> Result<LookupReply, PeerError> {
-    typed::<(), _>(t, addr, &lookup_path(key), None, timeout).await
+impl FaultyPeers {
+    /// No faults yet.
+    pub fn new(inner: Arc<dyn PeerTransport>) -> Self {
+        FaultyPeers {
+            inner,
+            faults: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Sets the fault of calls to `addr` of `kind` (every kind if `None`).
+    pub fn set(&self, addr: &str, kind: Option<CallKind>, fault: Fault) {
+        self.lock().insert((addr.to_owned(), kind), fault);
+    }
+
+    /// Removes every fault of `addr`.
+    pub fn heal(&self, addr: &str) {
+        self.lock().retain(|(a, _), _| a != addr);
+    }
+
+    /// Removes every fault.
+    pub fn heal_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, Option<CallKind>), Fault>>
+    {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fault(&self, addr: &str, kind: Option<CallKind>) -> Option<Fault> {
+        let faults = self.lock();
+        kind.and_then(|k| faults.get(&(addr.to_owned(), Some(k))))
+            .or_else(|| faults.get(&(addr.to_owned(), None)))
+            .copied()
+    }
 }
 
-/// Asks a source for a digest round (an owner not complete for it). The
-/// answer is whether the source took the request.
-pub async fn resync(
-    t: &dyn PeerTransport,
-    addr: &str,
-    r: &ResyncRequest,
-    timeout: Duration,
-) -> Result<bool, PeerError> {
-    typed(t, addr, "/_shoal/v1/resync", Some(r), timeout).await
+#[async_trait]
+impl PeerTransport for FaultyPeers {
+    async fn call(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        match self.fault(addr, CallKind::of(path)) {
+            Some(Fault::Cut) => Err(PeerError::Unreachable {
+                addr: addr.to_owned(),
+                message: "link cut by a fault".into(),
+            }),
+            Some(Fault::Fail(status)) => Err(PeerError::Status {
+                addr: addr.to_owned(),
+                status,
+                message: "failed by a fault".into(),
+            }),
+            Some(Fault::Delay(d)) => {
+                if d >= timeout {
+                    tokio::time::sleep(timeout).await;
+                    return Err(PeerError::Timeout {
+                        addr: addr.to_owned(),
+                        timeout,
+                    });
+                }
+                tokio::time::sleep(d).await;
+                self.inner.call(addr, path, body, timeout - d).await
+            }
+            None => self.inner.call(addr, path, body, timeout).await,
+        }
+    }
 }
 
-/// Asks a node for its own containers that match.
-pub async fn local(
-    t: &dyn PeerTransport,
-    addr: &str,
-    q: &LocalQuery,
-    timeout: Duration,
-) -> Result<LocalReply, PeerError> {
-    typed(t, addr, "/_shoal/v1/local", Some(q), timeout).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_call_kind() {
+        let key = LookupKey::Name("web".into());
+        assert_eq!(CallKind::of(&lookup_path(&key)), Some(CallKind::Lookup));
+        assert_eq!(CallKind::of(routes::PUBLISH), Some(CallKind::Publish));
+        assert_eq!(CallKind::of(routes::RESYNC), Some(CallKind::Resync));
+        assert_eq!(CallKind::of("/v1/containers/web"), None);
+    }
 }

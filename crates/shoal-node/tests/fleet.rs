@@ -5,42 +5,27 @@
 //! restarted node replaces its records; a cut link heals.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use chitchat::transport::ChannelTransport;
 use serde_json::Value;
 use shoal_core::EngineId;
 use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_record};
-use shoal_node::peer::{HttpPeers, PeerError, PeerTransport};
+use shoal_node::peer::{Fault, FaultyPeers, HttpPeers};
 use shoal_node::{NodeConfig, run_with};
 use tokio_util::sync::CancellationToken;
 
 const PER_NODE: usize = 60;
 const DEAD_AFTER: Duration = Duration::from_secs(3);
 
-/// A peer transport whose links can be cut, per destination.
-struct Cuttable {
-    inner: HttpPeers,
-    cut: Mutex<HashSet<String>>,
-}
-
-#[async_trait]
-impl PeerTransport for Cuttable {
-    async fn call(
-        &self,
-        addr: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
-        if self.cut.lock().unwrap().contains(addr) {
-            return Err(PeerError::Unreachable {
-                addr: addr.to_owned(),
-                message: "link cut by the test".into(),
-            });
-        }
-        self.inner.call(addr, path, body, timeout).await
+/// The fleet tests' settings: quick deaths, digests and pruning.
+fn test_config() -> NodeConfig {
+    NodeConfig {
+        dead_after: DEAD_AFTER,
+        sync_interval: Duration::from_millis(500),
+        ownership_grace: Duration::from_secs(2),
+        ..Default::default()
     }
 }
 
@@ -48,7 +33,7 @@ struct FleetNode {
     name: String,
     addr: String,
     engine: SyntheticEngine,
-    peers: Arc<Cuttable>,
+    peers: Arc<FaultyPeers>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -56,6 +41,8 @@ struct FleetNode {
 struct Fleet {
     nodes: Vec<FleetNode>,
     http: reqwest::Client,
+    /// Gossip in memory, so that a cut link cuts gossip too.
+    gossip: ChannelTransport,
 }
 
 fn engine_for(name: &str, count: usize) -> SyntheticEngine {
@@ -71,9 +58,10 @@ async fn start_node(
     listener: tokio::net::TcpListener,
     seeds: Vec<String>,
     engine: SyntheticEngine,
-    secret: Option<String>,
+    gossip: &ChannelTransport,
 ) -> FleetNode {
-    start_node_with(name, listener, seeds, engine, secret, NodeConfig::default()).await
+    let base = test_config();
+    start_node_with(name, listener, seeds, engine, None, base, gossip).await
 }
 
 async fn start_node_with(
@@ -83,35 +71,26 @@ async fn start_node_with(
     engine: SyntheticEngine,
     secret: Option<String>,
     base: NodeConfig,
+    gossip: &ChannelTransport,
 ) -> FleetNode {
     let addr = listener.local_addr().unwrap().to_string();
-    let peers = Arc::new(Cuttable {
-        inner: HttpPeers::with_secret(secret.clone()),
-        cut: Mutex::default(),
-    });
+    let peers = Arc::new(FaultyPeers::new(Arc::new(HttpPeers::with_secret(
+        secret.clone(),
+    ))));
     let stop = CancellationToken::new();
     let config = NodeConfig {
         node_id: name.into(),
         peers: seeds,
-        dead_after: DEAD_AFTER,
-        sync_interval: Duration::from_millis(500),
-        ownership_grace: Duration::from_secs(2),
         cluster_secret: secret,
         ..base
     };
     let task = {
         let (engine, peers, stop) = (engine.clone(), peers.clone(), stop.clone());
+        let gossip = gossip.clone();
         tokio::spawn(async move {
-            run_with(
-                config,
-                Arc::new(engine),
-                listener,
-                peers,
-                &chitchat::transport::UdpTransport,
-                stop,
-            )
-            .await
-            .unwrap();
+            run_with(config, Arc::new(engine), listener, peers, &gossip, stop)
+                .await
+                .unwrap();
         })
     };
     FleetNode {
@@ -130,7 +109,7 @@ impl Fleet {
     }
 
     async fn start_with(n: usize, secret: Option<&str>) -> Fleet {
-        Self::start_configured(n, secret, NodeConfig::default()).await
+        Self::start_configured(n, secret, test_config()).await
     }
 
     async fn start_configured(n: usize, secret: Option<&str>, base: NodeConfig) -> Fleet {
@@ -143,17 +122,28 @@ impl Fleet {
             .map(|l| l.local_addr().unwrap().to_string())
             .collect();
         let mut nodes = Vec::new();
+        let gossip = ChannelTransport::default();
         for (i, listener) in listeners.into_iter().enumerate() {
             let name = format!("f{i}");
             let engine = engine_for(&name, PER_NODE);
             let secret = secret.map(str::to_owned);
             nodes.push(
-                start_node_with(&name, listener, seeds.clone(), engine, secret, base.clone()).await,
+                start_node_with(
+                    &name,
+                    listener,
+                    seeds.clone(),
+                    engine,
+                    secret,
+                    base.clone(),
+                    &gossip,
+                )
+                .await,
             );
         }
         let fleet = Fleet {
             nodes,
             http: reqwest::Client::new(),
+            gossip,
         };
         fleet.converge(n).await;
         fleet
@@ -420,7 +410,14 @@ async fn a_restarted_node_replaces_its_records() {
     // Same node, same address, a new engine: half its old containers.
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     let seeds = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
-    fleet.nodes[3] = start_node("f3", listener, seeds, engine_for("f3", PER_NODE / 2), None).await;
+    fleet.nodes[3] = start_node(
+        "f3",
+        listener,
+        seeds,
+        engine_for("f3", PER_NODE / 2),
+        &fleet.gossip,
+    )
+    .await;
     let started = Instant::now();
     loop {
         let gone = fleet
@@ -440,37 +437,70 @@ async fn a_restarted_node_replaces_its_records() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_link_heals_and_converges() {
-    let fleet = Fleet::start(3).await;
-    let source = &fleet.nodes[0];
-    // Cut f0 from every peer, change a container, and see the peers keep
-    // the old state (no publish gets through) until the link heals.
-    for other in &fleet.nodes[1..] {
-        source.peers.cut.lock().unwrap().insert(other.addr.clone());
-    }
-    let id = shoal_engine::synthetic_id("f0-", 2);
-    source.engine.modify(&id, "rename", |r| {
-        r.names = vec!["renamed-while-cut".into()]
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut stale = 0;
-    for other in &fleet.nodes[1..] {
-        if fleet.lookup(&other.addr, "f0-2").await.0 == 200 {
-            stale += 1;
+impl Fleet {
+    /// Cuts (or heals) every link of node `i`, HTTP and gossip both ways.
+    async fn isolate(&self, i: usize, cut: bool) {
+        let node = &self.nodes[i];
+        let addr: std::net::SocketAddr = node.addr.parse().unwrap();
+        for other in self.nodes.iter().filter(|n| n.name != node.name) {
+            let other_addr: std::net::SocketAddr = other.addr.parse().unwrap();
+            if cut {
+                node.peers.set(&other.addr, None, Fault::Cut);
+                other.peers.set(&node.addr, None, Fault::Cut);
+                self.gossip.remove_link(addr, other_addr).await;
+            } else {
+                node.peers.heal(&other.addr);
+                other.peers.heal(&node.addr);
+                self.gossip.add_link(addr, other_addr).await;
+            }
         }
     }
-    assert!(
-        stale > 0,
-        "with the link cut, some owner still has the old name"
-    );
-    source.peers.cut.lock().unwrap().clear();
+
+    /// What node `asker` calls member `id`.
+    async fn state_of(&self, asker: usize, id: &str) -> Value {
+        let (_, nodes) = self.get(&self.nodes[asker].addr, "/v1/nodes").await;
+        nodes["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["id"] == id))
+            .map(|m| m["state"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_cuts_gossip_too_and_heals_and_converges() {
+    let fleet = Fleet::start(3).await;
+    // Cut f0 from every peer, HTTP and gossip, and change a container: no
+    // publish gets through, and the peers declare f0 dead.
+    fleet.isolate(0, true).await;
+    let id = shoal_engine::synthetic_id("f0-", 2);
+    fleet.nodes[0].engine.modify(&id, "rename", |r| {
+        r.names = vec!["renamed-while-cut".into()]
+    });
+    let started = Instant::now();
+    for asker in 1..3 {
+        while fleet.state_of(asker, "f0").await != "dead" {
+            assert!(
+                started.elapsed() < DEAD_AFTER * 3,
+                "f{asker} never saw the cut f0 as dead: gossip went through"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for asker in 1..3 {
+        let (status, _) = fleet
+            .lookup(&fleet.nodes[asker].addr, "renamed-while-cut")
+            .await;
+        assert_ne!(status, 200, "the rename cannot have crossed the cut");
+    }
+    fleet.isolate(0, false).await;
     let started = Instant::now();
     loop {
         let mut converged = true;
         for n in &fleet.nodes {
             converged &= fleet.lookup(&n.addr, "f0-2").await.0 == 404;
             converged &= fleet.lookup(&n.addr, "renamed-while-cut").await.0 == 200;
+            converged &= fleet.lookup(&n.addr, "f0-3").await.0 == 200;
         }
         if converged {
             break;
@@ -480,6 +510,34 @@ async fn a_cut_link_heals_and_converges() {
             "the healed link never converged"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_publishes_fail_is_not_taken_as_complete() {
+    // f0 can reach no one over HTTP, but gossip still flows: it stays
+    // alive, its publishes fail, and it says the owners are behind. A new
+    // container of f0 is then found by asking f0 itself, never denied.
+    let fleet = Fleet::start(4).await;
+    for other in &fleet.nodes[1..] {
+        fleet.nodes[0].peers.set(&other.addr, None, Fault::Cut);
+    }
+    let mut record = synthetic_record("cut-", 0, &EngineId("engine-f0".into()));
+    record.names = vec!["born-behind-a-cut".into()];
+    fleet.nodes[0].engine.run(record);
+    let started = Instant::now();
+    for n in &fleet.nodes[1..] {
+        loop {
+            match fleet.lookup(&n.addr, "born-behind-a-cut").await.0 {
+                200 => break,
+                status => assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{} still answers {status} for f0's new container",
+                    n.name
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -505,7 +563,14 @@ async fn an_owner_restarted_at_once_denies_none_of_the_other_nodes_containers() 
     let seeds: Vec<String> = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
     fleet.kill(4).await;
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
-    fleet.nodes[4] = start_node("f4", listener, seeds, engine_for("f4", PER_NODE), None).await;
+    fleet.nodes[4] = start_node(
+        "f4",
+        listener,
+        seeds,
+        engine_for("f4", PER_NODE),
+        &fleet.gossip,
+    )
+    .await;
     // Through the restart and well after it, every live node is asked for
     // the other nodes' containers by full ID and by name: a restarted
     // owner's empty directory must never turn into a 404.
@@ -543,7 +608,7 @@ async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
     // whole length.
     let base = NodeConfig {
         hot_ttl: Duration::from_secs(60),
-        ..Default::default()
+        ..test_config()
     };
     let fleet = Fleet::start_configured(4, None, base).await;
     for n in &fleet.nodes {
@@ -566,39 +631,13 @@ async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
     }
 }
 
-impl Fleet {
-    /// Record copies held over every directory of the fleet.
-    async fn copies(&self) -> usize {
-        let mut copies = 0;
-        for n in &self.nodes {
-            let metrics = self
-                .http
-                .get(format!("http://{}/metrics", n.addr))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            copies += metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("shoal_directory_record_copies "))
-                .expect("the directory size is in the metrics")
-                .trim()
-                .parse::<f64>()
-                .unwrap() as usize;
-        }
-        copies
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
     // No pruning during the test: only the publisher keeps directories to
     // what their nodes own.
     let base = NodeConfig {
         ownership_grace: Duration::from_secs(600),
-        ..Default::default()
+        ..test_config()
     };
     let fleet = Fleet::start_configured(4, None, base).await;
     let ring = shoal_core::ring::Ring::new(
@@ -609,26 +648,30 @@ async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
     let owners = |r: &shoal_core::ContainerRecord| {
         let mut owners = HashSet::new();
         for k in shoal_core::record_keys(r) {
-            owners.extend(ring.owners(&k).into_iter().cloned());
+            owners.extend(ring.owners(&k).into_iter().map(|o| o.0.clone()));
         }
-        owners.len() as i64
+        owners
     };
-    let before = fleet.copies().await as i64;
-    let renamed = 8;
-    let mut change = 0;
+    let renamed = 12;
+    let mut old_only = Vec::new();
     for i in 0..renamed {
         let old = synthetic_record("f0-", i, &EngineId("engine-f0".into()));
         let new = shoal_core::ContainerRecord {
             names: vec![format!("renamed-{i}")],
             ..old.clone()
         };
-        change += owners(&new) - owners(&old);
+        let (was, will) = (owners(&old), owners(&new));
+        old_only.extend(was.difference(&will).map(|o| (o.clone(), old.id.clone())));
         fleet.nodes[0]
             .engine
             .modify(&full_id("f0", i), "rename", |r| {
                 r.names = vec![format!("renamed-{i}")]
             });
     }
+    assert!(
+        !old_only.is_empty(),
+        "some rename leaves an owner of only old keys"
+    );
     let started = Instant::now();
     for n in &fleet.nodes {
         for i in 0..renamed {
@@ -644,8 +687,29 @@ async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
             }
         }
     }
-    // The owners of only the old names got a Remove, not the new record:
-    // the fleet's copies changed by exactly what the ring says.
-    let after = fleet.copies().await as i64;
-    assert_eq!(after - before, change, "record copies over the fleet");
+    // An owner of only the old keys got a Remove, not the new record: its
+    // directory no longer holds the container at all.
+    for (owner, id) in &old_only {
+        let addr = &fleet.nodes.iter().find(|n| &n.name == owner).unwrap().addr;
+        loop {
+            let bytes = fleet
+                .http
+                .get(format!("http://{addr}/_shoal/v1/lookup/id/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reply: shoal_core::wire::LookupReply = shoal_core::wire::decode(&bytes).unwrap();
+            if reply.records.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{owner} keeps an orphan of {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

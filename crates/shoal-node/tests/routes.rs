@@ -49,12 +49,12 @@ async fn node_with(config: NodeConfig, up: bool) -> Node {
         handle.ready().await;
         // The publisher fills this node's directory right after the sync.
         for _ in 0..1000 {
-            if service.directory.snapshot().copies() == COUNT {
+            if service.directory_copies() == COUNT {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(service.directory.snapshot().copies(), COUNT);
+        assert_eq!(service.directory_copies(), COUNT);
     }
     Node {
         router: app(service),
@@ -626,6 +626,7 @@ fn a_publish() -> Vec<u8> {
             node: "intruder".into(),
             incarnation: 1,
             seq: 1,
+            prev: 0,
             ring: 0,
         },
         body: PublishBody::Snapshot {
@@ -697,7 +698,7 @@ async fn with_a_cluster_secret_unsigned_peer_requests_are_refused() {
     );
 
     let body = a_publish();
-    let ts = shoal_node::service::now_ms() / 1000;
+    let ts = shoal_node::clock::now_ms() / 1000;
     let mac = shoal_node::auth::sign(secret.as_bytes(), "POST", "/_shoal/v1/publish", ts, &body);
     let response = n
         .router

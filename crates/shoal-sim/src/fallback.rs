@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use async_trait::async_trait;
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -18,7 +17,7 @@ use shoal_bench::{KeyChoice, LoadSpec, Report};
 use shoal_core::{EngineId, NodeId};
 use shoal_engine::{SyntheticEngine, SyntheticSpec};
 use shoal_node::NodeConfig;
-use shoal_node::peer::{HttpPeers, PeerError, PeerTransport};
+use shoal_node::peer::{CallKind, Fault, FaultyPeers, HttpPeers, PeerTransport};
 
 use crate::fleet::{Client, SimNode, addresses, listeners, say};
 
@@ -37,29 +36,6 @@ pub struct FallbackArgs {
     /// Unmeasured requests first.
     #[arg(long, value_parser = crate::duration, default_value = "1s")]
     warmup: Duration,
-}
-
-/// A transport whose forwarded lookups fail at once; every other call
-/// (publish, digest, the scatter's `local`) goes through.
-struct NoLookups(HttpPeers);
-
-#[async_trait]
-impl PeerTransport for NoLookups {
-    async fn call(
-        &self,
-        addr: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
-        if path.starts_with("/_shoal/v1/lookup/") {
-            return Err(PeerError::Unreachable {
-                addr: addr.to_owned(),
-                message: "lookups refused by shoal-sim fallback".into(),
-            });
-        }
-        self.0.call(addr, path, body, timeout).await
-    }
 }
 
 /// The report of `shoal-sim fallback`.
@@ -100,11 +76,15 @@ pub async fn run(args: FallbackArgs) -> Result<FallbackReport> {
             prefix: format!("n{k}-"),
             engine_id: EngineId(format!("engine-n{k}")),
         });
-        let peers: Arc<dyn PeerTransport> = if k == 0 {
-            Arc::new(NoLookups(HttpPeers::new()))
-        } else {
-            Arc::new(HttpPeers::new())
-        };
+        // n0's forwarded lookups fail at once; every other call
+        // (publish, digest, the scatter's `local`) goes through.
+        let faulty = FaultyPeers::new(Arc::new(HttpPeers::new()));
+        if k == 0 {
+            for other in &seeds[1..] {
+                faulty.set(other, Some(CallKind::Lookup), Fault::Cut);
+            }
+        }
+        let peers: Arc<dyn PeerTransport> = Arc::new(faulty);
         let config = NodeConfig {
             node_id: NodeId(format!("n{k}")),
             peers: seeds.clone(),

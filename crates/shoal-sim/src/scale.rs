@@ -253,6 +253,7 @@ fn memory(records: usize) -> Memory {
             node: node.clone(),
             incarnation: 1,
             seq: 1,
+            prev: 0,
             ring: 0,
         },
         body: PublishBody::Snapshot {

@@ -1,0 +1,181 @@
+//! The answers of the public API (their JSON field names are the API) and
+//! the JSON-RPC method names, shared by the REST routes, JSON-RPC and the
+//! metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use shoal_core::{ContainerRecord, NodeId};
+
+/// JSON-RPC `Inventory.Get {ref, by?}`: a lookup.
+pub const METHOD_GET: &str = "Inventory.Get";
+/// JSON-RPC `Inventory.List {filters?}`: a fleet listing.
+pub const METHOD_LIST: &str = "Inventory.List";
+/// JSON-RPC `Inventory.Nodes {}`: the members.
+pub const METHOD_NODES: &str = "Inventory.Nodes";
+/// JSON-RPC `Inventory.Projects {name?}`: compose projects, or one project.
+pub const METHOD_PROJECTS: &str = "Inventory.Projects";
+
+/// How a lookup was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LookupPath {
+    /// From the short-lived hot cache.
+    Hot,
+    /// From the slice of the key space this node owns.
+    Owner,
+    /// By the owner, through one forward.
+    Forwarded,
+    /// By asking every live node, because every owner was down.
+    Fallback,
+}
+
+impl LookupPath {
+    /// The word used in answers, headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupPath::Hot => "hot",
+            LookupPath::Owner => "owner",
+            LookupPath::Forwarded => "forwarded",
+            LookupPath::Fallback => "fallback",
+        }
+    }
+}
+
+/// The answer to `GET /v1/containers/{ref}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LookupAnswer {
+    /// Every match, each with its node; never a silent pick.
+    pub containers: Vec<Arc<ContainerRecord>>,
+    /// The node that answered.
+    pub served_by: NodeId,
+    /// How it answered.
+    pub path: LookupPath,
+}
+
+/// Which nodes a fleet-wide answer covers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodesCovered {
+    /// Nodes that answered.
+    pub ok: Vec<NodeId>,
+    /// Nodes that did not, with why; a non-empty list means a partial
+    /// answer.
+    pub failed: Vec<FailedNode>,
+}
+
+/// A node that could not contribute to a fleet-wide answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedNode {
+    /// The node.
+    pub node: NodeId,
+    /// Why.
+    pub error: String,
+}
+
+/// The answer to `GET /v1/containers?…`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListAnswer {
+    /// Matching containers, by node then ID.
+    pub containers: Vec<Arc<ContainerRecord>>,
+    /// Which nodes answered.
+    pub nodes: NodesCovered,
+    /// The node that answered.
+    pub served_by: NodeId,
+}
+
+/// One compose project, fleet-wide.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectSummary {
+    /// The project name.
+    pub name: String,
+    /// How many containers it has.
+    pub containers: usize,
+    /// Its services.
+    pub services: BTreeSet<String>,
+    /// Node -> names of its containers there.
+    pub nodes: BTreeMap<NodeId, Vec<String>>,
+}
+
+/// The answer to `GET /v1/projects`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectsAnswer {
+    /// Every project, by name.
+    pub projects: Vec<ProjectSummary>,
+    /// Which nodes answered.
+    pub nodes: NodesCovered,
+    /// The node that answered.
+    pub served_by: NodeId,
+}
+
+/// The answer to `GET /v1/projects/{name}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectAnswer {
+    /// The project name.
+    pub project: String,
+    /// Its containers, by node then ID.
+    pub containers: Vec<Arc<ContainerRecord>>,
+    /// Which nodes answered.
+    pub nodes: NodesCovered,
+    /// The node that answered.
+    pub served_by: NodeId,
+}
+
+/// A member's engine, as `/v1/nodes` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineView {
+    /// docker or synthetic.
+    pub kind: String,
+    /// The engine's ID.
+    pub id: String,
+    /// The engine's version.
+    pub version: String,
+}
+
+/// One member of the fleet.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeView {
+    /// Its ID.
+    pub id: NodeId,
+    /// Its API address.
+    pub address: String,
+    /// alive, suspect or dead.
+    pub state: &'static str,
+    /// Its engine, once it answered.
+    pub engine: Option<EngineView>,
+    /// Live containers on its engine.
+    pub containers: Option<usize>,
+    /// Seconds since its engine's last event; `null` before the first.
+    pub last_event_age_s: Option<f64>,
+    /// True while its engine is lost and its inventory is the last read.
+    pub stale: bool,
+    /// True once its first engine sync is done.
+    pub ready: bool,
+    /// The share of the key space it owns (0 to 1).
+    pub ring_share: f64,
+    /// The last engine error, while it lasts.
+    pub engine_error: Option<String>,
+}
+
+/// The answer to `GET /v1/nodes`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodesAnswer {
+    /// Every member.
+    pub nodes: Vec<NodeView>,
+    /// The node that answered.
+    pub served_by: NodeId,
+}
+
+/// The answer to `GET /readyz`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    /// True once the engine's first sync is done and the node has joined
+    /// the fleet.
+    pub ready: bool,
+    /// synced, stale or not_synced.
+    pub engine: &'static str,
+    /// joined, or joining while no other member has been heard from.
+    pub membership: &'static str,
+    /// The last engine error, while it lasts.
+    pub error: Option<String>,
+}

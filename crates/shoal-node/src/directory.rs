@@ -1,0 +1,272 @@
+//! The owner directory service: the records this node holds because it
+//! owns one of their keys, and the upkeep that keeps them to that.
+//!
+//! The directory applies publishes under a short lock and hands readers an
+//! immutable snapshot. The upkeep forgets sources the failure detector
+//! declared dead; asks the live sources it is not complete for (a new
+//! incarnation, a new ring, a lost message, a source that says this owner
+//! is behind) for a digest round; and once the ring has been stable for a
+//! grace period, drops records none of whose keys this node owns any more,
+//! then again every sync interval.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use shoal_core::directory::{Here, OwnerDirectory};
+use shoal_core::placement::owns_any;
+use shoal_core::wire::{
+    DigestReply, DigestRequest, Publish, PublishAck, PublishBody, ResyncRequest,
+};
+use shoal_core::{ContainerRecord, LookupKey, NodeId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::membership::ClusterView;
+use crate::peer::PeerClient;
+
+/// Deltas with more records than this are applied on the blocking pool.
+const LARGE_DELTA: usize = 256;
+
+/// The owner directory behind a lock for writers and a snapshot for readers.
+pub struct DirectoryService {
+    working: Mutex<OwnerDirectory>,
+    snapshot: ArcSwap<OwnerDirectory>,
+    bulk: tokio::sync::Semaphore,
+}
+
+impl Default for DirectoryService {
+    fn default() -> Self {
+        DirectoryService {
+            working: Mutex::default(),
+            snapshot: ArcSwap::default(),
+            bulk: tokio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+impl DirectoryService {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs this node's bulk work (building, decoding and applying
+    /// snapshots; pruning after a ring change) on the blocking pool, one
+    /// piece at a time. Unbounded, a round of snapshots became dozens of
+    /// CPU-bound threads that starved the async workers: gossip stalled,
+    /// members were declared dead, the ring changed, and more snapshots
+    /// followed (50 nodes with 100,000 containers in one process never
+    /// converged). One at a time leaves the other cores to requests and
+    /// gossip. `None` if the work panicked.
+    pub async fn bulk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.bulk.acquire().await.ok()?;
+        tokio::task::spawn_blocking(work).await.ok()
+    }
+
+    fn edit<T>(&self, f: impl FnOnce(&mut OwnerDirectory) -> T) -> T {
+        let mut working = self.working.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut working);
+        self.snapshot.store(Arc::new(working.clone()));
+        out
+    }
+
+    fn apply(&self, p: &Publish, here: Here) -> PublishAck {
+        self.edit(|d| d.apply(p, here))
+    }
+
+    /// Applies a publish: a snapshot or a large delta (thousands of
+    /// records, CPU work that must not hold up gossip and requests) on the
+    /// blocking pool, a small delta at once (two thread hand-offs were most
+    /// of a small publish's time).
+    pub async fn apply_blocking(self: &Arc<Self>, p: Publish, view: &ClusterView) -> PublishAck {
+        let here = here(view, &p.source.node);
+        if let PublishBody::Delta { upserts, removes } = &p.body
+            && upserts.len() + removes.len() <= LARGE_DELTA
+        {
+            return self.apply(&p, here);
+        }
+        let this = self.clone();
+        self.bulk(move || this.apply(&p, here))
+            .await
+            .unwrap_or(PublishAck::Stale)
+    }
+
+    /// Matches of a key.
+    pub fn lookup(&self, key: &LookupKey) -> Vec<Arc<ContainerRecord>> {
+        self.snapshot.load().lookup(key)
+    }
+
+    /// The directory now.
+    pub fn snapshot(&self) -> Arc<OwnerDirectory> {
+        self.snapshot.load_full()
+    }
+
+    /// Answers a digest: does this directory hold exactly that from the
+    /// source, among the records whose keys this node owns on its ring?
+    /// Records it is about to drop (after a ring change, within the
+    /// ownership grace) do not count, so a shrunk share does not cost a
+    /// snapshot. A match makes the directory complete for the source.
+    pub fn check(&self, d: &DigestRequest, view: &ClusterView) -> DigestReply {
+        let here = here(view, &d.source.node);
+        let (ring, me) = (&view.ring, &view.me);
+        self.edit(|dir| dir.check(d, here, |r| owns_any(ring, me, r)))
+    }
+
+    /// The live, ready sources this directory is not complete for on the
+    /// view's ring.
+    pub fn missing(&self, view: &ClusterView) -> Vec<NodeId> {
+        let mut missing = self
+            .snapshot
+            .load()
+            .missing(view.sources(), view.ring.fingerprint());
+        // A source that could not deliver here says so in gossip, which
+        // reaches this node even when the source itself cannot.
+        for (source, _) in view.sources() {
+            if !missing.contains(source) && view.is_behind(source, &view.me) {
+                missing.push(source.clone());
+            }
+        }
+        missing
+    }
+
+    /// Forgets a source.
+    pub fn remove_source(&self, node: &NodeId) -> usize {
+        self.edit(|d| d.remove_source(node))
+    }
+
+    /// Drops records for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(&ContainerRecord) -> bool) -> usize {
+        self.edit(|d| d.retain(keep))
+    }
+}
+
+/// What the directory needs of the view to take a message from `source`.
+fn here(view: &ClusterView, source: &NodeId) -> Here {
+    Here {
+        ring: view.ring.fingerprint(),
+        live: view
+            .members
+            .get(source)
+            .filter(|m| m.alive)
+            .map(|m| m.incarnation),
+    }
+}
+
+/// How the directory's upkeep runs.
+pub struct Upkeep {
+    /// This node.
+    pub me: NodeId,
+    /// The membership view.
+    pub view: Arc<ArcSwap<ClusterView>>,
+    /// The directory it keeps.
+    pub directory: Arc<DirectoryService>,
+    /// How to reach sources to ask for a resync.
+    pub peers: PeerClient,
+    /// This node's own publisher, for its own resyncs.
+    pub own_publisher: tokio::sync::mpsc::Sender<NodeId>,
+    /// How long a source may take to answer.
+    pub timeout: Duration,
+    /// How often to look.
+    pub every: Duration,
+    /// How long the ring must be stable before unowned records go.
+    pub grace: Duration,
+    /// How often unowned records are dropped once the ring is stable.
+    pub prune_every: Duration,
+}
+
+/// The longest wait between two resync requests to one source.
+const RESYNC_MAX_WAIT: Duration = Duration::from_secs(5);
+
+impl Upkeep {
+    /// Keeps the directory to what this node should hold, until shutdown:
+    /// forgets sources the failure detector declared dead; asks every live
+    /// source it is not complete for to resync it (again after a doubling
+    /// wait while it stays incomplete); and once the ring has not changed
+    /// for `grace`, drops records none of whose keys this node owns, then
+    /// again every `prune_every` (an orphan a lost Remove left lives no
+    /// longer than that).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.every);
+        let mut ring_members: Vec<NodeId> = Vec::new();
+        let mut stable_since = Instant::now();
+        let mut pruned_at: Option<Instant> = None;
+        let mut asked: BTreeMap<NodeId, (Instant, Duration)> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let v = self.view.load_full();
+            for source in self.directory.snapshot().sources() {
+                if v.members.get(&source).is_some_and(|m| !m.alive) {
+                    let n = self.directory.remove_source(&source);
+                    info!(%source, records = n, "source declared dead; its records leave the directory");
+                }
+            }
+            self.ask_for_resyncs(&v, &mut asked).await;
+            if v.ring.members() != ring_members.as_slice() {
+                ring_members = v.ring.members().to_vec();
+                stable_since = Instant::now();
+                pruned_at = None;
+            } else if stable_since.elapsed() >= self.grace
+                && pruned_at.is_none_or(|at| at.elapsed() >= self.prune_every)
+            {
+                let (me, ring) = (self.me.clone(), v.ring.clone());
+                let work = self.directory.clone();
+                let dropped = self
+                    .directory
+                    .bulk(move || work.retain(|r| owns_any(&ring, &me, r)))
+                    .await
+                    .unwrap_or(0);
+                if dropped > 0 {
+                    info!(
+                        dropped,
+                        "dropped records whose keys this node no longer owns"
+                    );
+                }
+                pruned_at = Some(Instant::now());
+            }
+        }
+    }
+
+    async fn ask_for_resyncs(
+        &self,
+        view: &ClusterView,
+        asked: &mut BTreeMap<NodeId, (Instant, Duration)>,
+    ) {
+        let missing = self.directory.missing(view);
+        asked.retain(|node, _| missing.contains(node));
+        let ring = view.ring.fingerprint();
+        let mut calls = Vec::new();
+        for source in missing {
+            let wait = match asked.get(&source) {
+                Some((at, wait)) if at.elapsed() < *wait => continue,
+                Some((_, wait)) => (*wait * 2).min(RESYNC_MAX_WAIT),
+                None => self.every.max(Duration::from_millis(200)),
+            };
+            asked.insert(source.clone(), (Instant::now(), wait));
+            if source == self.me {
+                let _ = self.own_publisher.try_send(source);
+                continue;
+            }
+            let Some(addr) = view.api_of(&source).map(str::to_owned) else {
+                continue;
+            };
+            let request = ResyncRequest {
+                owner: self.me.clone(),
+                ring,
+            };
+            calls.push(async move {
+                if let Err(e) = self.peers.resync(&addr, &request, self.timeout).await {
+                    debug!(%source, error = %e, "resync request failed");
+                }
+            });
+        }
+        futures::future::join_all(calls).await;
+    }
+}

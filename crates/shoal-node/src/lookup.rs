@@ -1,0 +1,419 @@
+//! The lookup path: hot cache -> this node's directory when it owns the
+//! key -> a forward to the key's owners in turn -> every live node. An
+//! owner's answer counts only for the sources it is complete for; the
+//! sources it names as missing are asked for their own matches, so an
+//! empty answer is a 404 only when every source was accounted for. The
+//! scatter-gather of listings and projects lives here too: it is the same
+//! "ask nodes for their own matches" as the lookup's last resort.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use moka::future::Cache;
+use shoal_core::wire::LocalQuery;
+use shoal_core::{ContainerRecord, Inventory, LookupKey, NodeId};
+use shoal_engine::WatcherHandle;
+use tracing::debug;
+
+use crate::answers::{FailedNode, LookupAnswer, LookupPath, NodesCovered};
+use crate::directory::DirectoryService;
+use crate::error::ApiError;
+use crate::membership::ClusterView;
+use crate::metrics::Metrics;
+use crate::peer::PeerClient;
+
+fn describe(key: &LookupKey) -> String {
+    match key {
+        LookupKey::Id(s) => format!("id {s:?}"),
+        LookupKey::Name(s) => format!("name {s:?}"),
+        LookupKey::Ip(ip) => format!("ip \"{ip}\""),
+        LookupKey::Project(s) => format!("project {s:?}"),
+    }
+}
+
+/// A lookup's answer as the hot cache holds it.
+#[derive(Debug)]
+struct Found {
+    containers: Vec<Arc<ContainerRecord>>,
+    path: LookupPath,
+}
+
+/// A lookup's answer that the hot cache does not keep, or why there is
+/// none: moka keeps only what the loader returns as `Ok`.
+#[derive(Debug)]
+enum Uncached {
+    Found(Arc<Found>),
+    Failed(ApiError),
+}
+
+/// How a lookup was asked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupOptions {
+    /// `Cache-Control: no-cache`: skip the hot cache.
+    pub no_cache: bool,
+    /// `x-shoal-hop`: already forwarded once; answer from here.
+    pub hop: bool,
+}
+
+/// Everything a lookup reads: the view, the directory, the hot cache, the
+/// peers and this node's own inventory.
+pub struct Lookups {
+    me: NodeId,
+    view: Arc<ArcSwap<ClusterView>>,
+    directory: Arc<DirectoryService>,
+    watcher: WatcherHandle,
+    peers: PeerClient,
+    metrics: Arc<Metrics>,
+    hot: Option<Cache<LookupKey, Arc<Found>>>,
+    peer_timeout: Duration,
+    scatter_timeout: Duration,
+}
+
+/// How the lookup path is set up.
+pub struct LookupsConfig {
+    /// This node.
+    pub me: NodeId,
+    /// How long answers stay in the hot cache (zero: no cache).
+    pub hot_ttl: Duration,
+    /// Entries (weighted by matches) the hot cache holds.
+    pub hot_capacity: u64,
+    /// How long an owner may take to answer a forward.
+    pub peer_timeout: Duration,
+    /// How long nodes may take to answer a scatter.
+    pub scatter_timeout: Duration,
+}
+
+impl Lookups {
+    /// The lookup path over these parts.
+    pub fn new(
+        config: LookupsConfig,
+        view: Arc<ArcSwap<ClusterView>>,
+        directory: Arc<DirectoryService>,
+        watcher: WatcherHandle,
+        peers: PeerClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let hot = (!config.hot_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .time_to_live(config.hot_ttl)
+                .max_capacity(config.hot_capacity)
+                .weigher(|_: &LookupKey, v: &Arc<Found>| {
+                    u32::try_from(v.containers.len() + 1).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
+        Lookups {
+            me: config.me,
+            view,
+            directory,
+            watcher,
+            peers,
+            metrics,
+            hot,
+            peer_timeout: config.peer_timeout,
+            scatter_timeout: config.scatter_timeout,
+        }
+    }
+
+    fn node_id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The local inventory, or why it cannot be used yet.
+    fn local_inventory(&self) -> Result<Arc<Inventory>, String> {
+        let status = self.watcher.status();
+        if !status.ready {
+            let why = status
+                .last_error
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "node {} has not read its engine yet{why}",
+                self.node_id()
+            ));
+        }
+        Ok(self.watcher.inventory())
+    }
+
+    /// This node's own containers that match a query (the peer `local`
+    /// route and the local part of every scatter-gather).
+    pub fn local_matches(&self, query: &LocalQuery) -> Result<Vec<Arc<ContainerRecord>>, String> {
+        let inventory = self.local_inventory()?;
+        Ok(match query {
+            LocalQuery::Key(key) => inventory.lookup(key),
+            LocalQuery::Filter(filter) => match &filter.project {
+                // The project index narrows before the scan.
+                Some(p) => inventory.lookup(&LookupKey::Project(p.clone())),
+                None => inventory.records().cloned().collect(),
+            }
+            .into_iter()
+            .filter(|r| filter.matches(r))
+            .collect(),
+        })
+    }
+
+    /// Looks a key up: hot cache, the owned slice, a forward to the
+    /// owners in turn, then every live node. An owner's answer counts only
+    /// for the sources it is complete for; the sources it names as missing
+    /// are asked for their own matches. 404 only when nothing matches and
+    /// every source was accounted for.
+    pub async fn lookup(
+        &self,
+        key: &LookupKey,
+        options: LookupOptions,
+    ) -> Result<LookupAnswer, ApiError> {
+        let view = self.view.load_full();
+        joined(&view)?;
+        let me = self.node_id();
+        let found = if options.hop {
+            // Asked by a peer: this node's directory as it is, never
+            // forwarded again.
+            Arc::new(Found {
+                containers: self.directory.lookup(key),
+                path: LookupPath::Owner,
+            })
+        } else if view.ring.owners(key).contains(&me) {
+            if view.members.len() == 1 {
+                // Alone, the directory is this engine: before its first
+                // sync an empty answer would deny containers that exist.
+                self.local_inventory().map_err(ApiError::Unavailable)?;
+            }
+            let containers = self.directory.lookup(key);
+            let missing = self.directory.missing(&view);
+            if missing.is_empty() {
+                Arc::new(Found {
+                    containers,
+                    path: LookupPath::Owner,
+                })
+            } else {
+                self.complete_from_sources(key, containers, missing, &view)
+                    .await?
+            }
+        } else {
+            match (&self.hot, options.no_cache) {
+                (Some(hot), false) => match hot.get(key).await {
+                    Some(found) => Arc::new(Found {
+                        containers: found.containers.clone(),
+                        path: LookupPath::Hot,
+                    }),
+                    // Concurrent identical lookups share one forward. Only
+                    // a final answer that found something is kept: a miss
+                    // cached would deny a container that starts a moment
+                    // later, for the whole TTL.
+                    None => hot
+                        .try_get_with(key.clone(), async {
+                            let found = self
+                                .remote_lookup(key, &view)
+                                .await
+                                .map_err(Uncached::Failed)?;
+                            if found.path == LookupPath::Forwarded && !found.containers.is_empty() {
+                                Ok(found)
+                            } else {
+                                Err(Uncached::Found(found))
+                            }
+                        })
+                        .await
+                        .or_else(|e| match &*e {
+                            Uncached::Found(found) => Ok(found.clone()),
+                            Uncached::Failed(e) => Err(e.clone()),
+                        })?,
+                },
+                _ => self.remote_lookup(key, &view).await?,
+            }
+        };
+        self.metrics
+            .observe_lookup(found.path.as_str(), !found.containers.is_empty());
+        if found.containers.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no container matches {}",
+                describe(key)
+            )));
+        }
+        Ok(LookupAnswer {
+            containers: found.containers.clone(),
+            served_by: me.clone(),
+            path: found.path,
+        })
+    }
+
+    async fn remote_lookup(
+        &self,
+        key: &LookupKey,
+        view: &ClusterView,
+    ) -> Result<Arc<Found>, ApiError> {
+        for owner in view.ring.owners(key) {
+            let Some(addr) = view.api_of(owner) else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            match self.peers.lookup(addr, key, self.peer_timeout).await {
+                Ok(reply) => {
+                    self.metrics.observe_forward(started.elapsed(), true);
+                    let containers = reply.records.into_iter().map(Arc::new).collect();
+                    if reply.missing.is_empty() {
+                        return Ok(Arc::new(Found {
+                            containers,
+                            path: LookupPath::Forwarded,
+                        }));
+                    }
+                    return self
+                        .complete_from_sources(key, containers, reply.missing, view)
+                        .await;
+                }
+                Err(e) => {
+                    self.metrics.observe_forward(started.elapsed(), false);
+                    debug!(%owner, error = %e, key = %key, "forward failed; trying the next owner");
+                }
+            }
+        }
+        let (containers, covered) = self.scatter(&LocalQuery::Key(key.clone())).await?;
+        final_or_unavailable(key, containers, &covered.failed)
+    }
+
+    /// Completes an owner's answer that is missing some sources: each of
+    /// them is asked for its own matches, which replace what the owner had
+    /// from it. An answer that found something stands even if a source
+    /// failed; an empty one is final only if none did.
+    async fn complete_from_sources(
+        &self,
+        key: &LookupKey,
+        owner_records: Vec<Arc<ContainerRecord>>,
+        missing: Vec<NodeId>,
+        view: &ClusterView,
+    ) -> Result<Arc<Found>, ApiError> {
+        let query = LocalQuery::Key(key.clone());
+        let targets = missing
+            .into_iter()
+            .map(|n| {
+                let addr = view.api_of(&n).map(str::to_owned);
+                (n, addr)
+            })
+            .collect();
+        let (answered, failed) = self.ask_local(&query, targets).await;
+        let asked: Vec<NodeId> = answered.iter().map(|(n, _)| n.clone()).collect();
+        let kept = owner_records
+            .into_iter()
+            .filter(|r| !asked.contains(&r.node));
+        let fresh = answered.into_iter().flat_map(|(_, records)| records);
+        let containers = merge_freshest(kept.chain(fresh));
+        final_or_unavailable(key, containers, &failed)
+    }
+
+    /// Asks each node for its own matches of `query` (this node answers
+    /// from its inventory), all at once within the scatter deadline.
+    async fn ask_local(
+        &self,
+        query: &LocalQuery,
+        targets: Vec<(NodeId, Option<String>)>,
+    ) -> (Vec<(NodeId, Vec<Arc<ContainerRecord>>)>, Vec<FailedNode>) {
+        let me = self.node_id();
+        let timeout = self.scatter_timeout;
+        let calls = targets.into_iter().map(|(node, addr)| async move {
+            if node == *me {
+                return (node, self.local_matches(query));
+            }
+            let Some(addr) = addr else {
+                return (node, Err("its address is not known here".to_owned()));
+            };
+            let r = self
+                .peers
+                .local(&addr, query, timeout)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|reply| {
+                    if reply.ready {
+                        Ok(reply.records.into_iter().map(Arc::new).collect())
+                    } else {
+                        Err(format!("node {} has not read its engine yet", reply.node))
+                    }
+                });
+            (node, r)
+        });
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for (node, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(records) => answered.push((node, records)),
+                Err(error) => failed.push(FailedNode { node, error }),
+            }
+        }
+        (answered, failed)
+    }
+
+    /// Asks every live node for its own matches, within the scatter
+    /// deadline; each container once (the freshest copy).
+    pub async fn scatter(
+        &self,
+        query: &LocalQuery,
+    ) -> Result<(Vec<Arc<ContainerRecord>>, NodesCovered), ApiError> {
+        let view = self.view.load_full();
+        joined(&view)?;
+        let targets = view
+            .live()
+            .map(|m| (m.node.clone(), Some(m.api.clone())))
+            .collect();
+        let (answered, failed) = self.ask_local(query, targets).await;
+        let ok = answered.iter().map(|(n, _)| n.clone()).collect();
+        let mut containers = merge_freshest(answered.into_iter().flat_map(|(_, r)| r));
+        containers.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
+        Ok((containers, NodesCovered { ok, failed }))
+    }
+}
+
+/// Refuses to answer for the fleet before this node has joined it: its
+/// ring would be itself alone, and its answers would deny the rest.
+pub(crate) fn joined(view: &ClusterView) -> Result<(), ApiError> {
+    if view.joined {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "node {} is still joining the fleet",
+            view.me
+        )))
+    }
+}
+
+/// Each container once, by `(engine, id)`: the freshest copy when several
+/// sources watch its engine.
+fn merge_freshest(
+    records: impl IntoIterator<Item = Arc<ContainerRecord>>,
+) -> Vec<Arc<ContainerRecord>> {
+    let mut merged: BTreeMap<(String, String), Arc<ContainerRecord>> = BTreeMap::new();
+    for r in records {
+        let id = (r.engine_id.0.clone(), r.id.clone());
+        match merged.get(&id) {
+            Some(kept) if kept.updated_at >= r.updated_at => {}
+            _ => {
+                merged.insert(id, r);
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+/// A lookup's answer once every source was asked: what was found stands,
+/// even if some source failed; nothing is final (a 404) only when none
+/// failed, else the lookup is unavailable, naming who did not answer.
+fn final_or_unavailable(
+    key: &LookupKey,
+    containers: Vec<Arc<ContainerRecord>>,
+    failed: &[FailedNode],
+) -> Result<Arc<Found>, ApiError> {
+    if containers.is_empty() && !failed.is_empty() {
+        let why: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{}: {}", f.node, f.error))
+            .collect();
+        return Err(ApiError::Unavailable(format!(
+            "no container matches {} among the nodes that answered, and these did not: {}",
+            describe(key),
+            why.join("; ")
+        )));
+    }
+    Ok(Arc::new(Found {
+        containers,
+        path: LookupPath::Fallback,
+    }))
+}
