@@ -233,9 +233,10 @@ impl OwnerDirectory {
             PublishBody::Delta { upserts, removes } => {
                 // A message to this owner was lost in between: what it
                 // said is missing here until a digest or snapshot.
+                // So was one placed on another ring than this owner's.
                 if let Some(s) = self.sources.get_mut(&src.node)
                     && s.incarnation == src.incarnation
-                    && s.seq != src.prev
+                    && (s.seq != src.prev || src.ring != here.ring)
                 {
                     s.complete_on = None;
                 }
@@ -298,6 +299,18 @@ impl OwnerDirectory {
             None => {}
         }
         DigestReply { matches }
+    }
+
+    /// The sources this directory is complete for on `ring`, with their
+    /// incarnations. A lookup's answer names them: whoever asked counts as
+    /// missing every source its own view requires that is not among them,
+    /// so an owner whose view lacks a member never passes for complete.
+    pub fn complete_for(&self, ring: u64) -> Vec<(NodeId, u64)> {
+        self.sources
+            .iter()
+            .filter(|(_, s)| s.complete_on == Some(ring))
+            .map(|(n, s)| (n.clone(), s.incarnation))
+            .collect()
     }
 
     /// Of the live sources `required` (node and its live incarnation), the

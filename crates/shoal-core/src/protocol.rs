@@ -182,8 +182,20 @@ impl Source {
         out
     }
 
-    /// Local changes: each to the owners of its keys, old and new.
-    pub fn deltas(&mut self, batch: &[Delta], ring: &Ring) -> Vec<Out> {
+    /// Local changes: each to the owners of its keys, old and new, placed
+    /// on the ring the owners last got this source's records by. A newer
+    /// ring takes over in [`Source::view_changed`], with the gains and the
+    /// digests that tell each owner: an owner complete on the old ring
+    /// hears of the new one before any delta placed on it. Before
+    /// [`Source::start`] nothing is sent.
+    pub fn deltas(&mut self, batch: &[Delta]) -> Vec<Out> {
+        let Some(ring) = self.placed.clone() else {
+            for d in batch {
+                self.published.apply(d);
+            }
+            return Vec::new();
+        };
+        let ring = &*ring;
         let mut per_owner: BTreeMap<NodeId, (Vec<ContainerRecord>, Vec<RecordId>)> =
             BTreeMap::new();
         for d in batch {
@@ -418,7 +430,7 @@ mod tests {
             ContainerRecord::clone(inv.get(&record(3, "", "10.0.0.1", None).id).unwrap());
         renamed.names = vec!["new-name".into()];
         let d = inv.upsert(renamed.clone()).unwrap();
-        let out = s.deltas(&[d], &v.ring);
+        let out = s.deltas(&[d]);
         let mut will = Vec::new();
         owners_of(&v.ring, &renamed, &mut will);
         for (owner, m) in &out {
@@ -452,7 +464,7 @@ mod tests {
             let d = inv
                 .upsert(record(i, &format!("c{i}"), &format!("10.0.1.{i}"), None))
                 .unwrap();
-            all.extend(s.deltas(&[d], &v.ring));
+            all.extend(s.deltas(&[d]));
         }
         all.extend(s.digest_round(None, &v.ring));
         for (owner, m) in all {

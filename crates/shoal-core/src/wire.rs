@@ -166,11 +166,13 @@ pub struct LookupReply {
     pub node: NodeId,
     /// Its matches (possibly none).
     pub records: Vec<ContainerRecord>,
-    /// The live sources the owner is not complete for (no snapshot or
-    /// clean digest from their current incarnation on its current ring):
-    /// their containers may be missing from `records`. Empty means the
-    /// answer is final, a "nothing" included.
-    pub missing: Vec<NodeId>,
+    /// The sources the owner is complete for, with their incarnations: a
+    /// snapshot or clean digest from that incarnation on the owner's ring,
+    /// and nothing lost since. Empty when the owner does not own the key
+    /// on its own ring. Whoever asked asks the sources its own view
+    /// requires that are not here for their own matches; an empty answer
+    /// is final only when there are none.
+    pub complete_for: Vec<(NodeId, u64)>,
 }
 
 /// `POST /_shoal/v1/resync`: an owner that is not complete for this

@@ -117,8 +117,18 @@ impl DirectoryService {
         self.edit(|dir| dir.check(d, here, |r| owns_any(ring, me, r)))
     }
 
+    /// The sources this directory is complete for, as a lookup's answer
+    /// names them: none when this node does not own `key` on its ring
+    /// (its completeness says nothing of keys it does not own).
+    pub fn complete_for(&self, view: &ClusterView, key: &LookupKey) -> Vec<(NodeId, u64)> {
+        if !view.ring.is_owner(&view.me, key) {
+            return Vec::new();
+        }
+        self.snapshot.load().complete_for(view.ring.fingerprint())
+    }
+
     /// The live, ready sources this directory is not complete for on the
-    /// view's ring.
+    /// view's ring (what the upkeep asks to resync it).
     pub fn missing(&self, view: &ClusterView) -> Vec<NodeId> {
         let mut missing = self
             .snapshot

@@ -181,7 +181,8 @@ impl Lookups {
                 self.local_inventory().map_err(ApiError::Unavailable)?;
             }
             let containers = self.directory.lookup(key);
-            let missing = self.directory.missing(&view);
+            let complete_for = self.directory.complete_for(&view, key);
+            let missing = missing(&view, me, &complete_for);
             if missing.is_empty() {
                 Arc::new(Found {
                     containers,
@@ -252,14 +253,15 @@ impl Lookups {
                 Ok(reply) => {
                     self.metrics.observe_forward(started.elapsed(), true);
                     let containers = reply.records.into_iter().map(Arc::new).collect();
-                    if reply.missing.is_empty() {
+                    let missing = missing(view, owner, &reply.complete_for);
+                    if missing.is_empty() {
                         return Ok(Arc::new(Found {
                             containers,
                             path: LookupPath::Forwarded,
                         }));
                     }
                     return self
-                        .complete_from_sources(key, containers, reply.missing, view)
+                        .complete_from_sources(key, containers, missing, view)
                         .await;
                 }
                 Err(e) => {
@@ -360,6 +362,23 @@ impl Lookups {
         containers.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
         Ok((containers, NodesCovered { ok, failed }))
     }
+}
+
+/// The sources an owner's answer may lack, by this node's own view: every
+/// live, ready source but those the owner says it is complete for (same
+/// incarnation), and those that gossip the owner is behind. The asker
+/// decides, so an owner whose view lacks a member never passes for
+/// complete.
+fn missing(view: &ClusterView, owner: &NodeId, complete_for: &[(NodeId, u64)]) -> Vec<NodeId> {
+    view.sources()
+        .filter(|(source, incarnation)| {
+            !complete_for
+                .iter()
+                .any(|(n, i)| n == *source && i == incarnation)
+                || view.is_behind(source, owner)
+        })
+        .map(|(source, _)| source.clone())
+        .collect()
 }
 
 /// Refuses to answer for the fleet before this node has joined it: its

@@ -321,10 +321,18 @@ async fn refresh(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let members = {
+        let (members, pending) = {
             let guard = chitchat.lock().await;
             let live: Vec<ChitchatId> = guard.live_nodes().cloned().collect();
             seen_alive.extend(live.iter().cloned());
+            // A member the cluster state names, with no live incarnation
+            // and never seen alive here: its heartbeats have not arrived
+            // yet (or it died before this node started). While one is,
+            // this node's view may lack a live member.
+            let pending = guard.dead_nodes().any(|id| {
+                !seen_alive.iter().any(|s| s.node_id == id.node_id)
+                    && !live.iter().any(|l| l.node_id == id.node_id)
+            });
             let dead: Vec<ChitchatId> = guard
                 .dead_nodes()
                 .filter(|id| seen_alive.contains(*id))
@@ -359,13 +367,17 @@ async fn refresh(
                     members.insert(node, member);
                 }
             }
-            members
+            (members, pending)
         };
         if !joined {
+            // Joined once another member is alive and no member the state
+            // names is still pending; or, at the latest, after the join
+            // timeout (the first node of a fleet, or one that died for
+            // good before this node started).
             let others = members.values().any(|m| m.alive && m.node != config.node);
-            joined = others || started.elapsed() >= config.join_timeout;
+            joined = (others && !pending) || started.elapsed() >= config.join_timeout;
             if joined {
-                info!(alone = !others, "joined the fleet");
+                info!(alone = !others, pending, "joined the fleet");
             }
         }
         let current = view.load();

@@ -279,11 +279,10 @@ impl Publisher {
     }
 
     async fn deltas(&self, core: &Core, batch: Arc<Vec<Delta>>) -> Vec<Out> {
-        let ring = self.view.load().ring.clone();
         if batch.len() <= LARGE_DELTA {
-            return lock(core).deltas(&batch, &ring);
+            return lock(core).deltas(&batch);
         }
-        self.bulk(core, move |s| s.deltas(&batch, &ring)).await
+        self.bulk(core, move |s| s.deltas(&batch)).await
     }
 }
 

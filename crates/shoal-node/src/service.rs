@@ -214,14 +214,14 @@ impl NodeService {
     }
 
     /// The peer `lookup` route: this node's directory's matches and the
-    /// sources it is not complete for. Refused before the node joined the
+    /// sources it is complete for. Refused before the node joined the
     /// fleet (its ring would be itself alone).
     pub fn owner_lookup(&self, key: &LookupKey) -> Result<LookupReply, ApiError> {
         let view = self.view.load();
         crate::lookup::joined(&view)?;
         Ok(LookupReply {
             node: self.node_id().clone(),
-            missing: self.directory.missing(&view),
+            complete_for: self.directory.complete_for(&view, key),
             records: self
                 .directory
                 .lookup(key)
