@@ -1,10 +1,14 @@
 //! Eight `shoal node` processes on loopback, each with a synthetic engine
 //! of 40 containers: every node answers every container of the fleet by
 //! full ID, ID prefix, name and address, and keeps answering the live
-//! nodes' containers while one owner is SIGKILLed and restarted, or killed
-//! for good. The issue "Answers you can trust", as a user's fleet sees it.
+//! nodes' containers while one owner is SIGKILLed and restarted, killed
+//! for good, or stopped with SIGTERM (then its own containers leave every
+//! answer within a gossip round or two, not when the failure detector
+//! gives up on it). The issue "Answers you can trust", as a user's fleet
+//! sees it.
 //!
-//! The figures (how many answers were wrong, and how) are printed; run with
+//! The figures (how many answers were wrong, and how; how soon a stopped
+//! node left) are printed; run with
 //! `--nocapture` to see them when the tests pass.
 
 mod common;
@@ -36,6 +40,18 @@ const LOOKUP_THREADS: usize = 3;
 /// above what the time allows, so a loop that hits it says so.
 const LOOKUP_LIMIT: usize = 200_000;
 const LOOKUP_TIME_LIMIT: Duration = Duration::from_secs(25);
+
+/// `--dead-after` of the leave test: long, so that a node the failure
+/// detector had to find would stay visible for seconds (about half of it,
+/// then an upkeep tick).
+const LONG_DEAD_AFTER: &str = "10s";
+/// How soon a node stopped with SIGTERM must be out of every answer with
+/// [`LONG_DEAD_AFTER`]: peers hear it leave at once, their view follows
+/// within a gossip interval (667 ms) and their directory within an upkeep
+/// tick (1 s), so 1.7 s at most on an idle machine; the rest is for a
+/// machine busy with other work, whose timers run late. The detector alone
+/// takes about 6 s.
+const LEFT_WITHIN: Duration = Duration::from_secs(3);
 
 /// One fleet at a time: three fleets of eight node processes on two cores
 /// starve gossip, and members declared dead by a starved failure detector
@@ -215,6 +231,11 @@ struct Fleet {
 impl Fleet {
     /// Starts the fleet and waits until it has formed and settled.
     fn start() -> Fleet {
+        Self::start_with(DEAD_AFTER)
+    }
+
+    /// [`Self::start`] with another `--dead-after`.
+    fn start_with(dead_after: &str) -> Fleet {
         // A test that failed holding the lock poisons it; its fleet is gone.
         let one_at_a_time = ONE_FLEET_AT_A_TIME
             .lock()
@@ -247,7 +268,7 @@ impl Fleet {
                         "--peers",
                         &peers,
                         "--dead-after",
-                        DEAD_AFTER,
+                        dead_after,
                     ],
                 )
             })
@@ -707,4 +728,130 @@ fn a_node_killed_for_good_denies_nothing_of_the_live_nodes() {
         );
     }
     assert_nothing_denied(&total, "a dead node");
+}
+
+/// How every node in `askers` answers a no-cache lookup of each of
+/// `containers` by full ID, all askers at once.
+fn ask_all(ports: &[u16], askers: &[usize], containers: &[Container]) -> Vec<Answer> {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = askers
+            .iter()
+            .map(|&asker| {
+                s.spawn(move || {
+                    containers
+                        .iter()
+                        .map(|c| ask(ports[asker], c, Ref::FullId, true))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    })
+}
+
+/// The answers in one line: how many were right, denied, other, errors.
+fn summary(answers: &[Answer]) -> String {
+    let count = |f: fn(&Answer) -> bool| answers.iter().filter(|a| f(a)).count();
+    format!(
+        "{} answered, {} denied, {} other answers, {} errors",
+        count(|a| matches!(a, Answer::Right)),
+        count(|a| matches!(a, Answer::Denied(_))),
+        count(|a| matches!(a, Answer::Wrong(_))),
+        count(|a| matches!(a, Answer::Error(_)))
+    )
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_leaves_within_a_gossip_round_or_two() {
+    let mut fleet = Fleet::start_with(LONG_DEAD_AFTER);
+    let victim = 6;
+    let leaving: Vec<Container> = fleet
+        .inventory()
+        .into_iter()
+        .filter(|c| c.node == victim)
+        .step_by(CONTAINERS_PER_NODE / SAMPLED_PER_NODE)
+        .collect();
+    let others: Vec<usize> = (0..FLEET_SIZE).filter(|&i| i != victim).collect();
+    let ports: Vec<u16> = fleet.nodes.iter().map(|n| n.port).collect();
+    let before = ask_all(&ports, &others, &leaving);
+    assert!(
+        before.iter().all(|a| matches!(a, Answer::Right)),
+        "before the SIGTERM every node must answer the victim's containers, or the test \
+         measures nothing: {}",
+        summary(&before)
+    );
+
+    let lookups = LookupLoop::sparing(&fleet, victim);
+    let mut left_after = None;
+    let mut stopped = None;
+    let mut last = String::new();
+    let tallies = lookups.run(2, |lookups| {
+        std::thread::sleep(Duration::from_secs(1));
+        lookups.enter_phase(1);
+        let node = &mut fleet.nodes[victim];
+        let signalled = Instant::now();
+        node.sigterm();
+        // Bounded well past what the detector takes, so a node that only
+        // the detector removes shows up as a figure, not a hang.
+        while signalled.elapsed() < Duration::from_secs(15) {
+            let answers = ask_all(&ports, &others, &leaving);
+            last = summary(&answers);
+            if answers.iter().all(|a| matches!(a, Answer::Denied(_))) {
+                left_after = Some(signalled.elapsed());
+                break;
+            }
+            if stopped.is_none() {
+                stopped = node.try_exit().map(|s| (s, signalled.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (status, _) = *stopped.get_or_insert_with(|| (node.wait_exit(), signalled.elapsed()));
+        assert!(
+            status.success(),
+            "exit status {status:?}; log:\n{}",
+            node.log()
+        );
+        // The other nodes' containers keep answering through the stop too.
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let total = report(
+        "left",
+        &[
+            "before the SIGTERM",
+            "from the SIGTERM until 1 s after it stopped",
+        ],
+        tallies,
+    );
+    let left_after = left_after.unwrap_or_else(|| {
+        panic!("the victim's containers were still answered 15 s after SIGTERM: {last}")
+    });
+    let stopped_after = stopped.map(|(_, after)| after).unwrap_or_default();
+    println!(
+        "{} left the fleet {} ms after SIGTERM (--dead-after {LONG_DEAD_AFTER}); the process \
+         had stopped {} ms after it",
+        fleet.ids[victim],
+        left_after.as_millis(),
+        stopped_after.as_millis()
+    );
+    let after = ask_all(&ports, &others, &leaving);
+    assert!(
+        after.iter().all(|a| matches!(a, Answer::Denied(_))),
+        "the victim's containers came back after it stopped: {}",
+        summary(&after)
+    );
+    assert!(
+        left_after < LEFT_WITHIN,
+        "the victim's containers were answered for {left_after:?} after SIGTERM, not within \
+         {LEFT_WITHIN:?}: the fleet waited for the failure detector"
+    );
+    assert_nothing_denied(&total, "a node leaving");
+    assert_eq!(
+        total.errors,
+        0,
+        "a node leaving made lookups fail:{}",
+        total.examples()
+    );
 }

@@ -3,10 +3,12 @@
 //!
 //! [`run`] is the whole node: it starts the [`shoal_engine::Watcher`], serves
 //! [`app`] on a bound listener and, when the shutdown token is cancelled,
-//! stops taking connections, lets requests in flight finish (up to
-//! `shutdown_grace`) and waits for the watcher to stop. [`NodeService`] holds
-//! what every request needs and answers lookups, listings, projects and
-//! members the same way for REST ([`api`]) and JSON-RPC ([`jrpc`]).
+//! tells the fleet it is leaving (gossip, for two gossip intervals, still
+//! serving), then stops taking connections, lets requests in flight finish
+//! (up to `shutdown_grace`) and waits for the watcher to stop.
+//! [`NodeService`] holds what every request needs and answers lookups,
+//! listings, projects and members the same way for REST ([`api`]) and
+//! JSON-RPC ([`jrpc`]).
 //! [`NodeConfig`] is the plain configuration the `shoal` command fills.
 
 pub mod answers;
@@ -178,19 +180,31 @@ pub async fn run_with(
     )));
     info!(node = %service.node_id(), addr = %bound, api = %service.config().advertise, gossip = %gossip_advertise, "listening");
 
+    let stop_serving = CancellationToken::new();
     let server = axum::serve(listener, app(service.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     let served = tokio::select! {
         r = &mut server => r,
         _ = shutdown.cancelled() => {
-            // Graceful shutdown has begun; give requests in flight a bound.
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    warn!(?grace, "requests still in flight after the grace period; closing");
-                    Ok(())
-                }
+            // Tell the fleet first, still serving: peers drop this node's
+            // records at once instead of after the failure detector, and
+            // those that have not heard yet still get answers here.
+            let failed = tokio::select! {
+                r = &mut server => Some(r),
+                _ = membership.leave() => None,
+            };
+            stop_serving.cancel();
+            match failed {
+                Some(r) => r,
+                // Give requests in flight a bound.
+                None => match tokio::time::timeout(grace, &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        warn!(?grace, "requests still in flight after the grace period; closing");
+                        Ok(())
+                    }
+                },
             }
         }
     };

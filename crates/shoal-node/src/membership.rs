@@ -7,6 +7,12 @@
 //! incarnation (its start time in milliseconds), so a restarted node is a
 //! new member that replaces the old.
 //!
+//! A node that shuts down says so first: it sets [`KEY_LEAVING`], pushes it
+//! to every live member and keeps gossiping for [`LEAVE_ROUNDS`] gossip
+//! intervals ([`Membership::leave`]). Peers count a leaving incarnation as
+//! not alive as soon as they hear it, without waiting for the detector; a
+//! restart is a new incarnation without the key, alive again.
+//!
 //! The detector: a node is dead when no newer heartbeat has reached us for
 //! `phi_threshold` times the mean interval between heartbeats. Gossip every
 //! `dead_after / 15` with a threshold of 8 declares a stopped node dead in
@@ -15,7 +21,7 @@
 //! node that is only slow (a pause, a loaded machine) for a dead one more
 //! often; the gossip traffic grows with the rate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +52,14 @@ pub const KEY_READY: &str = "ready";
 /// Key of the owners a member's publishes failed to reach since their last
 /// snapshot, comma-separated: those owners are not complete for it.
 pub const KEY_BEHIND: &str = "behind";
+/// Key a member sets to "true" when it shuts down: from then on its
+/// incarnation is out of the fleet.
+pub const KEY_LEAVING: &str = "leaving";
+
+/// Gossip intervals a leaving node keeps gossiping before it stops: the
+/// first push to every member can be lost (UDP), the rounds after it repeat
+/// it and spread it from peer to peer.
+pub const LEAVE_ROUNDS: u32 = 2;
 
 /// One member as this node sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +70,7 @@ pub struct Member {
     pub incarnation: u64,
     /// Its API address, `host:port`.
     pub api: String,
-    /// Alive by the failure detector.
+    /// Alive by the failure detector, and not leaving.
     pub alive: bool,
     /// Its gossiped key-values.
     pub values: BTreeMap<String, String>,
@@ -179,6 +193,7 @@ impl MembershipConfig {
 /// The running membership: the chitchat server and the view it keeps.
 pub struct Membership {
     handle: ChitchatHandle,
+    gossip_interval: Duration,
     view: Arc<ArcSwap<ClusterView>>,
     changes: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -256,6 +271,7 @@ impl Membership {
         ));
         Ok(Membership {
             handle,
+            gossip_interval,
             view,
             changes,
             task,
@@ -287,6 +303,46 @@ impl Membership {
             if me.get(k) != Some(v.as_str()) {
                 me.set(k, v);
             }
+        }
+    }
+
+    /// Tells the fleet this incarnation is leaving and returns once the
+    /// news had [`LEAVE_ROUNDS`] gossip intervals to spread (at once when
+    /// no other member is live). Peers drop it from their rings and its
+    /// records from their directories as soon as they hear it, rather than
+    /// after the failure detector gives up on it. Gossip runs on; the
+    /// caller goes on serving meanwhile, since peers that have not heard
+    /// yet still send requests here.
+    pub async fn leave(&self) {
+        let chitchat = self.handle.chitchat();
+        let peers: BTreeSet<SocketAddr> = {
+            let mut guard = chitchat.lock().await;
+            guard.self_node_state().set(KEY_LEAVING, "true");
+            let me = guard.self_chitchat_id().clone();
+            guard
+                .live_nodes()
+                .filter(|id| **id != me)
+                .map(|id| id.gossip_advertise_addr)
+                .collect()
+        };
+        if peers.is_empty() {
+            return;
+        }
+        info!(
+            peers = peers.len(),
+            rounds = LEAVE_ROUNDS,
+            "leaving the fleet: telling the other members"
+        );
+        for _ in 0..LEAVE_ROUNDS {
+            // chitchat's own rounds reach 3 random members; a handshake
+            // with every live member carries the news to all at once.
+            for &peer in &peers {
+                if let Err(e) = self.handle.gossip(peer) {
+                    warn!(error = %e, "gossip stopped before the leave was told");
+                    return;
+                }
+            }
+            tokio::time::sleep(self.gossip_interval).await;
         }
     }
 
@@ -353,11 +409,13 @@ async fn refresh(
                             .collect()
                     })
                     .unwrap_or_default();
+                let is_me = node == config.node && id.generation_id == config.incarnation;
                 let member = Member {
                     api: values.get(KEY_API).cloned().unwrap_or_default(),
                     node: node.clone(),
                     incarnation: id.generation_id,
-                    alive,
+                    // This node serves on through its own leave.
+                    alive: alive && (is_me || !says_leaving(&values)),
                     values,
                 };
                 let replace = members
@@ -437,6 +495,11 @@ async fn refresh(
     }
 }
 
+/// True when a member's gossip says its incarnation is shutting down.
+fn says_leaving(values: &BTreeMap<String, String>) -> bool {
+    values.get(KEY_LEAVING).is_some_and(|v| v == "true")
+}
+
 /// True when `candidate` speaks for its node rather than `held` (two
 /// incarnations of one node). A live incarnation wins over a dead one,
 /// whatever their numbers: a clock that stepped back across a restart gives
@@ -462,6 +525,100 @@ mod tests {
             alive,
             values: BTreeMap::new(),
         }
+    }
+
+    /// Long enough that the detector cannot be what removes a member
+    /// within the few gossip intervals these tests allow.
+    const DEAD_AFTER: Duration = Duration::from_secs(60);
+
+    /// `node` gossiping on logical port `port` of `transport`, seeded with
+    /// the member on port `seed`.
+    async fn start(
+        transport: &chitchat::transport::ChannelTransport,
+        node: &str,
+        port: u16,
+        incarnation: u64,
+        seed: u16,
+        stop: &CancellationToken,
+    ) -> Membership {
+        let gossip: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = MembershipConfig {
+            node: NodeId::from(node),
+            incarnation,
+            api: format!("{node}:7070"),
+            gossip_listen: gossip,
+            gossip_advertise: gossip,
+            seeds: vec![format!("127.0.0.1:{seed}")],
+            dead_after: DEAD_AFTER,
+            vnodes: 8,
+            replicas: 2,
+            join_timeout: DEAD_AFTER,
+        };
+        Membership::start(config, Vec::new(), transport, stop.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `done` holds of `seen`'s view and says how long that
+    /// took; fails the test after `within` (virtual time).
+    async fn wait_for(
+        seen: &Membership,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&ClusterView) -> bool,
+    ) -> Duration {
+        let started = tokio::time::Instant::now();
+        while !done(&seen.view()) {
+            assert!(
+                started.elapsed() < within,
+                "not within {within:?}: {what}; the view: {:?}",
+                seen.view().members
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    fn in_ring(view: &ClusterView, node: &str) -> bool {
+        view.ring.members().contains(&NodeId::from(node))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leaving_member_is_out_at_once_and_its_restart_is_back_in() {
+        let transport = chitchat::transport::ChannelTransport::default();
+        let (gossip, _) = detector(DEAD_AFTER);
+        let stop = CancellationToken::new();
+        let a = start(&transport, "a", 1, 1_000, 2, &stop).await;
+        let b = start(&transport, "b", 2, 1_000, 1, &stop).await;
+        wait_for(&a, gossip * 10, "a sees b alive", |v| in_ring(v, "b")).await;
+
+        // b still gossips (heartbeats included) all through: only its
+        // word can take it out. The news travels in one handshake and a's
+        // view follows at its next refresh; the detector alone would take
+        // half of DEAD_AFTER, and never while b heartbeats.
+        let (_, out_after) = tokio::join!(
+            b.leave(),
+            wait_for(&a, gossip * 2, "a drops the leaving b", |v| {
+                !in_ring(v, "b") && v.members.get(&NodeId::from("b")).is_some_and(|m| !m.alive)
+            })
+        );
+        println!("b left a's view {out_after:?} after it said so (gossip every {gossip:?})");
+        b.shutdown().await;
+
+        // Restarted with a smaller incarnation (a clock stepped back): the
+        // new incarnation never said it leaves, so it is alive and speaks
+        // for b, while the leaving one may still be heard of.
+        let b = start(&transport, "b", 2, 900, 1, &stop).await;
+        wait_for(&a, gossip * 10, "a takes the restarted b back", |v| {
+            in_ring(v, "b")
+                && v.members
+                    .get(&NodeId::from("b"))
+                    .is_some_and(|m| m.alive && m.incarnation == 900)
+        })
+        .await;
+        stop.cancel();
+        b.shutdown().await;
+        a.shutdown().await;
     }
 
     #[test]

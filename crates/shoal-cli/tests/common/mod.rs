@@ -107,16 +107,37 @@ impl NodeProcess {
 
     /// SIGTERM, then the exit status and everything it logged.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
+        self.sigterm();
+        let status = self.wait_exit();
+        (status, self.log())
+    }
+
+    /// Sends SIGTERM and returns at once: the node is shutting down.
+    pub fn sigterm(&self) {
+        let child = self.child.as_ref().expect("the node runs");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The exit status if the process has exited (then it is reaped), or
+    /// None while it runs.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the node runs");
+        let status = child.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Waits for the process to exit (after [`Self::sigterm`]) and reaps
+    /// it; fails the test if it takes over 15 s (and the drop kills it).
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, self.log());
+            if let Some(status) = self.try_exit() {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
