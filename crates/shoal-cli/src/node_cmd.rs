@@ -101,6 +101,11 @@ pub struct NodeArgs {
     /// gossip rate and failure detector [default: 3s].
     #[arg(long, env = "SHOAL_DEAD_AFTER", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
+    /// A node whose engine has been lost this long withdraws its
+    /// containers from the fleet until the engine is back; before that,
+    /// answers mark them stale [default: 60s].
+    #[arg(long, env = "SHOAL_ENGINE_LOST_AFTER", value_parser = parse_duration)]
+    pub engine_lost_after: Option<Duration>,
     /// Anti-entropy: compare digests with every owner this often
     /// [default: 10s].
     #[arg(long, env = "SHOAL_SYNC_INTERVAL", value_parser = parse_duration)]
@@ -156,6 +161,8 @@ pub struct FileConfig {
     resync_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     dead_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    engine_lost_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     sync_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -232,6 +239,10 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .or(file.resync_interval)
             .unwrap_or(d.resync_interval),
         dead_after: args.dead_after.or(file.dead_after).unwrap_or(d.dead_after),
+        engine_lost_after: args
+            .engine_lost_after
+            .or(file.engine_lost_after)
+            .unwrap_or(d.engine_lost_after),
         sync_interval: args
             .sync_interval
             .or(file.sync_interval)
@@ -377,7 +388,9 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
-        let f = file("node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\n");
+        let f = file(
+            "node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\nengine-lost-after: 2m\n",
+        );
         let args = NodeArgs {
             config: Some(f.path().to_owned()),
             node_id: Some("from-flag".into()),
@@ -389,6 +402,7 @@ mod tests {
         assert_eq!(r.node.hot_ttl, Duration::from_secs(3));
         assert_eq!(r.node.replicas, 3);
         assert_eq!(r.node.vnodes, 64);
+        assert_eq!(r.node.engine_lost_after, Duration::from_secs(120));
     }
 
     #[test]
@@ -439,6 +453,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("nohost")
+        );
+        let args = NodeArgs {
+            engine_lost_after: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("engine-lost-after")
         );
         let args = NodeArgs {
             node_id: Some("bad id".into()),

@@ -238,6 +238,18 @@ impl Source {
             .collect()
     }
 
+    /// Takes every record of this source out of the fleet (its engine has
+    /// been lost too long to vouch for them): each owner gets the removal
+    /// of what it holds, as deltas, and the published inventory is empty.
+    /// Digests and snapshots that follow say "nothing", so owners stay
+    /// complete for this source. Other sources' copies of the same
+    /// containers are theirs and stay. [`Source::restart_from`] publishes
+    /// the inventory again.
+    pub fn withdraw(&mut self) -> Vec<Out> {
+        let removals = self.published.diff(&Inventory::new());
+        self.deltas(&removals)
+    }
+
     /// The view changed (ring, or a member's incarnation): gains as deltas,
     /// snapshots to restarted members and to owners behind, then a digest
     /// to every member.
@@ -506,6 +518,70 @@ mod tests {
             .filter(|(_, m)| matches!(m, Message::Digest(_)))
             .count();
         assert_eq!(digests, 2, "the others get a digest");
+    }
+
+    #[test]
+    fn withdraw_takes_out_this_sources_records_and_leaves_other_sources_copies() {
+        let v = view(4);
+        let ring = &v.ring;
+        let here = Here {
+            ring: ring.fingerprint(),
+            live: Some(1),
+        };
+        let mut dirs = BTreeMap::new();
+        // n0 and n1 watch one engine: c0..c19 come from both, c20..c29
+        // from n0 only.
+        let mut n0 = Source::new("n0".into(), 1);
+        deliver(&mut dirs, n0.start(inventory(30), &v), ring);
+        let mut n1 = Source::new("n1".into(), 1);
+        let from_n1 = Inventory::from_records(inventory(20).records().map(|r| {
+            let mut r = ContainerRecord::clone(r);
+            r.node = NodeId::from("n1");
+            r
+        }));
+        deliver(&mut dirs, n1.start(from_n1, &v), ring);
+
+        let out = n0.withdraw();
+        assert!(!out.is_empty());
+        assert!(
+            out.iter().all(|(_, m)| !m.is_snapshot()),
+            "removals are deltas"
+        );
+        deliver(&mut dirs, out, ring);
+        assert!(n0.published().is_empty());
+
+        let nowhere = |dirs: &BTreeMap<NodeId, OwnerDirectory>, r: &str| {
+            let key = parse_ref(r, None).unwrap();
+            dirs.values().all(|d| d.lookup(&key).is_empty())
+        };
+        for i in 20..30 {
+            assert!(nowhere(&dirs, &format!("c{i}")), "c{i} was only n0's");
+        }
+        for i in 0..20 {
+            assert!(found(&dirs, ring, &format!("c{i}")), "n1 still has c{i}");
+            let key = parse_ref(&format!("c{i}"), None).unwrap();
+            for d in dirs.values() {
+                assert!(d.lookup(&key).iter().all(|r| r.node == NodeId::from("n1")));
+            }
+        }
+        // Withdrawn is a state owners can be complete for: digests of
+        // nothing match.
+        let me = NodeId::from("n0");
+        for (owner, m) in n0.digest_round(None, ring) {
+            let Message::Digest(d) = m else {
+                panic!("{owner} is not behind: a digest")
+            };
+            let dir = dirs.get_mut(&owner).unwrap();
+            let reply = dir.check(&d, here, |r| crate::placement::owns_any(ring, &owner, r));
+            assert!(reply.matches, "{owner} holds nothing from n0");
+            assert!(dir.missing([(&me, 1)], ring.fingerprint()).is_empty());
+        }
+
+        // The engine is back: the inventory is published again.
+        deliver(&mut dirs, n0.restart_from(inventory(30), &v), ring);
+        for i in 20..30 {
+            assert!(found(&dirs, ring, &format!("c{i}")), "c{i} is back");
+        }
     }
 
     #[test]

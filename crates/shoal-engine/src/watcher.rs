@@ -7,10 +7,12 @@
 //! 2. Every container event (and network connect/disconnect, which names a
 //!    container) re-reads that container: the inventory holds what the
 //!    engine says now, whatever order events came in.
-//! 3. When the engine goes away the last inventory stays, marked stale; the
-//!    watcher reconnects with capped, jittered exponential backoff that never
-//!    gives up, builds a whole new inventory and only then swaps it in
-//!    (make-before-break), publishing the difference.
+//! 3. When the engine goes away the last inventory stays, marked stale
+//!    with the time it was lost (what to do about a long loss is the
+//!    node's business); the watcher reconnects with capped, jittered
+//!    exponential backoff that never gives up, builds a whole new inventory
+//!    and only then swaps it in (make-before-break), publishing the
+//!    difference.
 //! 4. A full list every `resync_interval` repairs what dropped events left
 //!    wrong.
 //! 5. Only the engine saying a container is gone takes it out. An inspect
@@ -87,6 +89,10 @@ pub struct WatcherStatus {
     pub ready: bool,
     /// The engine is lost; the inventory is the last one read.
     pub stale: bool,
+    /// When the engine was lost after a sync (ms since the epoch): the
+    /// first failure, not the last reconnect attempt. `None` while it
+    /// answers, and cleared by the sync that follows its return.
+    pub lost_at_ms: Option<u64>,
     /// The engine, once it answered.
     pub engine: Option<EngineIdentity>,
     /// The last failure, while it lasts.
@@ -95,6 +101,15 @@ pub struct WatcherStatus {
     pub last_sync_ms: Option<u64>,
     /// When the last engine event arrived (ms since the epoch).
     pub last_event_ms: Option<u64>,
+}
+
+impl WatcherStatus {
+    /// How long the engine has been lost at `now_ms` (ms since the
+    /// epoch); `None` while it answers.
+    pub fn lost_for(&self, now_ms: u64) -> Option<Duration> {
+        self.lost_at_ms
+            .map(|at| Duration::from_millis(now_ms.saturating_sub(at)))
+    }
 }
 
 /// Counters of the watcher's work, for metrics.
@@ -319,6 +334,9 @@ impl Watcher {
                 .fetch_add(1, Ordering::Relaxed);
             self.handle.update_status(|s| {
                 s.stale = s.ready;
+                if s.ready && s.lost_at_ms.is_none() {
+                    s.lost_at_ms = Some(now_ms());
+                }
                 s.last_error = Some(e.to_string());
             });
             let delay = backoff.next_delay();
@@ -431,6 +449,7 @@ impl Watcher {
         self.handle.update_status(|s| {
             s.ready = true;
             s.stale = false;
+            s.lost_at_ms = None;
             s.engine = Some(identity.clone());
             s.last_error = None;
             s.last_sync_ms = Some(now);
@@ -666,6 +685,54 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!h.status().stale);
+        stop.cancel();
+    }
+
+    async fn until(h: &WatcherHandle, what: &str, f: impl Fn(&WatcherStatus) -> bool) {
+        for _ in 0..2000 {
+            if f(&h.status()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    #[tokio::test]
+    async fn the_loss_time_is_the_first_failure_and_clears_when_the_engine_is_back() {
+        let e = engine(3);
+        let stop = CancellationToken::new();
+        let cfg = WatcherConfig {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..config()
+        };
+        let (h, _task) = Watcher::spawn(Arc::new(e.clone()), cfg, stop.clone());
+        h.ready().await;
+        assert_eq!(h.status().lost_at_ms, None);
+
+        let before = now_ms();
+        e.set_up(false);
+        until(&h, "the engine is lost", |s| s.stale).await;
+        let lost_at = h
+            .status()
+            .lost_at_ms
+            .expect("a lost engine has a loss time");
+        assert!(lost_at >= before);
+        let calls = e.calls();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(e.calls() > calls + 2, "it kept trying to reconnect");
+        assert_eq!(
+            h.status().lost_at_ms,
+            Some(lost_at),
+            "failed reconnects do not move the loss time"
+        );
+        assert!(h.status().lost_for(now_ms()).unwrap() >= Duration::from_millis(200));
+
+        e.set_up(true);
+        until(&h, "the engine is back", |s| !s.stale).await;
+        assert_eq!(h.status().lost_at_ms, None);
+        assert_eq!(h.status().lost_for(now_ms()), None);
         stop.cancel();
     }
 

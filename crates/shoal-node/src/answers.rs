@@ -43,11 +43,39 @@ impl LookupPath {
     }
 }
 
+/// A container as an answer shows it: its record, and whether the engine
+/// that runs it is lost. The record's fields are the answer's; `stale`
+/// and `engine_lost_at` appear only on a record whose engine has been
+/// lost for longer than `stale_after` ([`crate::config::STALE_AFTER`]), as
+/// the serving node sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnsweredRecord {
+    /// The record as its node published it.
+    #[serde(flatten)]
+    pub record: Arc<ContainerRecord>,
+    /// True when its engine is lost: the record is the last one read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// When its engine was lost (ms since the epoch), on a stale record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_lost_at: Option<u64>,
+}
+
+impl From<Arc<ContainerRecord>> for AnsweredRecord {
+    fn from(record: Arc<ContainerRecord>) -> Self {
+        AnsweredRecord {
+            record,
+            stale: false,
+            engine_lost_at: None,
+        }
+    }
+}
+
 /// The answer to `GET /v1/containers/{ref}`.
 #[derive(Clone, Debug, Serialize)]
 pub struct LookupAnswer {
     /// Every match, each with its node; never a silent pick.
-    pub containers: Vec<Arc<ContainerRecord>>,
+    pub containers: Vec<AnsweredRecord>,
     /// The node that answered.
     pub served_by: NodeId,
     /// How it answered.
@@ -77,7 +105,7 @@ pub struct FailedNode {
 #[derive(Clone, Debug, Serialize)]
 pub struct ListAnswer {
     /// Matching containers, by node then ID.
-    pub containers: Vec<Arc<ContainerRecord>>,
+    pub containers: Vec<AnsweredRecord>,
     /// Which nodes answered.
     pub nodes: NodesCovered,
     /// The node that answered.
@@ -114,7 +142,7 @@ pub struct ProjectAnswer {
     /// The project name.
     pub project: String,
     /// Its containers, by node then ID.
-    pub containers: Vec<Arc<ContainerRecord>>,
+    pub containers: Vec<AnsweredRecord>,
     /// Which nodes answered.
     pub nodes: NodesCovered,
     /// The node that answered.

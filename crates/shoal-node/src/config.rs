@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use shoal_core::NodeId;
 
+/// How long an engine may be lost before answers mark its records stale.
+/// Shorter losses are blips (a daemon restart, a socket that comes back at
+/// once) and the last inventory is still right; longer, clients are told
+/// the record may be out of date and since when.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// Everything a node needs to run, with the defaults of `shoal node`.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -35,6 +41,14 @@ pub struct NodeConfig {
     /// A dead node's records leave every directory within this (default
     /// 3 s); it sets the gossip rate and the failure detector.
     pub dead_after: Duration,
+    /// A node whose engine has been lost this long withdraws its records
+    /// from the fleet, until the engine is back (default 60 s). Before
+    /// that, answers mark them stale.
+    pub engine_lost_after: Duration,
+    /// Answers mark a record stale once its engine has been lost longer
+    /// than this (default [`STALE_AFTER`], 5 s; not a flag: tests shorten
+    /// it).
+    pub stale_after: Duration,
     /// Anti-entropy: compare digests with every owner this often (default
     /// 10 s).
     pub sync_interval: Duration,
@@ -79,6 +93,8 @@ impl Default for NodeConfig {
             hot_ttl: Duration::from_secs(1),
             peer_timeout: Duration::from_millis(250),
             dead_after: Duration::from_secs(3),
+            engine_lost_after: Duration::from_secs(60),
+            stale_after: STALE_AFTER,
             sync_interval: Duration::from_secs(10),
             ownership_grace: Duration::from_secs(30),
             scatter_timeout: Duration::from_secs(1),
@@ -141,6 +157,7 @@ impl NodeConfig {
             ("peer-timeout", self.peer_timeout),
             ("resync-interval", self.resync_interval),
             ("dead-after", self.dead_after),
+            ("engine-lost-after", self.engine_lost_after),
             ("sync-interval", self.sync_interval),
             ("scatter-timeout", self.scatter_timeout),
         ] {

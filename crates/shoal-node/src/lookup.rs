@@ -17,7 +17,7 @@ use shoal_core::{ContainerRecord, Inventory, LookupKey, NodeId};
 use shoal_engine::WatcherHandle;
 use tracing::debug;
 
-use crate::answers::{FailedNode, LookupAnswer, LookupPath, NodesCovered};
+use crate::answers::{AnsweredRecord, FailedNode, LookupAnswer, LookupPath, NodesCovered};
 use crate::directory::DirectoryService;
 use crate::error::ApiError;
 use crate::membership::ClusterView;
@@ -69,6 +69,7 @@ pub struct Lookups {
     hot: Option<Cache<LookupKey, Arc<Found>>>,
     peer_timeout: Duration,
     scatter_timeout: Duration,
+    engine_lost_after: Duration,
 }
 
 /// How the lookup path is set up.
@@ -83,6 +84,8 @@ pub struct LookupsConfig {
     pub peer_timeout: Duration,
     /// How long nodes may take to answer a scatter.
     pub scatter_timeout: Duration,
+    /// An engine lost this long has its containers withdrawn.
+    pub engine_lost_after: Duration,
 }
 
 impl Lookups {
@@ -114,6 +117,7 @@ impl Lookups {
             hot,
             peer_timeout: config.peer_timeout,
             scatter_timeout: config.scatter_timeout,
+            engine_lost_after: config.engine_lost_after,
         }
     }
 
@@ -133,6 +137,14 @@ impl Lookups {
                 "node {} has not read its engine yet{why}",
                 self.node_id()
             ));
+        }
+        // Withdrawn from the fleet (the publisher took them out of the
+        // owners too): this node no longer vouches for them.
+        if status
+            .lost_for(crate::clock::now_ms())
+            .is_some_and(|d| d >= self.engine_lost_after)
+        {
+            return Ok(Arc::new(Inventory::new()));
         }
         Ok(self.watcher.inventory())
     }
@@ -233,7 +245,12 @@ impl Lookups {
             )));
         }
         Ok(LookupAnswer {
-            containers: found.containers.clone(),
+            containers: found
+                .containers
+                .iter()
+                .cloned()
+                .map(AnsweredRecord::from)
+                .collect(),
             served_by: me.clone(),
             path: found.path,
         })

@@ -2,8 +2,9 @@
 //! failure detector) seeded from `--peers` or `--peers-dns`, and the view of
 //! the fleet every other part reads: members, their state and the ring.
 //!
-//! Each node gossips its API address, engine, container count and last
-//! event time as chitchat key-values. The chitchat generation is the node's
+//! Each node gossips its API address, engine, container count, last
+//! event time and, while its engine is lost, when it was lost, as
+//! chitchat key-values. The chitchat generation is the node's
 //! incarnation (its start time in milliseconds), so a restarted node is a
 //! new member that replaces the old.
 //!
@@ -47,6 +48,9 @@ pub const KEY_ENGINE_VERSION: &str = "engine_version";
 pub const KEY_CONTAINERS: &str = "containers";
 /// Key of a member's last engine event (ms since the epoch).
 pub const KEY_LAST_EVENT: &str = "last_event_ms";
+/// Key of when a member's engine was lost (ms since the epoch); empty
+/// while it answers.
+pub const KEY_ENGINE_LOST: &str = "engine_lost_ms";
 /// Key of a member's readiness.
 pub const KEY_READY: &str = "ready";
 /// Key of the owners a member's publishes failed to reach since their last

@@ -8,6 +8,8 @@
 //! queue delivers in order, one message at a time, so a slow or hung owner
 //! delays only itself; a queue that overflows drops what it holds and its
 //! owner gets a snapshot instead. Publishes to this node itself skip HTTP.
+//! An engine lost for `engine_lost_after` has its containers withdrawn
+//! from the fleet; when it is back they are published again in full.
 //! Work that walks every record (snapshots, digests, gains) runs on the
 //! blocking pool through [`DirectoryService::bulk`].
 
@@ -91,6 +93,10 @@ const QUEUE_BOUND: usize = 1024;
 /// How soon owners behind get their snapshot after a failed delivery.
 const REPAIR_AFTER: Duration = Duration::from_millis(500);
 
+/// How often the publisher looks at the engine's status: a withdrawal or a
+/// return is acted on within this of its time.
+const ENGINE_CHECK: Duration = Duration::from_millis(250);
+
 /// Everything the publisher needs.
 pub struct Publisher {
     /// This node.
@@ -109,6 +115,9 @@ pub struct Publisher {
     pub timeout: Duration,
     /// How often to compare digests.
     pub sync_interval: Duration,
+    /// How long the engine may be lost before this node's containers are
+    /// withdrawn from the fleet.
+    pub engine_lost_after: Duration,
     /// Ticks when the ring or a live member's incarnation changes.
     pub view_changes: tokio::sync::watch::Receiver<u64>,
     /// Owners that asked for a digest round.
@@ -181,10 +190,20 @@ impl Publisher {
         // repairs back off to the sync interval: each walks every record.
         let mut repair_wait = REPAIR_AFTER;
         let mut next_repair = tokio::time::Instant::now();
+        let mut engine_check = tokio::time::interval(ENGINE_CHECK);
+        engine_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The loss (its time) this node's containers were withdrawn for.
+        // Another loss time, or none, means the engine came back since.
+        let mut withdrawn_for: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                // Withdrawn, the published inventory is empty on purpose;
+                // the return publishes the whole inventory, these changes
+                // included.
                 batch = deltas.recv() => match batch {
+                    Ok(_) if withdrawn_for.is_some() => {}
+                    Err(RecvError::Lagged(_)) if withdrawn_for.is_some() => {}
                     Ok(batch) => {
                         let newest = batch.iter().map(|d| d.record().updated_at).max();
                         let out = self.deltas(&core, batch).await;
@@ -248,6 +267,28 @@ impl Publisher {
                         next_repair = tokio::time::Instant::now() + repair_wait;
                         repair_wait = (repair_wait * 2).min(self.sync_interval);
                     }
+                }
+                _ = engine_check.tick() => {
+                    let status = self.watcher.status();
+                    let out = match withdrawn_for {
+                        None => match status.lost_for(now_ms()) {
+                            Some(lost_for) if lost_for >= self.engine_lost_after => {
+                                warn!(?lost_for, "engine lost too long; withdrawing this node's containers from the fleet");
+                                withdrawn_for = status.lost_at_ms;
+                                self.bulk(&core, move |s| s.withdraw()).await
+                            }
+                            _ => Vec::new(),
+                        },
+                        Some(at) if status.lost_at_ms != Some(at) => {
+                            info!("engine back; publishing this node's containers again");
+                            withdrawn_for = None;
+                            let inventory = (*self.watcher.inventory()).clone();
+                            let view = protocol_view(&self.view.load());
+                            self.bulk(&core, move |s| s.restart_from(inventory, &view)).await
+                        }
+                        Some(_) => Vec::new(),
+                    };
+                    queues.dispatch(&core, out, None);
                 }
                 _ = sync.tick() => {
                     let ring = self.view.load().ring.clone();

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::answers::{
-    EngineView, ListAnswer, LookupAnswer, NodeView, NodesAnswer, NodesCovered, ProjectAnswer,
-    ProjectSummary, ProjectsAnswer, Readiness,
+    AnsweredRecord, EngineView, ListAnswer, LookupAnswer, NodeView, NodesAnswer, NodesCovered,
+    ProjectAnswer, ProjectSummary, ProjectsAnswer, Readiness,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -29,8 +29,8 @@ use crate::directory::{DirectoryService, Upkeep};
 use crate::error::ApiError;
 use crate::lookup::{LookupOptions, Lookups, LookupsConfig};
 use crate::membership::{
-    ClusterView, KEY_BEHIND, KEY_CONTAINERS, KEY_ENGINE_ID, KEY_ENGINE_KIND, KEY_ENGINE_VERSION,
-    KEY_LAST_EVENT, KEY_READY,
+    ClusterView, KEY_BEHIND, KEY_CONTAINERS, KEY_ENGINE_ID, KEY_ENGINE_KIND, KEY_ENGINE_LOST,
+    KEY_ENGINE_VERSION, KEY_LAST_EVENT, KEY_READY,
 };
 use crate::metrics::{Metrics, NodeState};
 use crate::peer::{HttpPeers, PeerClient, PeerTransport};
@@ -97,6 +97,7 @@ impl NodeService {
                 hot_capacity: config.hot_capacity,
                 peer_timeout: config.peer_timeout,
                 scatter_timeout: config.scatter_timeout,
+                engine_lost_after: config.engine_lost_after,
             },
             view.clone(),
             directory.clone(),
@@ -143,6 +144,7 @@ impl NodeService {
             watcher: self.watcher.clone(),
             timeout: self.config.peer_timeout,
             sync_interval: self.config.sync_interval,
+            engine_lost_after: self.config.engine_lost_after,
             view_changes,
             counters: self.publisher.clone(),
         };
@@ -204,7 +206,46 @@ impl NodeService {
         key: &LookupKey,
         options: LookupOptions,
     ) -> Result<LookupAnswer, ApiError> {
-        self.lookups.lookup(key, options).await
+        let mut answer = self.lookups.lookup(key, options).await?;
+        self.mark_stale(&mut answer.containers);
+        Ok(answer)
+    }
+
+    /// Marks the records whose engine has been lost longer than
+    /// `stale_after`, as this node sees it: its own watcher for itself,
+    /// gossip for the others. After the hot cache, so that a cached answer
+    /// is marked as of now.
+    fn mark_stale(&self, containers: &mut [AnsweredRecord]) {
+        let now = now_ms();
+        let view = self.view.load();
+        let mut lost_at: BTreeMap<NodeId, Option<u64>> = BTreeMap::new();
+        for c in containers {
+            let node = &c.record.node;
+            if !lost_at.contains_key(node) {
+                let at = if node == self.node_id() {
+                    self.watcher.status().lost_at_ms
+                } else {
+                    view.members
+                        .get(node)
+                        .and_then(|m| m.value(KEY_ENGINE_LOST))
+                        .and_then(|v| v.parse().ok())
+                };
+                lost_at.insert(node.clone(), at);
+            }
+            if let Some(at) = lost_at[node]
+                && Duration::from_millis(now.saturating_sub(at)) > self.config.stale_after
+            {
+                c.stale = true;
+                c.engine_lost_at = Some(at);
+            }
+        }
+    }
+
+    /// Records as an answer shows them, marked.
+    fn answered(&self, records: Vec<Arc<ContainerRecord>>) -> Vec<AnsweredRecord> {
+        let mut containers: Vec<AnsweredRecord> = records.into_iter().map(Into::into).collect();
+        self.mark_stale(&mut containers);
+        containers
     }
 
     /// This node's own containers that match a query (the peer `local`
@@ -276,7 +317,7 @@ impl NodeService {
             return Err(unavailable(&nodes));
         }
         Ok(ListAnswer {
-            containers,
+            containers: self.answered(containers),
             nodes,
             served_by: self.node_id().clone(),
         })
@@ -322,7 +363,7 @@ impl NodeService {
         }
         Ok(ProjectAnswer {
             project: name.to_owned(),
-            containers,
+            containers: self.answered(containers),
             nodes,
             served_by: self.node_id().clone(),
         })
@@ -416,6 +457,12 @@ impl NodeService {
         if let Some(t) = s.last_event_ms {
             values.push((KEY_LAST_EVENT, t.to_string()));
         }
+        // Always set, empty when the engine answers: a value left out
+        // would keep the last one gossiped.
+        values.push((
+            KEY_ENGINE_LOST,
+            s.lost_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+        ));
         let behind = self
             .publisher
             .behind

@@ -713,3 +713,169 @@ async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
         }
     }
 }
+
+/// What an answer says of its records' engines: for each record, its node
+/// and its `engine_lost_at` when it is marked stale (a mark is both fields
+/// or neither).
+fn stale_marks(answer: &Value) -> Vec<(String, Option<u64>)> {
+    answer["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let marked = c.get("stale").is_some();
+            assert_eq!(marked, c.get("engine_lost_at").is_some(), "{c}");
+            if marked {
+                assert_eq!(c["stale"], true, "{c}");
+            }
+            (
+                c["node"].as_str().unwrap_or("").to_owned(),
+                c["engine_lost_at"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_engine_is_marked_stale_then_withdrawn_and_served_again_when_back() {
+    const LOST_AFTER: Duration = Duration::from_secs(3);
+    let base = NodeConfig {
+        engine_lost_after: LOST_AFTER,
+        stale_after: Duration::from_millis(500),
+        ..test_config()
+    };
+    let mut fleet = Fleet::start_configured(3, None, base.clone()).await;
+    // f3 watches an engine with f1's ID and containers: two nodes on one
+    // engine, as in the compose demo.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut seeds: Vec<String> = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
+    seeds.push(listener.local_addr().unwrap().to_string());
+    let twin = start_node_with(
+        "f3",
+        listener,
+        seeds,
+        engine_for("f1", PER_NODE),
+        None,
+        base,
+        &fleet.gossip,
+    )
+    .await;
+    fleet.nodes.push(twin);
+    let started = Instant::now();
+    for n in &fleet.nodes {
+        loop {
+            let (_, list) = fleet.get(&n.addr, "/v1/containers?node=f3").await;
+            if list["containers"].as_array().map(Vec::len) == Some(PER_NODE) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} never saw f3",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let before = shoal_node::clock::now_ms();
+    fleet.nodes[2].engine.set_up(false);
+    fleet.nodes[1].engine.set_up(false);
+    let lost = Instant::now();
+
+    // Marked stale at every node, lookups and listings alike, while the
+    // other nodes' containers carry no mark.
+    for n in &fleet.nodes {
+        loop {
+            let (status, answer) = fleet.lookup(&n.addr, "f2-5").await;
+            let (_, list) = fleet.get(&n.addr, "/v1/containers?node=f2").await;
+            let marks = stale_marks(&answer);
+            let listed = stale_marks(&list);
+            if status == 200
+                && marks.len() == 1
+                && marks[0].1.is_some()
+                && listed.len() == PER_NODE
+                && listed.iter().all(|(_, at)| at.is_some())
+            {
+                let at = marks[0].1.unwrap();
+                assert!(
+                    at >= before && at <= shoal_node::clock::now_ms(),
+                    "engine_lost_at {at} is when it was lost"
+                );
+                break;
+            }
+            assert!(
+                lost.elapsed() < LOST_AFTER,
+                "{} did not mark f2's containers stale before they were withdrawn: {status} {answer}",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, answer) = fleet.lookup(&n.addr, "f0-5").await;
+        assert_eq!(status, 200);
+        assert_eq!(stale_marks(&answer), [("f0".to_owned(), None)]);
+    }
+    // JSON-RPC shares the answers.
+    let rpc: Value = fleet
+        .http
+        .post(format!("http://{}/jrpc", fleet.nodes[0].addr))
+        .json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "Inventory.Get", "params": {"ref": "f2-5"}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rpc["result"]["containers"][0]["stale"], true, "{rpc}");
+
+    // Withdrawn after engine_lost_after: gone everywhere, except what
+    // another live node watching the same engine publishes.
+    for n in &fleet.nodes {
+        loop {
+            let (status, answer) = fleet.lookup(&n.addr, "f2-5").await;
+            let (_, list) = fleet.get(&n.addr, "/v1/containers?node=f2").await;
+            let listed = list["containers"].as_array().map(Vec::len);
+            if status == 404 && listed == Some(0) {
+                break;
+            }
+            assert!(
+                lost.elapsed() < LOST_AFTER * 3,
+                "{} still answers f2's containers: {status} {answer}",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, answer) = fleet.lookup(&n.addr, "f1-5").await;
+        assert_eq!(status, 200, "f3 still watches f1's engine: {answer}");
+        assert_eq!(stale_marks(&answer), [("f3".to_owned(), None)]);
+    }
+    assert!(
+        lost.elapsed() >= LOST_AFTER,
+        "withdrawn before engine_lost_after"
+    );
+
+    // Back: answered again, unmarked.
+    fleet.nodes[2].engine.set_up(true);
+    let back = Instant::now();
+    for n in &fleet.nodes {
+        loop {
+            let (status, answer) = fleet.lookup(&n.addr, "f2-5").await;
+            let (_, list) = fleet.get(&n.addr, "/v1/containers?node=f2").await;
+            let listed = stale_marks(&list);
+            if status == 200
+                && stale_marks(&answer) == [("f2".to_owned(), None)]
+                && listed.len() == PER_NODE
+                && listed.iter().all(|(_, at)| at.is_none())
+            {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "{} does not answer f2's containers again: {status} {answer}",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
