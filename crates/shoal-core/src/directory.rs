@@ -301,6 +301,59 @@ impl OwnerDirectory {
         DigestReply { matches }
     }
 
+    /// The keys whose answers `publish` may change here: every key of the
+    /// records it names, as this directory holds them now and as the
+    /// publish has them (a snapshot names every record of its source).
+    /// Whoever cached an answer for one of them must drop it.
+    pub fn keys_touched(&self, publish: &Publish) -> Vec<LookupKey> {
+        let src = &publish.source.node;
+        let held = self.sources.get(src);
+        let mut keys = Vec::new();
+        let old = |rid: &RecordId, keys: &mut Vec<LookupKey>| {
+            if let Some((r, _)) = held.and_then(|s| s.records.get(rid)) {
+                keys.extend(record_keys(r));
+            }
+        };
+        match &publish.body {
+            PublishBody::Delta { upserts, removes } => {
+                for r in upserts {
+                    old(&RecordId::of(r), &mut keys);
+                    keys.extend(record_keys(r));
+                }
+                for rid in removes {
+                    old(rid, &mut keys);
+                }
+            }
+            PublishBody::Snapshot { records } => {
+                if let Some(s) = held {
+                    for (r, _) in s.records.values() {
+                        keys.extend(record_keys(r));
+                    }
+                }
+                for r in records {
+                    keys.extend(record_keys(r));
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The keys of every record a source has here (what forgetting it
+    /// changes).
+    pub fn keys_of_source(&self, node: &NodeId) -> Vec<LookupKey> {
+        let mut keys: Vec<LookupKey> = self
+            .sources
+            .get(node)
+            .into_iter()
+            .flat_map(|s| s.records.values().flat_map(|(r, _)| record_keys(r)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// The sources this directory is complete for on `ring`, with their
     /// incarnations. A lookup's answer names them: whoever asked counts as
     /// missing every source its own view requires that is not among them,
@@ -765,6 +818,33 @@ mod tests {
         };
         assert!(d.check(&empty, HERE, |_| true).matches);
         assert!(missing(&d, &[("b", 3)], RING).is_empty());
+    }
+
+    #[test]
+    fn a_publish_touches_the_old_and_new_keys_of_what_it_names() {
+        let mut d = OwnerDirectory::new();
+        let web = on("a", "e", record(1, "web", "10.0.0.1", None));
+        let db = on("a", "e", record(2, "db", "10.0.0.2", None));
+        d.apply(
+            &delta(clock("a", 1, 1), vec![web.clone(), db], vec![]),
+            HERE,
+        );
+        let mut renamed = web.clone();
+        renamed.names = vec!["api".into()];
+        let touched: Vec<String> = d
+            .keys_touched(&delta(clock("a", 1, 2), vec![renamed], vec![]))
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert!(touched.contains(&"name:web".to_owned()), "the old name");
+        assert!(touched.contains(&"name:api".to_owned()), "the new name");
+        assert!(touched.contains(&"ip:10.0.0.1".to_owned()));
+        assert!(!touched.contains(&"name:db".to_owned()), "db is not named");
+        let gone = d.keys_touched(&delta(clock("a", 1, 2), vec![], vec![RecordId::of(&web)]));
+        assert!(gone.contains(&LookupKey::Name("web".into())));
+        let all = d.keys_of_source(&NodeId::from("a"));
+        assert!(all.contains(&LookupKey::Name("web".into())));
+        assert!(all.contains(&LookupKey::Name("db".into())));
     }
 
     #[test]

@@ -175,6 +175,16 @@ pub struct LookupReply {
     pub complete_for: Vec<(NodeId, u64)>,
 }
 
+/// `POST /_shoal/v1/invalidate`: an owner tells a node that fetched these
+/// keys from it within the hot cache's time that their answers changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidate {
+    /// The owner.
+    pub owner: NodeId,
+    /// The keys, in their canonical (placement) form.
+    pub keys: Vec<LookupKey>,
+}
+
 /// `POST /_shoal/v1/resync`: an owner that is not complete for this
 /// source asks it for a digest round (and a snapshot if that differs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

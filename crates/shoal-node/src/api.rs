@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use shoal_core::wire::{DigestRequest, LocalQuery, LocalReply, Publish, ResyncRequest};
-use shoal_core::{ContainerRecord, KeyKind, ListFilter, parse_ref};
+use shoal_core::wire::{DigestRequest, Invalidate, LocalQuery, LocalReply, Publish, ResyncRequest};
+use shoal_core::{ContainerRecord, KeyKind, ListFilter, NodeId, parse_ref};
 
 use crate::answers::LookupAnswer;
 use crate::clock::now_ms;
@@ -50,6 +50,7 @@ pub fn app(service: Shared) -> Router {
         .route(routes::DIGEST, post(peer_digest))
         .route(routes::LOCAL, post(peer_local))
         .route(routes::RESYNC, post(peer_resync))
+        .route(routes::INVALIDATE, post(peer_invalidate))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     // The baseline of the benchmarks: the same HTTP stack, no work. Outside
@@ -317,10 +318,36 @@ async fn peer_ping(State(service): State<Shared>) -> Response {
 async fn peer_lookup(
     State(service): State<Shared>,
     parts: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path((kind, value)) = parts?;
     let key = parse_ref(&value, Some(kind.parse()?))?;
-    Ok(bincode_response(&service.owner_lookup(&key)?))
+    let mut from = None;
+    for (k, v) in query_pairs(&query)? {
+        match k.as_ref() {
+            "from" if from.is_none() => {
+                // A node ID is a name as far as characters go.
+                parse_ref(&v, Some(KeyKind::Name))?;
+                from = Some(NodeId(v.into_owned()));
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown or repeated query parameter {:?}: a peer lookup takes from=<node>",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(bincode_response(&service.owner_lookup(&key, from)?))
+}
+
+/// An owner says these keys' answers changed: drop them from the hot cache.
+async fn peer_invalidate(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: Invalidate = peer_body(body)?;
+    Ok(bincode_response(&service.invalidate(&request.keys).await))
 }
 
 async fn peer_publish(

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use shoal_core::directory::{Here, OwnerDirectory};
 use shoal_core::placement::owns_any;
 use shoal_core::wire::{
-    DigestReply, DigestRequest, Publish, PublishAck, PublishBody, ResyncRequest,
+    DigestReply, DigestRequest, Invalidate, Publish, PublishAck, PublishBody, ResyncRequest,
 };
 use shoal_core::{ContainerRecord, LookupKey, NodeId};
 use tokio_util::sync::CancellationToken;
@@ -34,22 +34,95 @@ pub struct DirectoryService {
     working: Mutex<OwnerDirectory>,
     snapshot: ArcSwap<OwnerDirectory>,
     bulk: tokio::sync::Semaphore,
+    /// Who fetched which key from here within the hot cache's time.
+    fetchers: Fetchers,
+}
+
+/// Invalidations waiting to be sent; past this many, new ones are dropped
+/// (and counted): the entries they name expire within the hot TTL anyway.
+const INVALIDATION_QUEUE: usize = 4096;
+
+/// The nodes that fetched each key from this owner, remembered for the hot
+/// cache's time; when a key's answer changes here, each of them is told to
+/// drop it.
+pub struct Fetchers {
+    by_key: moka::sync::Cache<LookupKey, Arc<Mutex<std::collections::BTreeSet<NodeId>>>>,
+    tx: tokio::sync::mpsc::Sender<(NodeId, LookupKey)>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<(NodeId, LookupKey)>>>,
+    /// Invalidations sent, and dropped on a full queue.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Invalidations dropped because the queue was full.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Fetchers {
+    fn new(remember: Duration) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(INVALIDATION_QUEUE);
+        Fetchers {
+            by_key: moka::sync::Cache::builder()
+                .time_to_live(remember)
+                .max_capacity(1_000_000)
+                .build(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            sent: Default::default(),
+            dropped: Default::default(),
+        }
+    }
+
+    fn fetched(&self, key: LookupKey, by: NodeId) {
+        let set = self.by_key.get_with(key, Arc::default);
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(by);
+    }
+
+    fn changed(&self, keys: &[LookupKey]) {
+        for key in keys {
+            let Some(set) = self.by_key.remove(key) else {
+                continue;
+            };
+            let nodes = std::mem::take(&mut *set.lock().unwrap_or_else(|p| p.into_inner()));
+            for node in nodes {
+                if self.tx.try_send((node, key.clone())).is_err() {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.by_key.run_pending_tasks();
+        self.by_key.entry_count() > 0
+    }
 }
 
 impl Default for DirectoryService {
     fn default() -> Self {
-        DirectoryService {
-            working: Mutex::default(),
-            snapshot: ArcSwap::default(),
-            bulk: tokio::sync::Semaphore::new(1),
-        }
+        Self::new(Duration::from_secs(2))
     }
 }
 
 impl DirectoryService {
-    /// An empty directory.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty directory that remembers who fetched what for `remember`
+    /// (the fleet's hot cache TTL, with a margin).
+    pub fn new(remember: Duration) -> Self {
+        DirectoryService {
+            working: Mutex::default(),
+            snapshot: ArcSwap::default(),
+            bulk: tokio::sync::Semaphore::new(1),
+            fetchers: Fetchers::new(remember),
+        }
+    }
+
+    /// Remembers that `by` fetched `key` (canonical) from here: it is told
+    /// when the key's answer changes.
+    pub fn fetched(&self, key: LookupKey, by: NodeId) {
+        self.fetchers.fetched(key, by);
+    }
+
+    /// The invalidation counters.
+    pub fn fetchers(&self) -> &Fetchers {
+        &self.fetchers
     }
 
     /// Runs this node's bulk work (building, decoding and applying
@@ -76,7 +149,19 @@ impl DirectoryService {
     }
 
     fn apply(&self, p: &Publish, here: Here) -> PublishAck {
-        self.edit(|d| d.apply(p, here))
+        let watched = self.fetchers.any();
+        let (ack, touched) = self.edit(|d| {
+            let touched = if watched {
+                d.keys_touched(p)
+            } else {
+                Vec::new()
+            };
+            (d.apply(p, here), touched)
+        });
+        if ack == PublishAck::Applied {
+            self.fetchers.changed(&touched);
+        }
+        ack
     }
 
     /// Applies a publish: a snapshot or a large delta (thousands of
@@ -146,7 +231,17 @@ impl DirectoryService {
 
     /// Forgets a source.
     pub fn remove_source(&self, node: &NodeId) -> usize {
-        self.edit(|d| d.remove_source(node))
+        let watched = self.fetchers.any();
+        let (n, touched) = self.edit(|d| {
+            let touched = if watched {
+                d.keys_of_source(node)
+            } else {
+                Vec::new()
+            };
+            (d.remove_source(node), touched)
+        });
+        self.fetchers.changed(&touched);
+        n
     }
 
     /// Drops records for which `keep` is false.
@@ -278,5 +373,73 @@ impl Upkeep {
             });
         }
         futures::future::join_all(calls).await;
+    }
+}
+
+/// Sends the invalidations the directory queues, batched per node: all
+/// that are waiting go out at once, one request per node.
+pub struct Invalidator {
+    /// The directory whose fetchers it serves.
+    pub directory: Arc<DirectoryService>,
+    /// This node.
+    pub me: NodeId,
+    /// The membership view, for addresses.
+    pub view: Arc<ArcSwap<ClusterView>>,
+    /// How to reach nodes.
+    pub peers: PeerClient,
+    /// How long a node may take.
+    pub timeout: Duration,
+}
+
+impl Invalidator {
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(mut rx) = self
+            .directory
+            .fetchers
+            .rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = rx.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            let mut per_node: BTreeMap<NodeId, Vec<LookupKey>> = BTreeMap::new();
+            for (node, key) in
+                std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
+                per_node.entry(node).or_default().push(key);
+            }
+            let view = self.view.load_full();
+            let this = &self;
+            let calls = per_node.into_iter().filter_map(|(node, keys)| {
+                let addr = view.api_of(&node)?.to_owned();
+                let request = Invalidate {
+                    owner: this.me.clone(),
+                    keys,
+                };
+                Some(async move {
+                    match this.peers.invalidate(&addr, &request, this.timeout).await {
+                        Ok(_) => {
+                            this.directory.fetchers.sent.fetch_add(
+                                request.keys.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                        // The entry expires within the hot TTL anyway.
+                        Err(e) => debug!(%node, error = %e, "invalidation failed"),
+                    }
+                })
+            });
+            futures::future::join_all(calls).await;
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use moka::future::Cache;
@@ -67,6 +67,9 @@ pub struct Lookups {
     peers: PeerClient,
     metrics: Arc<Metrics>,
     hot: Option<Cache<LookupKey, Arc<Found>>>,
+    /// When each key was last invalidated, for the hot TTL: a forward that
+    /// began before keeps its answer out of the cache.
+    invalidated: moka::sync::Cache<LookupKey, Instant>,
     peer_timeout: Duration,
     scatter_timeout: Duration,
     engine_lost_after: Duration,
@@ -115,6 +118,10 @@ impl Lookups {
             peers,
             metrics,
             hot,
+            invalidated: moka::sync::Cache::builder()
+                .time_to_live(config.hot_ttl.max(Duration::from_millis(1)))
+                .max_capacity(config.hot_capacity)
+                .build(),
             peer_timeout: config.peer_timeout,
             scatter_timeout: config.scatter_timeout,
             engine_lost_after: config.engine_lost_after,
@@ -205,36 +212,31 @@ impl Lookups {
                     .await?
             }
         } else {
-            match (&self.hot, options.no_cache) {
-                (Some(hot), false) => match hot.get(key).await {
+            // The hot cache and the forward work on the key's canonical
+            // form (an ID prefix of any length is its 12-hex key): the
+            // owner answers every match of it, the cache holds one entry
+            // per canonical key (so an owner's invalidation names it
+            // exactly), and the answer is narrowed to the key as asked.
+            let canon = key.placement().into_owned();
+            let found = match (&self.hot, options.no_cache) {
+                (Some(hot), false) => match hot.get(&canon).await {
                     Some(found) => Arc::new(Found {
                         containers: found.containers.clone(),
                         path: LookupPath::Hot,
                     }),
-                    // Concurrent identical lookups share one forward. Only
-                    // a final answer that found something is kept: a miss
-                    // cached would deny a container that starts a moment
-                    // later, for the whole TTL.
-                    None => hot
-                        .try_get_with(key.clone(), async {
-                            let found = self
-                                .remote_lookup(key, &view)
-                                .await
-                                .map_err(Uncached::Failed)?;
-                            if found.path == LookupPath::Forwarded && !found.containers.is_empty() {
-                                Ok(found)
-                            } else {
-                                Err(Uncached::Found(found))
-                            }
-                        })
-                        .await
-                        .or_else(|e| match &*e {
-                            Uncached::Found(found) => Ok(found.clone()),
-                            Uncached::Failed(e) => Err(e.clone()),
-                        })?,
+                    None => self.cached_forward(hot, &canon, &view).await?,
                 },
-                _ => self.remote_lookup(key, &view).await?,
-            }
+                _ => self.remote_lookup(&canon, &view).await?,
+            };
+            Arc::new(Found {
+                containers: found
+                    .containers
+                    .iter()
+                    .filter(|r| key.matches(r))
+                    .cloned()
+                    .collect(),
+                path: found.path,
+            })
         };
         self.metrics
             .observe_lookup(found.path.as_str(), !found.containers.is_empty());
@@ -256,6 +258,65 @@ impl Lookups {
         })
     }
 
+    /// A forward whose answer the hot cache keeps. Concurrent identical
+    /// lookups share one forward. Only a final forwarded answer that found
+    /// something is kept: a miss cached would deny a container that starts
+    /// a moment later, for the whole TTL. An owner's invalidation that
+    /// arrives while the forward is in flight keeps its stale answer out.
+    async fn cached_forward(
+        &self,
+        hot: &Cache<LookupKey, Arc<Found>>,
+        canon: &LookupKey,
+        view: &ClusterView,
+    ) -> Result<Arc<Found>, ApiError> {
+        let asked = Instant::now();
+        let found = hot
+            .try_get_with(canon.clone(), async {
+                let found = self
+                    .remote_lookup(canon, view)
+                    .await
+                    .map_err(Uncached::Failed)?;
+                if found.path == LookupPath::Forwarded
+                    && !found.containers.is_empty()
+                    && !self.invalidated_since(canon, asked)
+                {
+                    Ok(found)
+                } else {
+                    Err(Uncached::Found(found))
+                }
+            })
+            .await
+            .or_else(|e| match &*e {
+                Uncached::Found(found) => Ok(found.clone()),
+                Uncached::Failed(e) => Err(e.clone()),
+            })?;
+        // An invalidation between the check above and the insert.
+        if self.invalidated_since(canon, asked) {
+            hot.invalidate(canon).await;
+        }
+        Ok(found)
+    }
+
+    fn invalidated_since(&self, canon: &LookupKey, at: Instant) -> bool {
+        self.invalidated.get(canon).is_some_and(|when| when >= at)
+    }
+
+    /// An owner says these keys' answers changed: drop them from the hot
+    /// cache. Answers how many were held.
+    pub async fn invalidate(&self, keys: &[LookupKey]) -> u64 {
+        let mut dropped = 0;
+        for key in keys {
+            let canon = key.placement().into_owned();
+            self.invalidated.insert(canon.clone(), Instant::now());
+            if let Some(hot) = &self.hot
+                && hot.remove(&canon).await.is_some()
+            {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     async fn remote_lookup(
         &self,
         key: &LookupKey,
@@ -266,7 +327,11 @@ impl Lookups {
                 continue;
             };
             let started = std::time::Instant::now();
-            match self.peers.lookup(addr, key, self.peer_timeout).await {
+            match self
+                .peers
+                .lookup(addr, key, &self.me, self.peer_timeout)
+                .await
+            {
                 Ok(reply) => {
                     self.metrics.observe_forward(started.elapsed(), true);
                     let containers = reply.records.into_iter().map(Arc::new).collect();

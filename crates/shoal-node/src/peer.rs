@@ -10,11 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shoal_core::LookupKey;
 use shoal_core::wire::{
-    self, DigestReply, DigestRequest, LocalQuery, LocalReply, LookupReply, Publish, PublishAck,
-    ResyncRequest,
+    self, DigestReply, DigestRequest, Invalidate, LocalQuery, LocalReply, LookupReply, Publish,
+    PublishAck, ResyncRequest,
 };
+use shoal_core::{LookupKey, NodeId};
 
 /// The header a forwarded request carries; a node never forwards a request
 /// that has it, so differing ring views cannot loop.
@@ -282,15 +282,27 @@ impl PeerClient {
         self.typed(addr, routes::DIGEST, Some(d), timeout).await
     }
 
-    /// Asks an owner for its directory's matches of a key.
+    /// Asks an owner for its directory's matches of a key, on behalf of
+    /// `from` (the owner tells it when the answer changes).
     pub async fn lookup(
         &self,
         addr: &str,
         key: &LookupKey,
+        from: &NodeId,
         timeout: Duration,
     ) -> Result<LookupReply, PeerError> {
-        self.typed::<(), _>(addr, &lookup_path(key), None, timeout)
-            .await
+        let path = format!("{}?from={}", lookup_path(key), from.0);
+        self.typed::<(), _>(addr, &path, None, timeout).await
+    }
+
+    /// Tells a node that fetched these keys that their answers changed.
+    pub async fn invalidate(
+        &self,
+        addr: &str,
+        i: &Invalidate,
+        timeout: Duration,
+    ) -> Result<u64, PeerError> {
+        self.typed(addr, routes::INVALIDATE, Some(i), timeout).await
     }
 
     /// Asks a node for its own containers that match.

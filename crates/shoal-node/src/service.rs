@@ -25,7 +25,7 @@ use crate::answers::{
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::directory::{DirectoryService, Upkeep};
+use crate::directory::{DirectoryService, Invalidator, Upkeep};
 use crate::error::ApiError;
 use crate::lookup::{LookupOptions, Lookups, LookupsConfig};
 use crate::membership::{
@@ -88,7 +88,9 @@ impl NodeService {
     ) -> Self {
         let publisher = Arc::new(PublisherCounters::default());
         let metrics = Arc::new(Metrics::new(&publisher));
-        let directory = Arc::new(DirectoryService::new());
+        // Owners remember who fetched a key for twice the hot TTL: nodes
+        // of one fleet share the setting, the margin covers the clocks.
+        let directory = Arc::new(DirectoryService::new(config.hot_ttl * 2));
         let peers = PeerClient::new(peers);
         let lookups = Lookups::new(
             LookupsConfig {
@@ -159,9 +161,17 @@ impl NodeService {
             grace: self.config.ownership_grace,
             prune_every: self.config.sync_interval,
         };
+        let invalidator = Invalidator {
+            directory: self.directory.clone(),
+            me: self.node_id().clone(),
+            view: self.view.clone(),
+            peers: self.peers.clone(),
+            timeout: self.config.peer_timeout,
+        };
         vec![
             tokio::spawn(publisher.run(shutdown.clone())),
             tokio::spawn(upkeep.run(shutdown.clone())),
+            tokio::spawn(invalidator.run(shutdown.clone())),
         ]
     }
 
@@ -257,19 +267,30 @@ impl NodeService {
     /// The peer `lookup` route: this node's directory's matches and the
     /// sources it is complete for. Refused before the node joined the
     /// fleet (its ring would be itself alone).
-    pub fn owner_lookup(&self, key: &LookupKey) -> Result<LookupReply, ApiError> {
+    /// `from`, the node that asks, is told when the answer changes.
+    pub fn owner_lookup(
+        &self,
+        key: &LookupKey,
+        from: Option<NodeId>,
+    ) -> Result<LookupReply, ApiError> {
         let view = self.view.load();
         crate::lookup::joined(&view)?;
+        let records = self.directory.lookup(key);
+        if let Some(from) = from
+            && !records.is_empty()
+        {
+            self.directory.fetched(key.placement().into_owned(), from);
+        }
         Ok(LookupReply {
             node: self.node_id().clone(),
             complete_for: self.directory.complete_for(&view, key),
-            records: self
-                .directory
-                .lookup(key)
-                .iter()
-                .map(|r| ContainerRecord::clone(r))
-                .collect(),
+            records: records.iter().map(|r| ContainerRecord::clone(r)).collect(),
         })
+    }
+
+    /// The peer `invalidate` route: an owner says these keys changed.
+    pub async fn invalidate(&self, keys: &[LookupKey]) -> u64 {
+        self.lookups.invalidate(keys).await
     }
 
     /// The peer `publish` route.

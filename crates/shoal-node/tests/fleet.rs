@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chitchat::transport::ChannelTransport;
 use serde_json::Value;
-use shoal_core::EngineId;
+use shoal_core::{EngineId, LookupKey};
 use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_record};
 use shoal_node::peer::{Fault, FaultyPeers, HttpPeers};
 use shoal_node::{NodeConfig, run_with};
@@ -877,5 +877,70 @@ async fn a_lost_engine_is_marked_stale_then_withdrawn_and_served_again_when_back
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_cache_drops_what_the_owner_says_changed() {
+    // A hot TTL far longer than the test: only the owners' invalidations
+    // can take a cached answer out.
+    let base = NodeConfig {
+        hot_ttl: Duration::from_secs(60),
+        ..test_config()
+    };
+    let fleet = Fleet::start_configured(4, None, base).await;
+    let ring = shoal_core::ring::Ring::new(
+        fleet.nodes.iter().map(|n| n.name.as_str().into()),
+        NodeConfig::default().vnodes,
+        NodeConfig::default().replicas,
+    );
+    // For two containers of f1, a node that owns neither its name nor its
+    // ID asks by plain GETs, as a script polls: the second answer is hot.
+    for (i, change) in [(5, "remove"), (6, "rename")] {
+        let name = format!("f1-{i}");
+        let id = full_id("f1", i);
+        let owners: HashSet<String> = [LookupKey::Name(name.clone()), LookupKey::id_key(&id)]
+            .iter()
+            .flat_map(|k| ring.owners(k).into_iter().map(|o| o.0.clone()))
+            .collect();
+        let asker = fleet
+            .nodes
+            .iter()
+            .find(|n| !owners.contains(&n.name))
+            .expect("with 4 nodes and 2 owners per key, some node owns neither");
+        for reference in [name.as_str(), &id[..20]] {
+            assert_eq!(fleet.plain_lookup(&asker.addr, reference).await, 200);
+            let r = fleet
+                .http
+                .get(format!("http://{}/v1/containers/{reference}", asker.addr))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.headers()["x-shoal-path"], "hot", "{reference} is cached");
+        }
+        if change == "remove" {
+            assert!(fleet.nodes[1].engine.remove(&id));
+        } else {
+            fleet.nodes[1]
+                .engine
+                .modify(&id, "rename", |r| r.names = vec![format!("renamed-{i}")]);
+        }
+        let started = Instant::now();
+        while fleet.plain_lookup(&asker.addr, &name).await != 404 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{} still answers {name} from its hot cache after the {change}",
+                asker.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let by_id = fleet.plain_lookup(&asker.addr, &id[..20]).await;
+        let expected = if change == "remove" { 404 } else { 200 };
+        assert_eq!(by_id, expected, "by ID after the {change}");
+        println!(
+            "{change}: {} stopped answering {name} from its hot cache {:?} after the change",
+            asker.name,
+            started.elapsed()
+        );
     }
 }
