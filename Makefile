@@ -86,6 +86,11 @@ peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
 bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about 15 minutes)
 	bash scripts/bench.sh
 
+SEEDS ?= 10000
+.PHONY: sim
+sim: ## the protocol simulator over SEEDS seeds (default 10000), release build; SHOAL_SIM_SEED=S replays one
+	SHOAL_SIM_SEEDS=$(SEEDS) $(CARGO) test --release --locked -p shoal-core --test sim -- --nocapture
+
 .PHONY: k8s-validate
 k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema
 	bash scripts/k8s-validate.sh
