@@ -12,7 +12,7 @@ use chitchat::transport::ChannelTransport;
 use serde_json::Value;
 use shoal_core::{EngineId, LookupKey};
 use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_record};
-use shoal_node::peer::{Fault, FaultyPeers, HttpPeers};
+use shoal_node::peer::{CallKind, Fault, FaultyPeers, HttpPeers};
 use shoal_node::{NodeConfig, run_with};
 use tokio_util::sync::CancellationToken;
 
@@ -943,4 +943,83 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
             started.elapsed()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_delays_only_itself() {
+    let fleet = Fleet::start(4).await;
+    let ring = shoal_core::ring::Ring::new(
+        fleet.nodes.iter().map(|n| n.name.as_str().into()),
+        NodeConfig::default().vnodes,
+        NodeConfig::default().replicas,
+    );
+    // Every publish f0 sends to f3 takes 200 ms (within the peer timeout,
+    // so each one lands, late).
+    let slow = &fleet.nodes[3];
+    fleet.nodes[0].peers.set(
+        &slow.addr,
+        Some(CallKind::Publish),
+        Fault::Delay(Duration::from_millis(200)),
+    );
+    // The last change's name is owned by a node other than f0 (whose own
+    // directory needs no HTTP) and f3 (the slow one).
+    let owners_of = |name: &str| -> Vec<String> {
+        ring.owners(&LookupKey::Name(name.to_owned()))
+            .iter()
+            .map(|o| o.0.clone())
+            .collect()
+    };
+    let last = (0..)
+        .map(|k| format!("quick-last-{k}"))
+        .find(|n| owners_of(n).iter().any(|o| o != "f0" && o != "f3"))
+        .unwrap();
+    let fast_name = owners_of(&last)
+        .into_iter()
+        .find(|o| o != "f0" && o != "f3")
+        .unwrap();
+    let fast = fleet.nodes.iter().find(|n| n.name == fast_name).unwrap();
+    // Ten changes of f0's containers, each its own batch. With one queue
+    // per owner the others have each at once; a publisher that waited for
+    // every owner per batch would hold each for 200 ms.
+    let changes = 10;
+    for i in 0..changes {
+        let name = if i == changes - 1 {
+            last.clone()
+        } else {
+            format!("quick-{i}")
+        };
+        fleet.nodes[0]
+            .engine
+            .modify(&full_id("f0", i), "rename", |r| r.names = vec![name]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let url = format!("http://{}/_shoal/v1/lookup/name/{last}", fast.addr);
+        let bytes = fleet
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reply: shoal_core::wire::LookupReply = shoal_core::wire::decode(&bytes).unwrap();
+        if !reply.records.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "{} got the last change only after {:?}: the slow owner held it up",
+            fast.name,
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "the last of {changes} changes reached {} {:?} after the changes, with f3 slow",
+        fast.name,
+        started.elapsed()
+    );
 }

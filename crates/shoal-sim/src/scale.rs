@@ -711,8 +711,14 @@ mod tests {
         (0..n).map(|k| NodeId(node_name(k))).collect()
     }
 
+    /// The allocator's count is process-wide: a test that allocates or
+    /// frees while `memory` measures skews it (a concurrent free made the
+    /// inventory's bytes come out as 0). The tests here take turns.
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_join_moves_about_one_share_and_a_no_op_moves_none() {
+        let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
         let keys = fleet_keys(10, 200);
         let same = moves(&keys, &ids(10), &ids(10), 64, 2);
         assert_eq!((same.key_copies_moved, same.keys_changed), (0.0, 0.0));
@@ -724,6 +730,7 @@ mod tests {
 
     #[test]
     fn memory_is_counted() {
+        let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
         let m = memory(500);
         assert!(m.directory_bytes_per_copy > 100.0, "{m:?}");
         assert!(m.inventory_bytes_per_record > 100.0, "{m:?}");
