@@ -4,13 +4,17 @@
 //! `docker run` and `docker rm -f` (through the engine API) is timed from
 //! the moment the engine's event reaches a subscriber of our own to the
 //! name answering (or no longer answering) at `d1`, over HTTP with
-//! `Cache-Control: no-cache`. Then the same name and address lookups are
+//! `Cache-Control: no-cache`. Then the same again as a script polls: plain
+//! GETs (hot cache on) at `d1`, for names `d1` does not own, each asked
+//! once before its container exists; the removal is timed right after the
+//! name was found, so `d1` holds it in its hot cache. Then the same name
+//! and address lookups are
 //! answered both ways: through `d1`, and by asking the engine directly the
 //! way a script would (list with a name filter + inspect; for an address,
 //! list + inspect every container, since the API cannot filter by address).
 //! The engine calls shoal made during its lookups are counted (goal: none).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,8 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use serde::Serialize;
-use shoal_core::{EngineId, NodeId};
+use shoal_core::ring::Ring;
+use shoal_core::{EngineId, LookupKey, NodeId};
 use shoal_engine::{DockerEngine, Engine, SyntheticEngine, SyntheticSpec};
 use shoal_node::NodeConfig;
 use shoal_node::peer::HttpPeers;
@@ -63,6 +68,16 @@ pub struct DockerReport {
     /// `docker rm -f`: the engine's destroy event to the name being gone at
     /// another node.
     pub fresh_remove: Latency,
+    /// `docker run`, polled as a script polls: the engine's start event to
+    /// the name answering a plain GET (hot cache on) at a node that does
+    /// not own it and was asked for it before it existed.
+    pub fresh_start_plain: Latency,
+    /// `docker rm -f` right after that: the engine's destroy event to the
+    /// same node answering a plain GET 404 (the name was in its hot cache).
+    pub fresh_remove_plain: Latency,
+    /// Every answer the plain GETs got, by step, status and `x-shoal-path`
+    /// (`before 404`, `start 200 forwarded`, `remove 200 hot`, ...).
+    pub plain_answers: BTreeMap<String, u64>,
     /// A name, asked of the engine: list with a name filter + inspect.
     pub engine_name: Latency,
     /// An address, asked of the engine: list + inspect every container.
@@ -97,6 +112,94 @@ async fn seen_at(seen: &Seen, name: &str, action: &str) -> Result<Instant> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("the engine sent no {action} event for {name} within 5 s")
+}
+
+/// How long, and how many times, a plain-GET poll may ask before giving up.
+const PLAIN_POLL_LIMIT: Duration = Duration::from_secs(10);
+const PLAIN_POLL_MAX: u32 = 200_000;
+
+/// Creates and starts `name` (sleeping, labelled `label`); the time the
+/// start call returned.
+async fn start_container(
+    docker: &Docker,
+    image: &str,
+    name: &str,
+    (label_key, label_value): (&str, &str),
+) -> Result<Instant> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        cmd: Some(vec!["sleep".into(), "600".into()]),
+        labels: Some(HashMap::from([(
+            label_key.to_owned(),
+            label_value.to_owned(),
+        )])),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(name).build()),
+            body,
+        )
+        .await
+        .with_context(|| format!("creating {name}"))?;
+    docker
+        .start_container(name, None)
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Instant::now())
+}
+
+/// `docker rm -f name`.
+async fn remove_container(docker: &Docker, name: &str) -> Result<()> {
+    docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await
+        .with_context(|| format!("removing {name}"))
+}
+
+/// Polls `name` at `addr` with plain GETs, back to back, until it answers
+/// `want`; at most [`PLAIN_POLL_MAX`] polls and [`PLAIN_POLL_LIMIT`]. Each
+/// answer is tallied under `step`; the last one's `x-shoal-path`.
+async fn poll_plain(
+    client: &Client,
+    addr: &str,
+    name: &str,
+    want: u16,
+    step: &str,
+    tally: &mut BTreeMap<String, u64>,
+) -> Result<Option<String>> {
+    let started = Instant::now();
+    let mut last = String::new();
+    for _ in 0..PLAIN_POLL_MAX {
+        // A failed answer is not an answer: ask again until the limit.
+        let (answer, path) = match client.plain(addr, name).await {
+            Ok((status, path)) if status == want => {
+                *tally.entry(plain_answer(step, status, &path)).or_default() += 1;
+                return Ok(path);
+            }
+            Ok((status, path)) => (plain_answer(step, status, &path), path),
+            Err(e) => (format!("{step} error"), Some(e.to_string())),
+        };
+        *tally.entry(answer.clone()).or_default() += 1;
+        last = path.map_or(answer.clone(), |p| format!("{answer} ({p})"));
+        if started.elapsed() > PLAIN_POLL_LIMIT {
+            break;
+        }
+    }
+    bail!(
+        "{name} did not answer {want} to plain GETs at {addr} within {PLAIN_POLL_LIMIT:?} \
+         or {PLAIN_POLL_MAX} polls (last answer: {last})"
+    )
+}
+
+fn plain_answer(step: &str, status: u16, path: &Option<String>) -> String {
+    match path {
+        Some(p) => format!("{step} {status} {p}"),
+        None => format!("{step} {status}"),
+    }
 }
 
 /// Runs the scenario; the containers it made are removed whatever happens.
@@ -225,31 +328,12 @@ async fn scenario(
 
     say(format!("freshness: {} docker runs", args.containers));
     let (label_key, label_value) = run_label.split_once('=').unwrap_or((run_label, ""));
+    let label = (label_key, label_value);
     let mut names = Vec::new();
     let (mut from_event, mut from_call) = (Vec::new(), Vec::new());
     for i in 0..args.containers {
         let name = format!("shoal-fresh-{}-{i}", std::process::id());
-        let body = ContainerCreateBody {
-            image: Some(args.image.clone()),
-            cmd: Some(vec!["sleep".into(), "600".into()]),
-            labels: Some(HashMap::from([(
-                label_key.to_owned(),
-                label_value.to_owned(),
-            )])),
-            ..Default::default()
-        };
-        docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
-            .await
-            .with_context(|| format!("creating {name}"))?;
-        docker
-            .start_container(&name, None)
-            .await
-            .with_context(|| format!("starting {name}"))?;
-        let returned = Instant::now();
+        let returned = start_container(docker, &args.image, &name, label).await?;
         client
             .wait_for(&reader, &name, true, Duration::from_secs(10))
             .await?;
@@ -354,19 +438,68 @@ async fn scenario(
     say(format!("freshness: {} docker rm -f", names.len()));
     let mut removes = Vec::new();
     for name in &names {
-        docker
-            .remove_container(
-                name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await
-            .with_context(|| format!("removing {name}"))?;
+        remove_container(docker, name).await?;
         client
             .wait_for(&reader, name, false, Duration::from_secs(10))
             .await?;
         let gone = Instant::now();
         let event = seen_at(&seen, name, "destroy").await?;
         removes.push(gone.saturating_duration_since(event));
+    }
+
+    // As a script polls: plain GETs at d1, for names d1 does not own (the
+    // nodes' ring, computed here: every node runs the default placement).
+    let placement = NodeConfig::default();
+    let ring = Ring::new(
+        (0..nodes.len()).map(|k| NodeId(format!("d{k}"))),
+        placement.vnodes,
+        placement.replicas,
+    );
+    let reader_id = NodeId::from("d1");
+    let plain_names: Vec<String> = (0..args.containers * 100)
+        .map(|j| format!("shoal-plain-{}-{j}", std::process::id()))
+        .filter(|n| !ring.is_owner(&reader_id, &LookupKey::Name(n.clone())))
+        .take(args.containers)
+        .collect();
+    if plain_names.len() < args.containers {
+        bail!("too few names that d1 does not own");
+    }
+    say(format!(
+        "freshness with plain GETs at a non-owner: {} docker runs and rm -f",
+        plain_names.len()
+    ));
+    let mut plain_answers = BTreeMap::new();
+    let (mut plain_starts, mut plain_removes) = (Vec::new(), Vec::new());
+    for name in &plain_names {
+        // Asked once before it exists: a miss the hot cache kept would
+        // hold the start back below.
+        let (status, path) = client.plain(&reader, name).await?;
+        *plain_answers
+            .entry(plain_answer("before", status, &path))
+            .or_default() += 1;
+        if status != 404 {
+            bail!("{name} answered {status} at {reader} before it existed");
+        }
+        start_container(docker, &args.image, name, label).await?;
+        let path = poll_plain(&client, &reader, name, 200, "start", &mut plain_answers).await?;
+        let visible = Instant::now();
+        if path.as_deref() == Some("owner") {
+            bail!(
+                "{reader} answered {name} as its owner: the ring computed here is not the nodes'"
+            );
+        }
+        let event = seen_at(&seen, name, "start").await?;
+        plain_starts.push(visible.saturating_duration_since(event));
+        // Found, so in d1's hot cache: asked again, the answer says `hot`.
+        let (status, path) = client.plain(&reader, name).await?;
+        *plain_answers
+            .entry(plain_answer("found", status, &path))
+            .or_default() += 1;
+        remove_container(docker, name).await?;
+        poll_plain(&client, &reader, name, 404, "remove", &mut plain_answers).await?;
+        let gone = Instant::now();
+        let event = seen_at(&seen, name, "destroy").await?;
+        plain_removes.push(gone.saturating_duration_since(event));
     }
     listener.abort();
     for mut node in nodes {
@@ -377,6 +510,9 @@ async fn scenario(
         fresh_start: Latency::of(&from_event),
         fresh_start_from_call: Latency::of(&from_call),
         fresh_remove: Latency::of(&removes),
+        fresh_start_plain: Latency::of(&plain_starts),
+        fresh_remove_plain: Latency::of(&plain_removes),
+        plain_answers,
         engine_name: Latency::of(&engine_name),
         engine_ip: Latency::of(&engine_ip),
         engine_containers,

@@ -151,7 +151,8 @@ pub fn addresses(listeners: &[tokio::net::TcpListener]) -> Result<Vec<String>> {
         .collect::<std::io::Result<_>>()?)
 }
 
-/// Asks nodes over HTTP, as a user would, always past the hot cache.
+/// Asks nodes over HTTP, as a user would: past the hot cache, except
+/// [`Client::plain`].
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -186,20 +187,38 @@ impl Client {
     /// How the node at `addr` answered a lookup of `reference`
     /// (`x-shoal-path`), `None` when it did not find it.
     pub async fn path_of(&self, addr: &str, reference: &str) -> Result<Option<String>> {
-        let r = self
+        let (status, path) = self.lookup(addr, reference, true).await?;
+        Ok(path.filter(|_| (200..300).contains(&status)))
+    }
+
+    /// A lookup of `reference` at `addr` as a script asks it: a plain GET,
+    /// no `Cache-Control`, so the node may answer from its hot cache. The
+    /// status and how the node answered (`x-shoal-path`, when it says).
+    pub async fn plain(&self, addr: &str, reference: &str) -> Result<(u16, Option<String>)> {
+        self.lookup(addr, reference, false).await
+    }
+
+    async fn lookup(
+        &self,
+        addr: &str,
+        reference: &str,
+        no_cache: bool,
+    ) -> Result<(u16, Option<String>)> {
+        let mut request = self
             .http
-            .get(format!("http://{addr}/v1/containers/{reference}"))
-            .header("cache-control", "no-cache")
-            .send()
-            .await?;
+            .get(format!("http://{addr}/v1/containers/{reference}"));
+        if no_cache {
+            request = request.header("cache-control", "no-cache");
+        }
+        let r = request.send().await?;
         let path = r
             .headers()
             .get("x-shoal-path")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let found = r.status().is_success();
+        let status = r.status().as_u16();
         r.bytes().await?;
-        Ok(path.filter(|_| found))
+        Ok((status, path))
     }
 
     /// The JSON of `GET http://{addr}{path}`.

@@ -10,8 +10,9 @@
 //! - `fallback`: the cost of a lookup whose owners cannot be reached,
 //!   against the no-op endpoint of the same node;
 //! - `docker`: freshness of `docker run` / `docker rm` on a real engine as
-//!   seen through another node, and the same name lookups answered by
-//!   asking the engine (list + inspect).
+//!   seen through another node (with `no-cache`, and with plain GETs at a
+//!   node that does not own the name), and the same name lookups answered
+//!   by asking the engine (list + inspect).
 //!
 //! `make bench` runs all three and writes BENCHMARKS.md.
 
