@@ -269,6 +269,18 @@ impl OwnerDirectory {
         here: Here,
         owned: impl Fn(&ContainerRecord) -> bool,
     ) -> DigestReply {
+        let same_ring = d.source.ring == here.ring;
+        if !same_ring {
+            // Placed on another ring, the digest cannot be compared with
+            // what this owner owns: it does not ask for a snapshot (during
+            // a rollout rings differ everywhere for a moment, and every
+            // digest would cost one), and the owner stays incomplete for
+            // the source until they agree.
+            if let Some(s) = self.sources.get_mut(&d.source.node) {
+                s.complete_on = None;
+            }
+            return DigestReply { matches: true };
+        }
         let held = self.summary_where(&d.source.node, owned);
         let matches = match held {
             Some(SourceSummary {
@@ -279,7 +291,6 @@ impl OwnerDirectory {
             }) => incarnation == d.source.incarnation && count == d.count && digest == d.digest,
             None => d.count == 0,
         };
-        let same_ring = d.source.ring == here.ring;
         match self.sources.get_mut(&d.source.node) {
             Some(s) if s.incarnation == d.source.incarnation => {
                 s.complete_on = (matches && same_ring).then_some(here.ring);

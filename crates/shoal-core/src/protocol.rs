@@ -158,7 +158,7 @@ impl Source {
         self.published = inventory;
         self.placed = Some(view.ring.clone());
         self.incarnations = view.live.clone();
-        self.snapshots(None, &view.ring)
+        self.snapshots(None)
     }
 
     /// The publisher fell behind the watcher: start over from `inventory`
@@ -167,9 +167,15 @@ impl Source {
         self.start(inventory, view)
     }
 
-    /// Snapshots of what each owner holds from this source on `ring`, to
-    /// `only` those owners (every member when `None`).
-    pub fn snapshots(&mut self, only: Option<&BTreeSet<NodeId>>, ring: &Ring) -> Vec<Out> {
+    /// Snapshots of what each owner holds from this source, to `only`
+    /// those owners (every member when `None`). Snapshots and digests, like
+    /// deltas, are placed on the ring the owners last got records by: only
+    /// [`Source::view_changed`] moves to a newer one, and says so.
+    pub fn snapshots(&mut self, only: Option<&BTreeSet<NodeId>>) -> Vec<Out> {
+        let Some(ring) = self.placed.clone() else {
+            return Vec::new();
+        };
+        let ring = &*ring;
         let all = assignments(ring, self.published.records().map(|r| &**r));
         let mut out = Vec::new();
         for (owner, (records, _)) in all {
@@ -283,10 +289,10 @@ impl Source {
                 out.push(self.publish(owner, body, &ring));
             }
         }
-        let repaired = self.repair(&ring);
+        let repaired = self.repair();
         let skip: BTreeSet<NodeId> = repaired.iter().map(|(o, _)| o.clone()).collect();
         out.extend(repaired);
-        out.extend(self.digests(None, &skip, &ring));
+        out.extend(self.digests(None, &skip));
         out
     }
 
@@ -296,32 +302,31 @@ impl Source {
         self.behind.insert(owner.clone());
     }
 
-    /// Snapshots to the owners behind that are on `ring`.
-    pub fn repair(&mut self, ring: &Ring) -> Vec<Out> {
+    /// Snapshots to the owners behind.
+    pub fn repair(&mut self) -> Vec<Out> {
         if self.behind.is_empty() {
             return Vec::new();
         }
         let behind = self.behind.clone();
-        self.snapshots(Some(&behind), ring)
+        self.snapshots(Some(&behind))
     }
 
     /// Digests to `only` those owners (every member when `None`): what each
-    /// should hold from this source on `ring`. An owner behind gets a
-    /// snapshot instead.
-    pub fn digest_round(&mut self, only: Option<&BTreeSet<NodeId>>, ring: &Ring) -> Vec<Out> {
-        let mut out = self.repair(ring);
+    /// should hold from this source. An owner behind gets a snapshot
+    /// instead.
+    pub fn digest_round(&mut self, only: Option<&BTreeSet<NodeId>>) -> Vec<Out> {
+        let mut out = self.repair();
         let repaired: BTreeSet<NodeId> = out.iter().map(|(o, _)| o.clone()).collect();
-        out.extend(self.digests(only, &repaired, ring));
+        out.extend(self.digests(only, &repaired));
         out
     }
 
     /// Digests to `only` those owners (all when `None`) but `skip`.
-    fn digests(
-        &mut self,
-        only: Option<&BTreeSet<NodeId>>,
-        skip: &BTreeSet<NodeId>,
-        ring: &Ring,
-    ) -> Vec<Out> {
+    fn digests(&mut self, only: Option<&BTreeSet<NodeId>>, skip: &BTreeSet<NodeId>) -> Vec<Out> {
+        let Some(ring) = self.placed.clone() else {
+            return Vec::new();
+        };
+        let ring = &*ring;
         let mut out = Vec::new();
         for (owner, (count, digest)) in digests(ring, self.published.records().map(|r| &**r)) {
             if only.is_some_and(|o| !o.contains(&owner)) || skip.contains(&owner) {
@@ -352,7 +357,7 @@ impl Source {
 
     /// The answers of a digest round: owners whose digest differed get a
     /// snapshot.
-    pub fn digests_replied(&mut self, replies: &[(NodeId, bool)], ring: &Ring) -> Vec<Out> {
+    pub fn digests_replied(&mut self, replies: &[(NodeId, bool)]) -> Vec<Out> {
         let differ: BTreeSet<NodeId> = replies
             .iter()
             .filter(|(_, matches)| !matches)
@@ -361,7 +366,7 @@ impl Source {
         if differ.is_empty() {
             return Vec::new();
         }
-        self.snapshots(Some(&differ), ring)
+        self.snapshots(Some(&differ))
     }
 }
 
@@ -478,7 +483,7 @@ mod tests {
                 .unwrap();
             all.extend(s.deltas(&[d]));
         }
-        all.extend(s.digest_round(None, &v.ring));
+        all.extend(s.digest_round(None));
         for (owner, m) in all {
             let clock = match &m {
                 Message::Publish(p) => &p.source,
@@ -567,7 +572,7 @@ mod tests {
         // Withdrawn is a state owners can be complete for: digests of
         // nothing match.
         let me = NodeId::from("n0");
-        for (owner, m) in n0.digest_round(None, ring) {
+        for (owner, m) in n0.digest_round(None) {
             let Message::Digest(d) = m else {
                 panic!("{owner} is not behind: a digest")
             };

@@ -155,7 +155,10 @@ pub struct DigestRequest {
 /// The answer to a digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestReply {
-    /// True when the owner holds exactly that.
+    /// False when the owner, on the same ring, holds something else: the
+    /// source sends a snapshot. A digest placed on another ring than the
+    /// owner's cannot be compared and is answered true (the owner stays
+    /// incomplete for the source until their rings agree).
     pub matches: bool,
 }
 

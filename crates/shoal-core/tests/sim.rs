@@ -63,8 +63,9 @@ const REPAIR_MS: u64 = 500;
 const VIEW_SETTLE_MS: u64 = 300;
 /// Ring stable this long before unowned records go.
 const PRUNE_GRACE_MS: u64 = 3_000;
-/// First and longest wait between two resync requests to one source.
-const RESYNC_MS: (u64, u64) = (200, 5_000);
+/// The wait before the first resync request to one source, and the
+/// longest between two.
+const RESYNC_MS: (u64, u64) = (1_000, 5_000);
 /// How often lookups are checked.
 const CHECK_MS: u64 = 250;
 
@@ -516,16 +517,14 @@ impl World {
                 if self.nodes[to].incarnation != incarnation {
                     return;
                 }
-                let ring = self.nodes[to].ring.clone();
                 if let Some(s) = self.nodes[to].source.as_mut() {
-                    let out = s.digests_replied(&[(node_id(owner), matches)], &ring);
+                    let out = s.digests_replied(&[(node_id(owner), matches)]);
                     self.send(to, out);
                 }
             }
             Payload::Resync { owner } => {
-                let ring = self.nodes[to].ring.clone();
                 if let Some(s) = self.nodes[to].source.as_mut() {
-                    let out = s.digest_round(Some(&BTreeSet::from([node_id(owner)])), &ring);
+                    let out = s.digest_round(Some(&BTreeSet::from([node_id(owner)])));
                     self.send(to, out);
                 }
             }
@@ -938,12 +937,11 @@ impl World {
             let out = self.nodes[j].source.as_mut().unwrap().view_changed(&view);
             self.send(j, out);
         }
-        let ring = self.nodes[j].ring.clone();
         let behind = !self.nodes[j].source.as_ref().unwrap().behind().is_empty();
         if !behind {
             self.nodes[j].repair_wait = REPAIR_MS;
         } else if now >= self.nodes[j].next_repair {
-            let out = self.nodes[j].source.as_mut().unwrap().repair(&ring);
+            let out = self.nodes[j].source.as_mut().unwrap().repair();
             self.send(j, out);
             let n = &mut self.nodes[j];
             n.next_repair = now + n.repair_wait;
@@ -951,11 +949,7 @@ impl World {
         }
         if now >= self.nodes[j].next_sync {
             self.nodes[j].next_sync = now + SYNC_MS;
-            let out = self.nodes[j]
-                .source
-                .as_mut()
-                .unwrap()
-                .digest_round(None, &ring);
+            let out = self.nodes[j].source.as_mut().unwrap().digest_round(None);
             self.send(j, out);
         }
         // The directory's upkeep.
@@ -971,12 +965,13 @@ impl World {
         let missing = self.missing(j);
         self.nodes[j].asked.retain(|m, _| missing.contains(m));
         for m in missing {
-            let wait = match self.nodes[j].asked.get(&m) {
-                Some((at, wait)) if now < at + wait => continue,
-                Some((_, wait)) => (wait * 2).min(RESYNC_MS.1),
-                None => RESYNC_MS.0,
-            };
-            self.nodes[j].asked.insert(m, (now, wait));
+            // As the node: the first ask waits for the source's own round.
+            let (at, wait) = self.nodes[j].asked.entry(m).or_insert((now, RESYNC_MS.0));
+            if now < *at + *wait {
+                continue;
+            }
+            *at = now;
+            *wait = (*wait * 2).min(RESYNC_MS.1);
             self.post(j, m, Payload::Resync { owner: j });
         }
         let n = &mut self.nodes[j];

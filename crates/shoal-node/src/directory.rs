@@ -287,6 +287,10 @@ pub struct Upkeep {
 /// The longest wait between two resync requests to one source.
 const RESYNC_MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// How long an owner lets a source's own digest round come before it asks
+/// for one.
+const RESYNC_FIRST_WAIT: Duration = Duration::from_secs(1);
+
 impl Upkeep {
     /// Keeps the directory to what this node should hold, until shutdown:
     /// forgets sources the failure detector declared dead; asks every live
@@ -349,12 +353,18 @@ impl Upkeep {
         let ring = view.ring.fingerprint();
         let mut calls = Vec::new();
         for source in missing {
-            let wait = match asked.get(&source) {
-                Some((at, wait)) if at.elapsed() < *wait => continue,
-                Some((_, wait)) => (*wait * 2).min(RESYNC_MAX_WAIT),
-                None => self.every.max(Duration::from_millis(200)),
-            };
-            asked.insert(source.clone(), (Instant::now(), wait));
+            // The first ask waits: after a view change every source sends
+            // every owner a digest of its own accord, and N owners asking
+            // N sources at once cost each source N digest rounds (50 nodes
+            // in one process timed out under them).
+            let (at, wait) = asked
+                .entry(source.clone())
+                .or_insert((Instant::now(), RESYNC_FIRST_WAIT));
+            if at.elapsed() < *wait {
+                continue;
+            }
+            *at = Instant::now();
+            *wait = (*wait * 2).min(RESYNC_MAX_WAIT);
             if source == self.me {
                 let _ = self.own_publisher.try_send(source);
                 continue;

@@ -239,8 +239,7 @@ impl Publisher {
                         owners.insert(more);
                     }
                     self.counters.resyncs.fetch_add(owners.len() as u64, Ordering::Relaxed);
-                    let ring = self.view.load().ring.clone();
-                    let out = self.bulk(&core, move |s| s.digest_round(Some(&owners), &ring)).await;
+                    let out = self.bulk(&core, move |s| s.digest_round(Some(&owners))).await;
                     queues.dispatch(&core, out, None);
                 }
                 Some(first) = feedback.recv() => {
@@ -252,8 +251,7 @@ impl Publisher {
                         }
                     }
                     if differ.iter().any(|(_, m)| !m) {
-                        let ring = self.view.load().ring.clone();
-                        let out = self.bulk(&core, move |s| s.digests_replied(&differ, &ring)).await;
+                        let out = self.bulk(&core, move |s| s.digests_replied(&differ)).await;
                         queues.dispatch(&core, out, None);
                     }
                 }
@@ -261,8 +259,7 @@ impl Publisher {
                     if lock(&core).behind().is_empty() {
                         repair_wait = REPAIR_AFTER;
                     } else if tokio::time::Instant::now() >= next_repair {
-                        let ring = self.view.load().ring.clone();
-                        let out = self.bulk(&core, move |s| s.repair(&ring)).await;
+                        let out = self.bulk(&core, move |s| s.repair()).await;
                         queues.dispatch(&core, out, None);
                         next_repair = tokio::time::Instant::now() + repair_wait;
                         repair_wait = (repair_wait * 2).min(self.sync_interval);
@@ -291,8 +288,7 @@ impl Publisher {
                     queues.dispatch(&core, out, None);
                 }
                 _ = sync.tick() => {
-                    let ring = self.view.load().ring.clone();
-                    let out = self.bulk(&core, move |s| s.digest_round(None, &ring)).await;
+                    let out = self.bulk(&core, move |s| s.digest_round(None)).await;
                     queues.dispatch(&core, out, None);
                 }
             }

@@ -210,6 +210,35 @@ impl Fleet {
         self.get(addr, &format!("/v1/containers/{reference}")).await
     }
 
+    /// The ring every node computes once all are alive.
+    fn ring(&self) -> shoal_core::ring::Ring {
+        shoal_core::ring::Ring::new(
+            self.nodes.iter().map(|n| n.name.as_str().into()),
+            NodeConfig::default().vnodes,
+            NodeConfig::default().replicas,
+        )
+    }
+
+    /// What a node's own directory holds for a key (the peer route).
+    async fn owner_lookup(
+        &self,
+        addr: &str,
+        kind: &str,
+        value: &str,
+    ) -> shoal_core::wire::LookupReply {
+        let url = format!("http://{addr}/_shoal/v1/lookup/{kind}/{value}");
+        let bytes = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        shoal_core::wire::decode(&bytes).unwrap()
+    }
+
     /// A plain GET, as a script polls: the hot cache answers if it can.
     async fn plain_lookup(&self, addr: &str, reference: &str) -> u16 {
         self.http
@@ -640,11 +669,7 @@ async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
         ..test_config()
     };
     let fleet = Fleet::start_configured(4, None, base).await;
-    let ring = shoal_core::ring::Ring::new(
-        fleet.nodes.iter().map(|n| n.name.as_str().into()),
-        NodeConfig::default().vnodes,
-        NodeConfig::default().replicas,
-    );
+    let ring = fleet.ring();
     let owners = |r: &shoal_core::ContainerRecord| {
         let mut owners = HashSet::new();
         for k in shoal_core::record_keys(r) {
@@ -692,16 +717,7 @@ async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
     for (owner, id) in &old_only {
         let addr = &fleet.nodes.iter().find(|n| &n.name == owner).unwrap().addr;
         loop {
-            let bytes = fleet
-                .http
-                .get(format!("http://{addr}/_shoal/v1/lookup/id/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let reply: shoal_core::wire::LookupReply = shoal_core::wire::decode(&bytes).unwrap();
+            let reply = fleet.owner_lookup(addr, "id", id).await;
             if reply.records.is_empty() {
                 break;
             }
@@ -889,11 +905,7 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
         ..test_config()
     };
     let fleet = Fleet::start_configured(4, None, base).await;
-    let ring = shoal_core::ring::Ring::new(
-        fleet.nodes.iter().map(|n| n.name.as_str().into()),
-        NodeConfig::default().vnodes,
-        NodeConfig::default().replicas,
-    );
+    let ring = fleet.ring();
     // For two containers of f1, a node that owns neither its name nor its
     // ID asks by plain GETs, as a script polls: the second answer is hot.
     for (i, change) in [(5, "remove"), (6, "rename")] {
@@ -948,11 +960,7 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_owner_delays_only_itself() {
     let fleet = Fleet::start(4).await;
-    let ring = shoal_core::ring::Ring::new(
-        fleet.nodes.iter().map(|n| n.name.as_str().into()),
-        NodeConfig::default().vnodes,
-        NodeConfig::default().replicas,
-    );
+    let ring = fleet.ring();
     // Every publish f0 sends to f3 takes 200 ms (within the peer timeout,
     // so each one lands, late).
     let slow = &fleet.nodes[3];
@@ -995,17 +1003,7 @@ async fn a_slow_owner_delays_only_itself() {
     }
     let started = Instant::now();
     loop {
-        let url = format!("http://{}/_shoal/v1/lookup/name/{last}", fast.addr);
-        let bytes = fleet
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reply: shoal_core::wire::LookupReply = shoal_core::wire::decode(&bytes).unwrap();
+        let reply = fleet.owner_lookup(&fast.addr, "name", &last).await;
         if !reply.records.is_empty() {
             break;
         }
