@@ -49,7 +49,7 @@ pub struct Fetchers {
     by_key: moka::sync::Cache<LookupKey, Arc<Mutex<std::collections::BTreeSet<NodeId>>>>,
     tx: tokio::sync::mpsc::Sender<(NodeId, LookupKey)>,
     rx: Mutex<Option<tokio::sync::mpsc::Receiver<(NodeId, LookupKey)>>>,
-    /// Invalidations sent, and dropped on a full queue.
+    /// Invalidations sent.
     pub sent: std::sync::atomic::AtomicU64,
     /// Invalidations dropped because the queue was full.
     pub dropped: std::sync::atomic::AtomicU64,
@@ -93,12 +93,6 @@ impl Fetchers {
     fn any(&self) -> bool {
         self.by_key.run_pending_tasks();
         self.by_key.entry_count() > 0
-    }
-}
-
-impl Default for DirectoryService {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(2))
     }
 }
 

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use shoal_core::directory::OwnerDirectory;
 use shoal_engine::WatcherHandle;
 
+use crate::directory::Fetchers;
 use crate::membership::ClusterView;
 use crate::publisher::PublisherCounters;
 
@@ -57,6 +58,8 @@ pub struct NodeState<'a> {
     pub view: &'a ClusterView,
     /// The publisher's counters.
     pub publisher: &'a PublisherCounters,
+    /// The directory's invalidation counters.
+    pub fetchers: &'a Fetchers,
     /// The engine's watcher.
     pub watcher: &'a WatcherHandle,
 }
@@ -85,6 +88,10 @@ pub struct Metrics {
     publish_failures: Counter,
     publish_snapshots: Counter,
     publish_bytes: Counter,
+    publish_resyncs: Counter,
+    publish_overflows: Counter,
+    invalidations_sent: Counter,
+    invalidations_dropped: Counter,
 }
 
 /// Labels of a forward.
@@ -128,6 +135,10 @@ impl Metrics {
             publish_failures: Counter::default(),
             publish_snapshots: Counter::default(),
             publish_bytes: Counter::default(),
+            publish_resyncs: Counter::default(),
+            publish_overflows: Counter::default(),
+            invalidations_sent: Counter::default(),
+            invalidations_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
@@ -229,8 +240,28 @@ impl Metrics {
             m.publish_bytes.clone(),
         );
         registry.register(
+            "publish_resyncs",
+            "Resync requests owners sent this node",
+            m.publish_resyncs.clone(),
+        );
+        registry.register(
+            "publish_overflows",
+            "Messages dropped because their owner's queue was full (the owner gets a snapshot)",
+            m.publish_overflows.clone(),
+        );
+        registry.register(
+            "invalidations_sent",
+            "Hot cache keys this owner told fetching nodes to drop",
+            m.invalidations_sent.clone(),
+        );
+        registry.register(
+            "invalidations_dropped",
+            "Invalidations dropped on a full queue (the entries expire within the hot TTL)",
+            m.invalidations_dropped.clone(),
+        );
+        registry.register(
             "publish_lag_seconds",
-            "From the watcher reading a change to every owner having it",
+            "From the watcher reading a change to an owner having it, per delivery",
             publisher.lag.clone(),
         );
         Metrics { registry, ..m }
@@ -295,6 +326,10 @@ impl Metrics {
             (&self.publish_failures, &p.failures),
             (&self.publish_snapshots, &p.snapshots),
             (&self.publish_bytes, &p.bytes),
+            (&self.publish_resyncs, &p.resyncs),
+            (&self.publish_overflows, &p.overflows),
+            (&self.invalidations_sent, &node.fetchers.sent),
+            (&self.invalidations_dropped, &node.fetchers.dropped),
         ] {
             counter
                 .inner()

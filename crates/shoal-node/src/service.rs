@@ -199,6 +199,7 @@ impl NodeService {
                 directory: &directory,
                 view: &view,
                 publisher: &self.publisher,
+                fetchers: self.directory.fetchers(),
                 watcher: &self.watcher,
             },
             now_ms(),
