@@ -81,6 +81,10 @@ pub struct OwnerDirectory {
     /// and never a wrong answer. A B-tree of hashes is a fraction of the
     /// memory of a hash trie of keys, and records are held once per copy.
     by_key: OrdMap<u64, IndexSet<Held>>,
+    /// The last digest from each source that was placed on a ring this
+    /// owner did not have yet: when the owner's ring becomes that one, it
+    /// is checked then ([`OwnerDirectory::ring_changed`]).
+    pending: HashMap<NodeId, DigestRequest>,
 }
 
 /// The hash an index entry is filed under (an ID under its short form,
@@ -275,12 +279,16 @@ impl OwnerDirectory {
             // what this owner owns: it does not ask for a snapshot (during
             // a rollout rings differ everywhere for a moment, and every
             // digest would cost one), and the owner stays incomplete for
-            // the source until they agree.
+            // the source until they agree. A source usually sees a ring
+            // change before some of its owners do: the digest is kept, and
+            // checked when this owner's ring becomes the one it names.
             if let Some(s) = self.sources.get_mut(&d.source.node) {
                 s.complete_on = None;
             }
+            self.pending.insert(d.source.node.clone(), d.clone());
             return DigestReply { matches: true };
         }
+        self.pending.remove(&d.source.node);
         let held = self.summary_where(&d.source.node, owned);
         let matches = match held {
             Some(SourceSummary {
@@ -310,6 +318,48 @@ impl OwnerDirectory {
             None => {}
         }
         DigestReply { matches }
+    }
+
+    /// This owner's ring is now `ring`: the digests kept because they were
+    /// placed on it before this owner had it are checked now, as they would
+    /// have been on arrival, if nothing from their source landed since (a
+    /// later publish would make the comparison wrong; the resync that an
+    /// incomplete owner asks for covers that case). `live` is the
+    /// incarnation membership gives each source. Returns the sources this
+    /// made the directory complete for.
+    pub fn ring_changed(
+        &mut self,
+        ring: u64,
+        live: impl Fn(&NodeId) -> Option<u64>,
+        owned: impl Fn(&ContainerRecord) -> bool,
+    ) -> Vec<NodeId> {
+        let due: Vec<NodeId> = self
+            .pending
+            .iter()
+            .filter(|(_, d)| d.source.ring == ring)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut completed = Vec::new();
+        for node in due {
+            let Some(d) = self.pending.remove(&node) else {
+                continue;
+            };
+            let current = self
+                .sources
+                .get(&node)
+                .is_none_or(|s| s.incarnation == d.source.incarnation && s.seq == d.source.seq);
+            if !current {
+                continue;
+            }
+            let here = Here {
+                ring,
+                live: live(&node),
+            };
+            if self.check(&d, here, &owned).matches {
+                completed.push(node);
+            }
+        }
+        completed
     }
 
     /// The keys whose answers `publish` may change here: every key of the
@@ -426,6 +476,7 @@ impl OwnerDirectory {
     pub fn remove_source(&mut self, node: &NodeId) -> usize {
         let n = self.clear_source(node);
         self.sources.remove(node);
+        self.pending.remove(node);
         n
     }
 
@@ -829,6 +880,65 @@ mod tests {
         };
         assert!(d.check(&empty, HERE, |_| true).matches);
         assert!(missing(&d, &[("b", 3)], RING).is_empty());
+    }
+
+    #[test]
+    fn a_digest_from_a_ring_this_owner_has_not_reached_yet_counts_once_it_does() {
+        let mut d = OwnerDirectory::new();
+        let records = vec![on("a", "e", record(1, "web", "10.0.0.1", None))];
+        d.apply(&delta(clock("a", 1, 1), records.clone(), vec![]), HERE);
+        let (count, digest) = digest_of(&records);
+        let next = RING + 1;
+        let ahead = DigestRequest {
+            source: SourceClock {
+                ring: next,
+                ..clock("a", 1, 1)
+            },
+            count,
+            digest,
+        };
+        assert!(d.check(&ahead, HERE, |_| true).matches, "no snapshot asked");
+        assert_eq!(missing(&d, &[("a", 1)], RING), ["a"]);
+        // Another ring than the digest's: it waits.
+        assert!(d.ring_changed(RING + 5, |_| Some(1), |_| true).is_empty());
+        assert_eq!(
+            d.ring_changed(next, |_| Some(1), |_| true),
+            [NodeId::from("a")]
+        );
+        assert!(missing(&d, &[("a", 1)], next).is_empty());
+        // Checked once: a later change of ring does not use it again.
+        assert!(d.ring_changed(next, |_| Some(1), |_| true).is_empty());
+
+        // A publish that lands after the digest makes it stale: the owner
+        // stays incomplete (and asks for a resync).
+        let ahead = DigestRequest {
+            source: SourceClock {
+                ring: next + 1,
+                ..clock("a", 1, 1)
+            },
+            ..ahead
+        };
+        let here = Here {
+            ring: next,
+            live: None,
+        };
+        d.check(&ahead, here, |_| true);
+        d.apply(&delta(clock("a", 1, 2), vec![], vec![]), here);
+        assert!(d.ring_changed(next + 1, |_| Some(1), |_| true).is_empty());
+        assert_eq!(missing(&d, &[("a", 1)], next + 1), ["a"]);
+
+        // What this owner holds differs from the digest: still incomplete.
+        let wrong = DigestRequest {
+            source: SourceClock {
+                ring: next + 2,
+                ..clock("a", 1, 2)
+            },
+            count: count + 1,
+            digest,
+        };
+        d.check(&wrong, here, |_| true);
+        assert!(d.ring_changed(next + 2, |_| Some(1), |_| true).is_empty());
+        assert_eq!(missing(&d, &[("a", 1)], next + 2), ["a"]);
     }
 
     #[test]

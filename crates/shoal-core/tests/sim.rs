@@ -870,9 +870,22 @@ impl World {
                 .collect();
             if live.as_slice() != n.ring.members() {
                 let ring = Arc::new(Ring::new(live, 16, 2));
-                n.ring = ring;
+                n.ring = ring.clone();
                 n.ring_since = now;
                 n.pruned_at = None;
+                // As the node's upkeep: digests that came ahead of the
+                // ring change count now.
+                let me = node_id(j);
+                let view = n.view.clone();
+                n.dir.ring_changed(
+                    ring.fingerprint(),
+                    |s| {
+                        view.get(&index(s))
+                            .filter(|m| m.live)
+                            .map(|m| m.incarnation)
+                    },
+                    |r| owns_any(&ring, &me, r),
+                );
             }
             if n.view_dirty_at.is_none() {
                 n.view_dirty_at = Some(now + VIEW_SETTLE_MS);

@@ -175,6 +175,21 @@ impl DirectoryService {
             .unwrap_or(PublishAck::Stale)
     }
 
+    /// This node's ring changed: digests that arrived placed on it before
+    /// this node had it are checked now. Returns how many sources that
+    /// made the directory complete for.
+    pub fn ring_changed(&self, view: &ClusterView) -> usize {
+        let (ring, me) = (&view.ring, &view.me);
+        self.edit(|dir| {
+            dir.ring_changed(
+                ring.fingerprint(),
+                |source| here(view, source).live,
+                |r| owns_any(ring, me, r),
+            )
+            .len()
+        })
+    }
+
     /// Matches of a key.
     pub fn lookup(&self, key: &LookupKey) -> Vec<Arc<ContainerRecord>> {
         self.snapshot.load().lookup(key)
@@ -266,6 +281,8 @@ pub struct Upkeep {
     pub directory: Arc<DirectoryService>,
     /// How to reach sources to ask for a resync.
     pub peers: PeerClient,
+    /// Ticks when the view changes.
+    pub view_changes: tokio::sync::watch::Receiver<u64>,
     /// This node's own publisher, for its own resyncs.
     pub own_publisher: tokio::sync::mpsc::Sender<NodeId>,
     /// How long a source may take to answer.
@@ -293,18 +310,35 @@ impl Upkeep {
     /// for `grace`, drops records none of whose keys this node owns, then
     /// again every `prune_every` (an orphan a lost Remove left lives no
     /// longer than that).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.every);
         let mut ring_members: Vec<NodeId> = Vec::new();
+        let mut checked_ring = None;
         let mut stable_since = Instant::now();
         let mut pruned_at: Option<Instant> = None;
         let mut asked: BTreeMap<NodeId, (Instant, Duration)> = BTreeMap::new();
+        let mut watching = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+                changed = self.view_changes.changed(), if watching => {
+                    watching = changed.is_ok();
+                }
             }
             let v = self.view.load_full();
+            // At once on a ring change, before any resync is asked: most
+            // sources saw the change first and their digests are here.
+            if checked_ring != Some(v.ring.fingerprint()) {
+                checked_ring = Some(v.ring.fingerprint());
+                let completed = self.directory.ring_changed(&v);
+                if completed > 0 {
+                    debug!(
+                        completed,
+                        "digests that came ahead of the ring change now count"
+                    );
+                }
+            }
             for source in self.directory.snapshot().sources() {
                 if v.members.get(&source).is_some_and(|m| !m.alive) {
                     let n = self.directory.remove_source(&source);

@@ -147,7 +147,7 @@ impl NodeService {
             timeout: self.config.peer_timeout,
             sync_interval: self.config.sync_interval,
             engine_lost_after: self.config.engine_lost_after,
-            view_changes,
+            view_changes: view_changes.clone(),
             counters: self.publisher.clone(),
         };
         let upkeep = Upkeep {
@@ -155,6 +155,7 @@ impl NodeService {
             view: self.view.clone(),
             directory: self.directory.clone(),
             peers: self.peers.clone(),
+            view_changes,
             own_publisher: self.resyncs.clone(),
             timeout: self.config.peer_timeout,
             every: (self.config.dead_after / 10).max(Duration::from_millis(50)),
