@@ -34,9 +34,20 @@ pub fn assignments<'r>(
     ring: &Ring,
     records: impl IntoIterator<Item = &'r ContainerRecord>,
 ) -> BTreeMap<NodeId, (Vec<ContainerRecord>, (u64, u64))> {
+    assignments_to(ring, records, |_| true)
+}
+
+/// [`assignments`] for the members `wanted` accepts only: a snapshot for
+/// one owner copies only that owner's records.
+pub fn assignments_to<'r>(
+    ring: &Ring,
+    records: impl IntoIterator<Item = &'r ContainerRecord>,
+    wanted: impl Fn(&NodeId) -> bool,
+) -> BTreeMap<NodeId, (Vec<ContainerRecord>, (u64, u64))> {
     let mut per_owner: BTreeMap<NodeId, Vec<ContainerRecord>> = ring
         .members()
         .iter()
+        .filter(|m| wanted(m))
         .map(|m| (m.clone(), Vec::new()))
         .collect();
     let mut owners = Vec::new();
@@ -44,7 +55,9 @@ pub fn assignments<'r>(
         owners.clear();
         owners_of(ring, r, &mut owners);
         for o in &owners {
-            per_owner.entry((*o).clone()).or_default().push(r.clone());
+            if let Some(held) = per_owner.get_mut(*o) {
+                held.push(r.clone());
+            }
         }
     }
     per_owner

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::inventory::{Delta, Inventory};
 use crate::model::{ContainerRecord, NodeId};
-use crate::placement::{assignments, digests, gains, owners_of};
+use crate::placement::{assignments_to, digests, gains, owners_of};
 use crate::ring::Ring;
 use crate::wire::{DigestRequest, Publish, PublishBody, RecordId, SourceClock};
 
@@ -176,12 +176,11 @@ impl Source {
             return Vec::new();
         };
         let ring = &*ring;
-        let all = assignments(ring, self.published.records().map(|r| &**r));
+        let all = assignments_to(ring, self.published.records().map(|r| &**r), |o| {
+            only.is_none_or(|only| only.contains(o))
+        });
         let mut out = Vec::new();
         for (owner, (records, _)) in all {
-            if only.is_some_and(|o| !o.contains(&owner)) {
-                continue;
-            }
             self.behind.remove(&owner);
             out.push(self.publish(owner, PublishBody::Snapshot { records }, ring));
         }

@@ -37,6 +37,26 @@ fn name_hash(id: &str) -> u64 {
     crate::fnv1a(id.as_bytes())
 }
 
+/// A key as the ring hashes it: the text of its canonical form, hashed as
+/// a `String` of that text is (its bytes, then `0xff`), without making the
+/// string.
+struct PlacedAs<'a>(&'a LookupKey);
+
+impl Hash for PlacedAs<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        struct Sink<'h, H>(&'h mut H);
+        impl<H: Hasher> std::fmt::Write for Sink<'_, H> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let _ =
+            std::fmt::Write::write_fmt(&mut Sink(state), format_args!("{}", self.0.placement()));
+        state.write_u8(0xff);
+    }
+}
+
 /// The ring of one membership view.
 #[derive(Clone, Debug)]
 pub struct Ring {
@@ -155,18 +175,31 @@ impl Ring {
     /// canonical form ([`LookupKey::placement`]), so a full ID goes to the
     /// owners its record was published to.
     pub fn owners(&self, key: &LookupKey) -> Vec<&NodeId> {
-        let Some(v) = self.ring.get(&key.placement().to_string()) else {
-            return Vec::new();
+        self.owner_indexes(key)
+            .iter()
+            .map(|&n| &self.nodes[n as usize])
+            .collect()
+    }
+
+    /// The owners of a key as indexes into [`Ring::members`]. Placement
+    /// runs for every key of every record on each digest round, snapshot
+    /// and prune: this allocates nothing.
+    fn owner_indexes(&self, key: &LookupKey) -> &[u32] {
+        let Some(v) = self.ring.get(&PlacedAs(key)) else {
+            return &[];
         };
         self.owners_at
             .get(&(v.node, v.i))
-            .map(|o| o.iter().map(|&n| &self.nodes[n as usize]).collect())
+            .map(Vec::as_slice)
             .unwrap_or_default()
     }
 
     /// True when `node` is one of the key's owners.
     pub fn is_owner(&self, node: &NodeId, key: &LookupKey) -> bool {
-        self.owners(key).contains(&node)
+        let Ok(n) = self.nodes.binary_search(node) else {
+            return false;
+        };
+        self.owner_indexes(key).contains(&(n as u32))
     }
 
     /// The share of the key space each member owns first (0 to 1), by
@@ -199,6 +232,24 @@ mod tests {
 
     fn keys(n: usize) -> Vec<LookupKey> {
         (0..n).map(|i| LookupKey::Name(format!("c-{i}"))).collect()
+    }
+
+    #[test]
+    fn a_key_is_placed_as_the_text_of_its_canonical_form() {
+        let ring = Ring::new(members(7), 16, 2);
+        let mut all = keys(300);
+        for i in 0..300u64 {
+            let hex = format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            all.push(LookupKey::Id(hex[..12 + (i as usize % 53)].to_owned()));
+            all.push(LookupKey::Ip(
+                format!("10.0.{}.{}", i / 250, i % 250).parse().unwrap(),
+            ));
+            all.push(LookupKey::Project(format!("p{i}")));
+        }
+        for key in &all {
+            let as_text = ring.ring.get(&key.placement().to_string()).copied();
+            assert_eq!(ring.ring.get(&PlacedAs(key)).copied(), as_text, "{key}");
+        }
     }
 
     #[test]

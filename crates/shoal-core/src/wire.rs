@@ -232,9 +232,95 @@ pub struct Pong {
 /// A stable 64-bit digest of a record's content (its read time aside),
 /// the same in every process: FNV-1a over its bincode bytes.
 pub fn record_digest(r: &ContainerRecord) -> u64 {
-    let mut copy = r.clone();
-    copy.updated_at = 0;
-    crate::fnv1a(&bincode::serde::encode_to_vec(&copy, config()).unwrap_or_default())
+    // The record as bincode encodes it with `updated_at` zero, streamed
+    // into the hash: no copy, no buffer. Digests are computed for every
+    // copy of every record on each digest round and each apply, and the
+    // clone and the buffer were most of their cost. bincode writes a
+    // struct as its fields in order, and a reference as what it points
+    // to, so this is byte for byte the encoding of the record (a test
+    // pins that down).
+    #[derive(Serialize)]
+    struct Unstamped<'a> {
+        id: &'a String,
+        names: &'a Vec<String>,
+        image: &'a String,
+        image_id: &'a String,
+        state: &'a crate::model::ContainerState,
+        pid: i64,
+        labels: &'a crate::model::Labels,
+        project: &'a Option<String>,
+        service: &'a Option<String>,
+        networks: &'a crate::model::Networks,
+        ports: &'a Vec<crate::model::PortMapping>,
+        health: &'a crate::model::Health,
+        created: &'a String,
+        started_at: &'a Option<String>,
+        node: &'a crate::model::NodeId,
+        engine_id: &'a crate::model::EngineId,
+        updated_at: u64,
+    }
+    // Every field named: a field added to the record without being added
+    // here does not compile.
+    let ContainerRecord {
+        id,
+        names,
+        image,
+        image_id,
+        state,
+        pid,
+        labels,
+        project,
+        service,
+        networks,
+        ports,
+        health,
+        created,
+        started_at,
+        node,
+        engine_id,
+        updated_at: _,
+    } = r;
+    let view = Unstamped {
+        id,
+        names,
+        image,
+        image_id,
+        state,
+        pid: *pid,
+        labels,
+        project,
+        service,
+        networks,
+        ports,
+        health,
+        created,
+        started_at,
+        node,
+        engine_id,
+        updated_at: 0,
+    };
+    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    match bincode::serde::encode_into_std_write(&view, &mut h, bincode::config::standard()) {
+        Ok(_) => h.0,
+        Err(_) => 0,
+    }
+}
+
+/// FNV-1a as a byte sink, the same hash as [`crate::fnv1a`].
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +328,19 @@ mod tests {
     use super::*;
     use crate::inventory::tests::record;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_record_digest_is_the_hash_of_its_encoding_without_its_read_time() {
+        for (i, project) in [(1, None), (2, Some("shop"))] {
+            let mut r = record(i, "web", "10.0.0.1", project);
+            r.labels.insert("a".into(), "b".into());
+            r.updated_at = 12_345;
+            let mut unstamped = r.clone();
+            unstamped.updated_at = 0;
+            let encoded = bincode::serde::encode_to_vec(&unstamped, config()).unwrap();
+            assert_eq!(record_digest(&r), crate::fnv1a(&encoded));
+        }
+    }
 
     fn publish() -> Publish {
         Publish {

@@ -184,6 +184,18 @@ impl Client {
         Ok(status)
     }
 
+    /// The status and body of a GET of `path` at `addr`, uncached.
+    pub async fn answer(&self, addr: &str, path: &str) -> Result<(u16, String)> {
+        let r = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .header("cache-control", "no-cache")
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await?))
+    }
+
     /// How the node at `addr` answered a lookup of `reference`
     /// (`x-shoal-path`), `None` when it did not find it.
     pub async fn path_of(&self, addr: &str, reference: &str) -> Result<Option<String>> {

@@ -380,6 +380,7 @@ impl Fleet {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let per_node = self.engines[0].ids().len().max(1);
         let mut waiting_for = String::from("nothing asked yet");
+        let mut last_said = Instant::now();
         'wait: loop {
             if started.elapsed() > limit {
                 bail!(
@@ -388,6 +389,24 @@ impl Fleet {
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+            if last_said.elapsed() >= Duration::from_secs(15) {
+                last_said = Instant::now();
+                let mut work = Vec::new();
+                for name in [
+                    "shoal_publish_snapshots_total",
+                    "shoal_publish_resyncs_total",
+                    "shoal_publish_failures_total",
+                    "shoal_publishes_total",
+                ] {
+                    let total = self.metric(name).await.unwrap_or(f64::NAN);
+                    work.push(format!("{}={total}", name.trim_start_matches("shoal_")));
+                }
+                say(format!(
+                    "{} s: still waiting for {waiting_for}; fleet so far: {}",
+                    started.elapsed().as_secs(),
+                    work.join(" ")
+                ));
+            }
             for node in self.live_nodes() {
                 let alive = self.client.alive(&node.addr).await;
                 if alive != members {
@@ -404,12 +423,20 @@ impl Fleet {
                         continue;
                     }
                     let name = format!("{}{}", prefix(k), per_node - 1);
-                    let status = self
+                    let asked = Instant::now();
+                    let answer = self
                         .client
-                        .status(&reader, &format!("/v1/containers/{name}"))
-                        .await?;
+                        .answer(&reader, &format!("/v1/containers/{name}"))
+                        .await;
+                    // A lookup that times out while the fleet is busy
+                    // settling is waited out like any other wrong answer.
+                    let (status, body) = match answer {
+                        Ok(a) => a,
+                        Err(e) => (0, format!("{e:#} after {:?}", asked.elapsed())),
+                    };
                     if status != 200 {
-                        waiting_for = format!("{reader} to answer {name} (it said {status})");
+                        waiting_for =
+                            format!("{reader} to answer {name} (it said {status}: {body})");
                         continue 'wait;
                     }
                 }
