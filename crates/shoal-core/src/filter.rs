@@ -47,6 +47,9 @@ pub enum FilterError {
     /// Too many label filters.
     #[error("at most {MAX_LABEL_FILTERS} label filters are accepted")]
     TooManyLabels,
+    /// A label filter without a key (`label==v`, `label==`).
+    #[error("label filter {0:?} has no key: write key or key=value")]
+    LabelWithoutKey(String),
 }
 
 fn checked(field: &'static str, value: &str) -> Result<String, FilterError> {
@@ -94,10 +97,14 @@ impl ListFilter {
                         return Err(FilterError::TooManyLabels);
                     }
                     let v = checked("label", v)?;
-                    f.labels.push(match v.split_once('=') {
+                    let (key, value) = match v.split_once('=') {
                         Some((key, value)) => (key.to_owned(), Some(value.to_owned())),
-                        None => (v, None),
-                    });
+                        None => (v.clone(), None),
+                    };
+                    if key.is_empty() {
+                        return Err(FilterError::LabelWithoutKey(v));
+                    }
+                    f.labels.push((key, value));
                 }
                 other => return Err(FilterError::Unknown(other.chars().take(64).collect())),
             }
@@ -184,6 +191,16 @@ mod tests {
         assert_eq!(
             filter(&[("name", "a\0")]),
             Err(FilterError::BadValue("name"))
+        );
+        for no_key in ["=", "==", "=v"] {
+            assert_eq!(
+                filter(&[("label", no_key)]),
+                Err(FilterError::LabelWithoutKey(no_key.into()))
+            );
+        }
+        assert!(
+            filter(&[("label", "k=")]).is_ok(),
+            "an empty value is a value"
         );
         let many: Vec<_> = (0..=MAX_LABEL_FILTERS).map(|_| ("label", "a")).collect();
         assert_eq!(filter(&many), Err(FilterError::TooManyLabels));
