@@ -1,5 +1,6 @@
 //! The client subcommands: `shoal get`, `shoal ls`, `shoal nodes`,
-//! `shoal projects`, against `--server`, as a table or as JSON.
+//! `shoal projects`, against `--server`, as a table or as JSON. Listings
+//! follow `next_cursor` and print every page as one.
 
 use std::time::{Duration, Instant};
 
@@ -173,6 +174,57 @@ impl Client {
     }
 }
 
+/// Pages a listing may take before the client gives up: a server whose
+/// cursors never end is not followed forever.
+const MAX_PAGES: usize = 10_000;
+
+impl Client {
+    /// GETs every page of a listing, following `next_cursor`: the answer
+    /// is the first page's, with every page's `items` and failed nodes.
+    async fn get_all(&self, url: Url, items: &str) -> anyhow::Result<Answer> {
+        let mut all: Option<Answer> = None;
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut page_url = url.clone();
+            if let Some(c) = &cursor {
+                page_url.query_pairs_mut().append_pair("cursor", c);
+            }
+            let mut page = self.get(self.http.get(page_url)).await?;
+            let next = page.json["next_cursor"].as_str().map(str::to_owned);
+            match &mut all {
+                None => all = Some(page),
+                Some(all) => {
+                    append(&mut all.json[items], page.json[items].take(), false);
+                    let failed = page.json["nodes"]["failed"].take();
+                    append(&mut all.json["nodes"]["failed"], failed, true);
+                    all.took += page.took;
+                }
+            }
+            if next.is_none() || next == cursor {
+                let mut all = all.expect("one page was read");
+                if let Some(obj) = all.json.as_object_mut() {
+                    obj.remove("next_cursor");
+                }
+                return Ok(all);
+            }
+            cursor = next;
+        }
+        bail!("the listing at {url} went on for more than {MAX_PAGES} pages")
+    }
+}
+
+/// Appends the array `more` to the array `kept`; with `once`, only the
+/// items not there yet.
+fn append(kept: &mut Value, more: Value, once: bool) {
+    if let (Some(kept), Value::Array(more)) = (kept.as_array_mut(), more) {
+        for m in more {
+            if !once || !kept.contains(&m) {
+                kept.push(m);
+            }
+        }
+    }
+}
+
 struct Answer {
     json: Value,
     node: Option<String>,
@@ -306,7 +358,7 @@ pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
             q.append_pair("label", l);
         }
     }
-    let a = client.get(client.http.get(url)).await?;
+    let a = client.get_all(url, "containers").await?;
     if client.output == Output::Json {
         return print_json(&a.json);
     }
@@ -372,11 +424,17 @@ pub async fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
 /// `shoal projects [name]`.
 pub async fn projects(args: &ClientArgs, p: ProjectsArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
-    let url = match &p.name {
-        Some(name) => client.url(&["v1", "projects", name]),
-        None => client.url(&["v1", "projects"]),
+    let a = match &p.name {
+        Some(name) => {
+            let url = client.url(&["v1", "projects", name]);
+            client.get(client.http.get(url)).await?
+        }
+        None => {
+            client
+                .get_all(client.url(&["v1", "projects"]), "projects")
+                .await?
+        }
     };
-    let a = client.get(client.http.get(url)).await?;
     if client.output == Output::Json {
         return print_json(&a.json);
     }

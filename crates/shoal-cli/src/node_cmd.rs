@@ -122,6 +122,36 @@ pub struct NodeArgs {
     /// The most calls in one JSON-RPC batch [default: 100].
     #[arg(long, env = "SHOAL_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// The most listing calls in one JSON-RPC batch [default: 8].
+    #[arg(long, env = "SHOAL_MAX_BATCH_LISTINGS")]
+    pub max_batch_listings: Option<usize>,
+    /// Public requests handled at once; more are answered 503 with
+    /// Retry-After [default: 1024].
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Peer requests (/_shoal/) handled at once, apart from the public
+    /// ones; more are answered 503 [default: 512].
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_PEER_REQUESTS")]
+    pub max_concurrent_peer_requests: Option<usize>,
+    /// Fleet-wide listings (scatter-gathers) at once; more are answered
+    /// 503 [default: 32].
+    #[arg(long, env = "SHOAL_MAX_SCATTERS")]
+    pub max_scatters: Option<usize>,
+    /// Open connections at once; more are closed when accepted
+    /// [default: 4096].
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The longest a peer request may take, snapshots included
+    /// [default: 60s].
+    #[arg(long, env = "SHOAL_PEER_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub peer_request_timeout: Option<Duration>,
+    /// A client must send a request's headers within this; idle
+    /// connections close after it too [default: 10s].
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// A public request's body must arrive within this [default: 5s].
+    #[arg(long, env = "SHOAL_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
     /// Shared secret of the peer API (at least 16 characters): peer requests
     /// carry an HMAC of it. Prefer SHOAL_CLUSTER_SECRET or the file to a
     /// flag, which other users can see in the process list.
@@ -171,6 +201,17 @@ pub struct FileConfig {
     request_timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
+    max_batch_listings: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    max_concurrent_peer_requests: Option<usize>,
+    max_scatters: Option<usize>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    peer_request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_read_timeout: Option<Duration>,
     cluster_secret: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
@@ -260,6 +301,38 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .or(file.max_body_bytes)
             .unwrap_or(d.max_body_bytes),
         max_batch: args.max_batch.or(file.max_batch).unwrap_or(d.max_batch),
+        max_batch_listings: args
+            .max_batch_listings
+            .or(file.max_batch_listings)
+            .unwrap_or(d.max_batch_listings),
+        max_concurrent_requests: args
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests)
+            .unwrap_or(d.max_concurrent_requests),
+        max_concurrent_peer_requests: args
+            .max_concurrent_peer_requests
+            .or(file.max_concurrent_peer_requests)
+            .unwrap_or(d.max_concurrent_peer_requests),
+        max_scatters: args
+            .max_scatters
+            .or(file.max_scatters)
+            .unwrap_or(d.max_scatters),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(d.max_connections),
+        peer_request_timeout: args
+            .peer_request_timeout
+            .or(file.peer_request_timeout)
+            .unwrap_or(d.peer_request_timeout),
+        header_read_timeout: args
+            .header_read_timeout
+            .or(file.header_read_timeout)
+            .unwrap_or(d.header_read_timeout),
+        body_read_timeout: args
+            .body_read_timeout
+            .or(file.body_read_timeout)
+            .unwrap_or(d.body_read_timeout),
         cluster_secret: args.cluster_secret.or(file.cluster_secret),
         ..d
     };
@@ -389,7 +462,7 @@ mod tests {
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let f = file(
-            "node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\nengine-lost-after: 2m\n",
+            "node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\nengine-lost-after: 2m\nmax-scatters: 4\npeer-request-timeout: 45s\n",
         );
         let args = NodeArgs {
             config: Some(f.path().to_owned()),
@@ -403,6 +476,9 @@ mod tests {
         assert_eq!(r.node.replicas, 3);
         assert_eq!(r.node.vnodes, 64);
         assert_eq!(r.node.engine_lost_after, Duration::from_secs(120));
+        assert_eq!(r.node.max_scatters, 4);
+        assert_eq!(r.node.peer_request_timeout, Duration::from_secs(45));
+        assert_eq!(r.node.max_connections, 4096);
     }
 
     #[test]
@@ -453,6 +529,26 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("nohost")
+        );
+        let args = NodeArgs {
+            max_scatters: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("max-scatters")
+        );
+        let args = NodeArgs {
+            header_read_timeout: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("header-read-timeout")
         );
         let args = NodeArgs {
             engine_lost_after: Some(Duration::ZERO),

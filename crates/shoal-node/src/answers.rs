@@ -104,12 +104,15 @@ pub struct FailedNode {
 /// The answer to `GET /v1/containers?…`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ListAnswer {
-    /// Matching containers, by node then ID.
+    /// Matching containers, by node then ID: one page of them.
     pub containers: Vec<AnsweredRecord>,
     /// Which nodes answered.
     pub nodes: NodesCovered,
     /// The node that answered.
     pub served_by: NodeId,
+    /// The `cursor` of the next page, when more remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One compose project, fleet-wide.
@@ -128,12 +131,15 @@ pub struct ProjectSummary {
 /// The answer to `GET /v1/projects`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProjectsAnswer {
-    /// Every project, by name.
+    /// Every project, by name: one page of them.
     pub projects: Vec<ProjectSummary>,
     /// Which nodes answered.
     pub nodes: NodesCovered,
     /// The node that answered.
     pub served_by: NodeId,
+    /// The `cursor` of the next page, when more remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// The answer to `GET /v1/projects/{name}`.

@@ -20,9 +20,11 @@ use shoal_core::{ContainerRecord, KeyKind, ListFilter, NodeId, parse_ref};
 use crate::answers::LookupAnswer;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::guard;
 use crate::jrpc;
 use crate::lookup::LookupOptions;
-use crate::metrics::RequestLabels;
+use crate::metrics::{RequestLabels, method_label};
+use crate::page::Page;
 use crate::peer::HOP_HEADER;
 use crate::peer::routes;
 use crate::service::NodeService;
@@ -41,6 +43,7 @@ const MAX_QUERY_LEN: usize = 4096;
 type Shared = Arc<NodeService>;
 
 /// The node's router, without a bound port: tests call it directly.
+/// Public and peer routes pass separate [`guard::admit`] gates.
 pub fn app(service: Shared) -> Router {
     let limits = service.config().clone();
     let peer_routes = Router::new()
@@ -52,7 +55,11 @@ pub fn app(service: Shared) -> Router {
         .route(routes::RESYNC, post(peer_resync))
         .route(routes::INVALIDATE, post(peer_invalidate))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
-        .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
+        .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            guard::Gate::peer(&limits),
+            guard::admit,
+        ));
     // The baseline of the benchmarks: the same HTTP stack, no work. Outside
     // the peer authentication so that nginx can proxy it too.
     let baseline = Router::new().route("/_shoal/v1/noop", get(noop));
@@ -67,20 +74,21 @@ pub fn app(service: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            guard::Gate::public(&limits),
+            guard::admit,
+        ));
     public
         .merge(peer_routes)
         .merge(baseline)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(service.clone(), observe))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests,
-        ))
         .with_state(service)
 }
 
-/// Times the request out, counts it, and names the node on the answer.
+/// Counts the request and names the node on the answer.
 async fn observe(State(service): State<Shared>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -88,14 +96,8 @@ async fn observe(State(service): State<Shared>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
-    let limit = service.config().request_timeout;
-    let mut response = match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(r) => r,
-        Err(_) => {
-            ApiError::Timeout(format!("the request took longer than {limit:?}")).into_response()
-        }
-    };
+    let method = method_label(request.method());
+    let mut response = next.run(request).await;
     if let Ok(v) = HeaderValue::from_str(&service.node_id().0) {
         response.headers_mut().insert(NODE_HEADER, v);
     }
@@ -188,32 +190,73 @@ async fn list_containers(
     State(service): State<Shared>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let filter = ListFilter::from_pairs(query_pairs(&query)?)?;
-    Ok(Json(service.list(&filter).await?).into_response())
+    let (page, filters) = page_of(query_pairs(&query)?)?;
+    let filter = ListFilter::from_pairs(filters)?;
+    Ok(Json(service.list(&filter, &page).await?).into_response())
 }
 
 async fn list_projects(
     State(service): State<Shared>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if !query_pairs(&query)?.is_empty() {
-        return Err(ApiError::BadRequest(
-            "/v1/projects takes no query parameters".into(),
-        ));
+    let (page, rest) = page_of(query_pairs(&query)?)?;
+    if let Some((k, _)) = rest.first() {
+        return Err(ApiError::BadRequest(format!(
+            "unknown query parameter {:?}: /v1/projects takes limit and cursor",
+            k.chars().take(64).collect::<String>()
+        )));
     }
-    Ok(Json(service.projects().await?).into_response())
+    Ok(Json(service.projects(&page).await?).into_response())
+}
+
+/// Takes a listing's `limit` and `cursor` out of its query, once each;
+/// the other pairs are its filters.
+fn page_of(pairs: Vec<QueryPair<'_>>) -> Result<(Page, Vec<QueryPair<'_>>), ApiError> {
+    let (mut limit, mut cursor) = (None, None);
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        let slot = match k.as_ref() {
+            "limit" => &mut limit,
+            "cursor" => &mut cursor,
+            _ => {
+                rest.push((k, v));
+                continue;
+            }
+        };
+        if slot.replace(v).is_some() {
+            return Err(ApiError::BadRequest(format!("{k} is given more than once")));
+        }
+    }
+    Ok((Page::read(limit.as_deref(), cursor.as_deref())?, rest))
 }
 
 async fn get_project(
     State(service): State<Shared>,
     name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
+    no_query(&query, "/v1/projects/{name}")?;
     Ok(Json(service.project(&name).await?).into_response())
 }
 
-async fn list_nodes(State(service): State<Shared>) -> Response {
-    Json(service.nodes()).into_response()
+async fn list_nodes(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    no_query(&query, "/v1/nodes")?;
+    Ok(Json(service.nodes()).into_response())
+}
+
+/// Refuses a query on a route that takes none, rather than ignore it.
+fn no_query(query: &Option<String>, route: &str) -> Result<(), ApiError> {
+    match query_pairs(query)?.first() {
+        None => Ok(()),
+        Some((k, _)) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter {:?}: {route} takes none",
+            k.chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 async fn jsonrpc(State(service): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {

@@ -69,12 +69,37 @@ pub struct NodeConfig {
     /// The longest a public request may take before it is answered 503
     /// (default 10 s).
     pub request_timeout: Duration,
+    /// The longest a peer request (`/_shoal/...`) may take, its body
+    /// included (default 60 s: longer than the 30 s a publisher allows a
+    /// snapshot, so the sender's deadline is the one that counts).
+    pub peer_request_timeout: Duration,
+    /// A connection must send a request's headers within this; an idle
+    /// keep-alive connection is closed after it too (default 10 s).
+    pub header_read_timeout: Duration,
+    /// A public request's body must arrive within this, else 400 (default
+    /// 5 s). Peer bodies are bounded by `peer_request_timeout`.
+    pub body_read_timeout: Duration,
+    /// Open connections at once; more are closed as soon as they are
+    /// accepted (default 4096).
+    pub max_connections: usize,
     /// The largest request body accepted (default 256 KiB).
     pub max_body_bytes: usize,
     /// The most calls in one JSON-RPC batch (default 100).
     pub max_batch: usize,
-    /// Requests handled at once; more wait (default 1024).
+    /// Public requests handled at once; more are answered 503 with
+    /// `Retry-After` at once (default 1024).
     pub max_concurrent_requests: usize,
+    /// Peer requests handled at once, apart from the public ones; more are
+    /// answered 503 with `Retry-After` (default 512).
+    pub max_concurrent_peer_requests: usize,
+    /// Fleet-wide scatter-gathers (listings, projects, lookups' last
+    /// resort) at once; more are answered 503 with `Retry-After` (default
+    /// 32).
+    pub max_scatters: usize,
+    /// Listing calls (`Inventory.List`, `Inventory.Projects`) one JSON-RPC
+    /// batch may hold (default 8); each also takes a scatter like a REST
+    /// listing.
+    pub max_batch_listings: usize,
     /// How long shutdown waits for requests in flight (default 10 s).
     pub shutdown_grace: Duration,
 }
@@ -103,9 +128,16 @@ impl Default for NodeConfig {
             cluster_secret: None,
             resync_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            peer_request_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(5),
+            max_connections: 4096,
             max_body_bytes: 256 * 1024,
             max_batch: 100,
             max_concurrent_requests: 1024,
+            max_concurrent_peer_requests: 512,
+            max_scatters: 32,
+            max_batch_listings: 8,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -149,11 +181,25 @@ impl NodeConfig {
         if self.max_batch == 0 {
             return Err("max-batch must be at least 1".into());
         }
-        if self.max_concurrent_requests == 0 {
-            return Err("max-concurrent-requests must be at least 1".into());
+        for (name, n) in [
+            ("max-concurrent-requests", self.max_concurrent_requests),
+            (
+                "max-concurrent-peer-requests",
+                self.max_concurrent_peer_requests,
+            ),
+            ("max-connections", self.max_connections),
+            ("max-scatters", self.max_scatters),
+            ("max-batch-listings", self.max_batch_listings),
+        ] {
+            if n == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
         }
         for (name, d) in [
             ("request-timeout", self.request_timeout),
+            ("peer-request-timeout", self.peer_request_timeout),
+            ("header-read-timeout", self.header_read_timeout),
+            ("body-read-timeout", self.body_read_timeout),
             ("peer-timeout", self.peer_timeout),
             ("resync-interval", self.resync_interval),
             ("dead-after", self.dead_after),

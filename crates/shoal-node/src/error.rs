@@ -27,10 +27,18 @@ pub enum ApiError {
     /// 503: the request took longer than the node allows.
     #[error("{0}")]
     Timeout(String),
+    /// 503 with `Retry-After`: the node is at one of its limits and sheds
+    /// this request rather than queue it.
+    #[error("{0}")]
+    Overloaded(String),
     /// 500: a bug; the message says what.
     #[error("{0}")]
     Internal(String),
 }
+
+/// What `Retry-After` tells a shed client, in seconds: limits are held
+/// by requests that last milliseconds, so one second is plenty.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -53,6 +61,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout(_) => "timeout",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -64,7 +73,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Timeout(_) | ApiError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,6 +89,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::Unavailable(m)
             | ApiError::Timeout(m)
+            | ApiError::Overloaded(m)
             | ApiError::Internal(m) => m,
         }
     }
@@ -91,7 +103,14 @@ impl IntoResponse for ApiError {
                 message: self.message(),
             },
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::Overloaded(_) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

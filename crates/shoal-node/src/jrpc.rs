@@ -1,12 +1,17 @@
 //! JSON-RPC 2.0 on `POST /jrpc`: `Inventory.Get {ref, by?}`,
-//! `Inventory.List {filters?}`, `Inventory.Projects {name?}` and
-//! `Inventory.Nodes {}`, single calls and batches, with the standard error
-//! codes. Application errors carry the REST error code in `data.code`.
+//! `Inventory.List {filters?, limit?, cursor?}`,
+//! `Inventory.Projects {name?, limit?, cursor?}` and `Inventory.Nodes {}`,
+//! single calls and batches, with the standard error codes. Application
+//! errors carry the REST error code in `data.code`. A batch holds at most
+//! `max_batch` calls, of which at most `max_batch_listings` listings; each
+//! listing takes one of the node's scatter-gathers like a REST listing
+//! does, and is shed (-32005) when none is free.
 //!
 //! HTTP status: a single call that is not valid JSON-RPC (parse error,
 //! invalid request, invalid params) is answered 400, an unknown method 404,
-//! an over-limit body 413; everything else, batches included, is 200 with
-//! the outcome in the body; a call or batch of notifications only is 204.
+//! an over-limit body 413, a shed call 503 with `Retry-After`; everything
+//! else, batches included, is 200 with the outcome in the body; a call or
+//! batch of notifications only is 204.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -17,6 +22,7 @@ use shoal_core::{KeyKind, ListFilter, parse_ref};
 use crate::answers::{METHOD_GET, METHOD_LIST, METHOD_NODES, METHOD_PROJECTS};
 use crate::error::ApiError;
 use crate::lookup::LookupOptions;
+use crate::page::Page;
 use crate::service::NodeService;
 
 /// Invalid JSON was received.
@@ -33,6 +39,10 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const NOT_FOUND: i64 = -32004;
 /// The node cannot answer now (application error).
 pub const UNAVAILABLE: i64 = -32003;
+/// The node is at a limit and sheds the call; retry after a moment
+/// (application error; a single call is answered HTTP 503 with
+/// `Retry-After`).
+pub const OVERLOADED: i64 = -32005;
 
 #[derive(Debug)]
 struct RpcError {
@@ -65,6 +75,7 @@ impl From<ApiError> for RpcError {
             ApiError::BadRequest(_) => INVALID_PARAMS,
             ApiError::NotFound(_) => NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Timeout(_) => UNAVAILABLE,
+            ApiError::Overloaded(_) => OVERLOADED,
             _ => INTERNAL_ERROR,
         };
         RpcError {
@@ -131,6 +142,24 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
                 )
                     .into_response();
             }
+            let listings = calls
+                .iter()
+                .filter(|c| matches!(c["method"].as_str(), Some(METHOD_LIST | METHOD_PROJECTS)))
+                .count();
+            let most = service.config().max_batch_listings;
+            if listings > most {
+                let err = RpcError::new(
+                    INVALID_REQUEST,
+                    format!(
+                        "the batch has {listings} listing calls ({METHOD_LIST}, {METHOD_PROJECTS}); at most {most} are accepted"
+                    ),
+                );
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(response(Value::Null, Err(err))),
+                )
+                    .into_response();
+            }
             let answers: Vec<Value> =
                 futures::future::join_all(calls.into_iter().map(|c| call(service, c)))
                     .await
@@ -150,9 +179,17 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
                 let status = match code {
                     Some(PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS) => StatusCode::BAD_REQUEST,
                     Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+                    Some(OVERLOADED) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::OK,
                 };
-                (status, Json(v)).into_response()
+                let mut response = (status, Json(v)).into_response();
+                if code == Some(OVERLOADED) {
+                    response.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECS),
+                    );
+                }
+                response
             }
         },
     }
@@ -287,6 +324,17 @@ fn filter_param(value: Option<&Value>) -> Result<ListFilter, RpcError> {
     ListFilter::from_pairs(pairs).map_err(|e| RpcError::from(ApiError::from(e)))
 }
 
+/// `limit` (a number) and `cursor` (a string) of a listing.
+fn page_param(map: &Map<String, Value>) -> Result<Page, RpcError> {
+    let limit = match map.get("limit") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err(RpcError::new(INVALID_PARAMS, "limit must be a number")),
+    };
+    let cursor = string_param(map, "cursor")?;
+    Page::read(limit.as_deref(), cursor.as_deref()).map_err(RpcError::from)
+}
+
 fn to_value(v: impl serde::Serialize) -> Result<Value, RpcError> {
     serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
 }
@@ -309,15 +357,20 @@ async fn dispatch(
             to_value(service.lookup(&key, LookupOptions::default()).await?)
         }
         METHOD_LIST => {
-            let p = named_params(params, &["filters"])?;
+            let p = named_params(params, &["filters", "limit", "cursor"])?;
             let filter = filter_param(p.get("filters"))?;
-            to_value(service.list(&filter).await?)
+            to_value(service.list(&filter, &page_param(&p)?).await?)
         }
         METHOD_PROJECTS => {
-            let p = named_params(params, &["name"])?;
+            let p = named_params(params, &["name", "limit", "cursor"])?;
+            let page = page_param(&p)?;
             match string_param(&p, "name")? {
+                Some(_) if page != Page::default() => Err(RpcError::new(
+                    INVALID_PARAMS,
+                    "limit and cursor page the list of projects, not one project",
+                )),
                 Some(name) => to_value(service.project(&name).await?),
-                None => to_value(service.projects().await?),
+                None => to_value(service.projects(&page).await?),
             }
         }
         METHOD_NODES => {

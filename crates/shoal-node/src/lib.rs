@@ -18,10 +18,12 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod guard;
 pub mod jrpc;
 pub mod lookup;
 pub mod membership;
 pub mod metrics;
+pub mod page;
 pub mod peer;
 pub mod publisher;
 pub mod service;
@@ -181,9 +183,13 @@ pub async fn run_with(
     info!(node = %service.node_id(), addr = %bound, api = %service.config().advertise, gossip = %gossip_advertise, "listening");
 
     let stop_serving = CancellationToken::new();
-    let server = axum::serve(listener, app(service.clone()))
-        .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
+    let server = guard::serve(
+        listener,
+        app(service.clone()),
+        service.config(),
+        stop_serving.clone().cancelled_owned(),
+    );
+    let mut server = std::pin::pin!(server);
     let served = tokio::select! {
         r = &mut server => r,
         _ = shutdown.cancelled() => {

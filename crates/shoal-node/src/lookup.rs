@@ -73,6 +73,9 @@ pub struct Lookups {
     peer_timeout: Duration,
     scatter_timeout: Duration,
     engine_lost_after: Duration,
+    /// Scatter-gathers that may run at once; beyond, they are shed.
+    scatters: tokio::sync::Semaphore,
+    max_scatters: usize,
 }
 
 /// How the lookup path is set up.
@@ -89,6 +92,8 @@ pub struct LookupsConfig {
     pub scatter_timeout: Duration,
     /// An engine lost this long has its containers withdrawn.
     pub engine_lost_after: Duration,
+    /// Scatter-gathers that may run at once.
+    pub max_scatters: usize,
 }
 
 impl Lookups {
@@ -125,6 +130,8 @@ impl Lookups {
             peer_timeout: config.peer_timeout,
             scatter_timeout: config.scatter_timeout,
             engine_lost_after: config.engine_lost_after,
+            scatters: tokio::sync::Semaphore::new(config.max_scatters),
+            max_scatters: config.max_scatters,
         }
     }
 
@@ -427,13 +434,21 @@ impl Lookups {
     }
 
     /// Asks every live node for its own matches, within the scatter
-    /// deadline; each container once (the freshest copy).
+    /// deadline; each container once (the freshest copy), by node then ID.
+    /// At most `max_scatters` run at once: one more is shed, since each
+    /// asks every node and holds every answer.
     pub async fn scatter(
         &self,
         query: &LocalQuery,
     ) -> Result<(Vec<Arc<ContainerRecord>>, NodesCovered), ApiError> {
         let view = self.view.load_full();
         joined(&view)?;
+        let Ok(_permit) = self.scatters.try_acquire() else {
+            return Err(ApiError::Overloaded(format!(
+                "this node is running its limit of {} fleet-wide listings; retry shortly",
+                self.max_scatters
+            )));
+        };
         let targets = view
             .live()
             .map(|m| (m.node.clone(), Some(m.api.clone())))

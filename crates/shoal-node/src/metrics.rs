@@ -21,8 +21,8 @@ use crate::publisher::PublisherCounters;
 pub struct RequestLabels {
     /// The route pattern (`/v1/containers/{ref}`), or `unmatched`.
     pub route: String,
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method: a standard one, or `other` (see [`method_label`]).
+    pub method: &'static str,
     /// The status code.
     pub status: u16,
 }
@@ -43,6 +43,23 @@ pub struct RpcLabels {
     pub method: String,
     /// ok or error.
     pub outcome: &'static str,
+}
+
+/// The `method` label of a request: the standard methods by name, any
+/// other string `other`, so that made-up methods cannot create series.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 fn latency_histogram() -> Histogram {

@@ -91,7 +91,10 @@ impl HttpPeers {
     /// A transport with a connection pool per peer.
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the peers' header read timeout (10 s by default), which
+            // closes idle connections: one closed as a call goes out would
+            // fail that call.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .no_proxy()
@@ -159,10 +162,7 @@ impl PeerTransport for HttpPeers {
             }
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| PeerError::Unreachable {
-            addr: addr.to_owned(),
-            message: format!("reading the answer: {e}"),
-        })?;
+        let bytes = read_bounded(addr, response, MAX_ANSWER_BYTES).await?;
         if !status.is_success() {
             return Err(PeerError::Status {
                 addr: addr.to_owned(),
@@ -170,8 +170,39 @@ impl PeerTransport for HttpPeers {
                 message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
             });
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
+}
+
+/// The largest peer answer read: a scatter's share or an owner's matches
+/// is far smaller; a peer that sends more is cut off, not buffered.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads an answer's body chunk by chunk, refusing it once it passes
+/// `limit` bytes.
+async fn read_bounded(
+    addr: &str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, PeerError> {
+    let too_large = || PeerError::Malformed {
+        addr: addr.to_owned(),
+        message: format!("the answer is over {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| PeerError::Unreachable {
+        addr: addr.to_owned(),
+        message: format!("reading the answer: {e}"),
+    })? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// The peer API's routes, defined once for the router and the client.

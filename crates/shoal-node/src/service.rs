@@ -33,6 +33,7 @@ use crate::membership::{
     KEY_ENGINE_VERSION, KEY_LAST_EVENT, KEY_READY,
 };
 use crate::metrics::{Metrics, NodeState};
+use crate::page::Page;
 use crate::peer::{HttpPeers, PeerClient, PeerTransport};
 use crate::publisher::{Publisher, PublisherCounters};
 
@@ -100,6 +101,7 @@ impl NodeService {
                 peer_timeout: config.peer_timeout,
                 scatter_timeout: config.scatter_timeout,
                 engine_lost_after: config.engine_lost_after,
+                max_scatters: config.max_scatters,
             },
             view.clone(),
             directory.clone(),
@@ -330,8 +332,9 @@ impl NodeService {
         self.resyncs.try_send(owner).is_ok()
     }
 
-    /// Lists the fleet's containers that match `filter`.
-    pub async fn list(&self, filter: &ListFilter) -> Result<ListAnswer, ApiError> {
+    /// Lists one page of the fleet's containers that match `filter`, by
+    /// node then ID.
+    pub async fn list(&self, filter: &ListFilter, page: &Page) -> Result<ListAnswer, ApiError> {
         let (containers, nodes) = self
             .lookups
             .scatter(&LocalQuery::Filter(filter.clone()))
@@ -339,15 +342,18 @@ impl NodeService {
         if nodes.ok.is_empty() {
             return Err(unavailable(&nodes));
         }
+        let (containers, next_cursor) =
+            page.cut(containers, |r| vec![r.node.0.as_str(), r.id.as_str()])?;
         Ok(ListAnswer {
             containers: self.answered(containers),
             nodes,
             served_by: self.node_id().clone(),
+            next_cursor,
         })
     }
 
-    /// Every compose project, fleet-wide.
-    pub async fn projects(&self) -> Result<ProjectsAnswer, ApiError> {
+    /// One page of the compose projects, fleet-wide, by name.
+    pub async fn projects(&self, page: &Page) -> Result<ProjectsAnswer, ApiError> {
         let filter = ListFilter {
             labels: vec![(COMPOSE_PROJECT_LABEL.to_owned(), None)],
             ..ListFilter::default()
@@ -362,13 +368,16 @@ impl NodeService {
                 by_project.entry(p.clone()).or_default().push(r.clone());
             }
         }
+        let projects = by_project
+            .into_iter()
+            .map(|(name, records)| summarize(name, &records))
+            .collect();
+        let (projects, next_cursor) = page.cut(projects, |p| vec![p.name.as_str()])?;
         Ok(ProjectsAnswer {
-            projects: by_project
-                .into_iter()
-                .map(|(name, records)| summarize(name, &records))
-                .collect(),
+            projects,
             nodes,
             served_by: self.node_id().clone(),
+            next_cursor,
         })
     }
 

@@ -22,6 +22,7 @@ const COUNT: usize = 20;
 
 struct Node {
     router: Router,
+    service: Arc<NodeService>,
     engine: SyntheticEngine,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -57,7 +58,8 @@ async fn node_with(config: NodeConfig, up: bool) -> Node {
         assert_eq!(service.directory_copies(), COUNT);
     }
     Node {
-        router: app(service),
+        router: app(service.clone()),
+        service,
         engine,
         _stop: stop.drop_guard(),
     }
@@ -723,4 +725,300 @@ async fn with_a_cluster_secret_unsigned_peer_requests_are_refused() {
         get(&n.router, "/v1/containers/evil0").await.status,
         StatusCode::OK
     );
+}
+
+/// Follows `next_cursor` from `first` to the end; every page's items.
+async fn all_pages(router: &Router, first: &str, items: &str) -> (Vec<Value>, usize) {
+    let mut seen = Vec::new();
+    let mut uri = first.to_owned();
+    for pages in 1..=100 {
+        let a = get(router, &uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {:?}", a.json);
+        seen.extend(a.json[items].as_array().unwrap().iter().cloned());
+        match a.json["next_cursor"].as_str() {
+            Some(c) => uri = format!("{first}&cursor={c}"),
+            None => return (seen, pages),
+        }
+    }
+    panic!("{first} never ended");
+}
+
+#[tokio::test]
+async fn listings_come_in_pages_that_follow_each_other() {
+    let n = node().await;
+    let all = get(&n.router, "/v1/containers").await;
+    assert!(all.json.get("next_cursor").is_none(), "one page holds 20");
+    let (paged, pages) = all_pages(&n.router, "/v1/containers?limit=7", "containers").await;
+    assert_eq!(pages, 3);
+    assert_eq!(paged, *all.json["containers"].as_array().unwrap());
+
+    let (filtered, pages) =
+        all_pages(&n.router, "/v1/containers?name=c1&limit=5", "containers").await;
+    assert_eq!((filtered.len(), pages), (11, 3));
+
+    let all = get(&n.router, "/v1/projects").await;
+    let (paged, pages) = all_pages(&n.router, "/v1/projects?limit=3", "projects").await;
+    assert_eq!(pages, 2);
+    assert_eq!(paged, *all.json["projects"].as_array().unwrap());
+
+    let first = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":1,"method":"Inventory.List","params":{"limit":15}}),
+    )
+    .await;
+    let page = &first.json["result"];
+    assert_eq!(page["containers"].as_array().unwrap().len(), 15);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":2,"method":"Inventory.List","params":[null, 15, cursor]}),
+    )
+    .await;
+    assert_eq!(
+        rest.json["result"]["containers"].as_array().unwrap().len(),
+        5
+    );
+    assert!(rest.json["result"].get("next_cursor").is_none());
+    let projects = rpc(
+        &n.router,
+        json!({"jsonrpc":"2.0","id":3,"method":"Inventory.Projects","params":{"limit":1}}),
+    )
+    .await;
+    assert_eq!(
+        projects.json["result"]["projects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(projects.json["result"]["next_cursor"].is_string());
+}
+
+/// The number of `shoal_http_requests_total` series.
+async fn request_series(router: &Router) -> usize {
+    let m = get(router, "/metrics").await;
+    m.json
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("shoal_http_requests_total{"))
+        .count()
+}
+
+#[tokio::test]
+async fn every_public_route_refuses_bad_input_and_nothing_changes() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            max_body_bytes: 4096,
+            max_batch_listings: 2,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let a_cursor = {
+        let a = get(&n.router, "/v1/containers?limit=1").await;
+        a.json["next_cursor"].as_str().unwrap().to_owned()
+    };
+    let project_cursor = {
+        let a = get(&n.router, "/v1/projects?limit=1").await;
+        a.json["next_cursor"].as_str().unwrap().to_owned()
+    };
+    let cursor_twice = format!("/v1/containers?cursor={a_cursor}&cursor={a_cursor}");
+    let wrong_listing = format!("/v1/projects?cursor={a_cursor}");
+    let wrong_listing_back = format!("/v1/containers?cursor={project_cursor}");
+    let bad: Vec<String> = [
+        "/v1/containers?label==",
+        "/v1/containers?label==x",
+        "/v1/containers?label=",
+        "/v1/containers?label",
+        "/v1/containers?limit=0",
+        "/v1/containers?limit=10001",
+        "/v1/containers?limit=-1",
+        "/v1/containers?limit=ten",
+        "/v1/containers?limit=1&limit=2",
+        "/v1/containers?cursor=",
+        "/v1/containers?cursor=zz",
+        "/v1/containers?cursor=5b5d",
+        "/v1/projects?limit=0",
+        "/v1/projects?cursor=not-hex",
+        "/v1/projects?name=x",
+        "/v1/projects/cproj0?limit=1",
+        "/v1/projects/a%0Ab",
+        "/v1/projects/%ff",
+        "/v1/nodes?verbose=1",
+        "/v1/nodes?%ff=1",
+        "/data/a;b",
+        "/data/c1?by=colour",
+        "/v1/containers/c1?by=",
+        &cursor_twice,
+        &wrong_listing,
+        &wrong_listing_back,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let copies = n.service.directory_copies();
+    // A first round creates the error series; the second creates none.
+    for round in 0..2 {
+        let series = request_series(&n.router).await;
+        for uri in &bad {
+            assert_error(
+                &get(&n.router, uri).await,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            );
+        }
+        for method in ["PUT", "DELETE", "PATCH", &format!("X-MADE-UP-{round}")] {
+            for route in [
+                "/v1/containers",
+                "/v1/containers/c1",
+                "/v1/projects",
+                "/v1/nodes",
+                "/healthz",
+                "/nope",
+            ] {
+                let method = Method::from_bytes(method.as_bytes()).unwrap();
+                let a = send(&n.router, method.clone(), route, Body::empty()).await;
+                assert!(a.status.is_client_error(), "{method} {route}: {}", a.status);
+                assert!(a.json["error"]["code"].is_string(), "{method} {route}");
+            }
+        }
+        // Bodies and headers of the one route that reads a body.
+        let probes: Vec<(Request<Body>, StatusCode)> = vec![
+            (
+                Request::post("/jrpc").body(Body::from(vec![0xffu8, 0xfe, 0x00])).unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/jrpc")
+                    .body(Body::from_stream(futures::stream::iter(
+                        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1000]))),
+                    )))
+                    .unwrap(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                Request::post("/jrpc")
+                    .header("content-type", "text/plain")
+                    .body(Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.List","params":{"filters":{"label":"="}}}"#))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/jrpc")
+                    .body(Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.List","params":{"limit":"7"}}"#))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/jrpc")
+                    .body(Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.Projects","params":{"name":"cproj0","limit":2}}"#))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/jrpc")
+                    .body(Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"Inventory.List","params":{"cursor":"00"}}"#))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/jrpc")
+                    .body(Body::from(
+                        json!([
+                            {"jsonrpc":"2.0","id":1,"method":"Inventory.List"},
+                            {"jsonrpc":"2.0","id":2,"method":"Inventory.Projects"},
+                            {"jsonrpc":"2.0","id":3,"method":"Inventory.List"}
+                        ])
+                        .to_string(),
+                    ))
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (request, status) in probes {
+            let what = format!("{:?}", request.headers());
+            let response = n.router.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), status, "{what}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                body["error"]["code"].is_number() || body["error"]["code"].is_string(),
+                "{body}"
+            );
+        }
+        if round == 1 {
+            assert_eq!(
+                request_series(&n.router).await,
+                series,
+                "a second round of bad input creates no metrics series"
+            );
+        }
+    }
+    let text = get(&n.router, "/metrics")
+        .await
+        .json
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(!text.contains("X-MADE-UP"), "{text}");
+    assert_eq!(n.service.directory_copies(), copies);
+    let all = get(&n.router, "/v1/containers").await;
+    assert_eq!(all.json["containers"].as_array().unwrap().len(), COUNT);
+}
+
+/// A JSON-RPC request whose body never comes: it holds a public slot
+/// until the body timeout.
+fn a_request_that_never_sends_its_body() -> Request<Body> {
+    Request::post("/jrpc")
+        .body(Body::from_stream(futures::stream::pending::<
+            Result<bytes::Bytes, std::io::Error>,
+        >()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn beyond_the_public_limit_requests_are_shed_and_peers_still_answer() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            max_concurrent_requests: 1,
+            body_read_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let held = tokio::spawn(
+        n.router
+            .clone()
+            .oneshot(a_request_that_never_sends_its_body()),
+    );
+    let mut shed = None;
+    for _ in 0..200 {
+        let a = get(&n.router, "/v1/nodes").await;
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let shed = shed.expect("the second public request is shed while the first holds the slot");
+    assert_error(&shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(
+        get(&n.router, "/_shoal/v1/ping").await.status,
+        StatusCode::OK,
+        "peer routes have their own limit"
+    );
+    let response = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the body timeout ends the held request")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(get(&n.router, "/v1/nodes").await.status, StatusCode::OK);
 }
