@@ -165,3 +165,48 @@ fn a_config_file_is_honoured_and_an_unknown_key_is_refused() {
     assert!(err.contains("listen_addr"), "{err}");
     assert!(err.contains(&bad.path().display().to_string()), "{err}");
 }
+
+#[test]
+fn listings_longer_than_a_page_are_printed_whole() {
+    const COUNT: usize = 2500;
+    let node = NodeProcess::start(&[
+        "--engine",
+        "synthetic",
+        "--synthetic-count",
+        &COUNT.to_string(),
+        "--synthetic-prefix",
+        "q",
+        "--node-id",
+        "paged",
+    ]);
+    let server = node.server();
+    let (status, body) = http_get(&format!("{server}/v1/containers")).unwrap();
+    assert_eq!(status, 200);
+    let first = json(&body);
+    assert_eq!(first["containers"].as_array().unwrap().len(), 1000);
+    assert!(first["next_cursor"].is_string(), "more than one page");
+
+    let out = shoal(&["--server", &server, "ls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.ends_with(&format!("({COUNT} containers)\n")),
+        "{}",
+        &listing[listing.len().saturating_sub(200)..]
+    );
+    let out = shoal(&["--server", &server, "-o", "json", "ls"]);
+    let answer = json(&text(&out.stdout));
+    let ids: std::collections::HashSet<&str> = answer["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), COUNT, "every container once");
+    assert!(answer.get("next_cursor").is_none());
+
+    let (status, body) = http_get(&format!("{server}/v1/containers?label==")).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "bad_request");
+    node.terminate();
+}
