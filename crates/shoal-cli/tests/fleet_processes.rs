@@ -855,3 +855,162 @@ fn a_node_stopped_with_sigterm_leaves_within_a_gossip_round_or_two() {
         total.examples()
     );
 }
+
+/// The secret of the fleet in [`a_node_with_the_wrong_secret_never_joins_and_nothing_it_sends_is_applied`].
+const SECRET_A: &str = "the-fleet-secret-A-0123";
+/// The intruder's.
+const SECRET_B: &str = "the-wrong-secret-B-0123";
+
+#[test]
+fn a_node_with_the_wrong_secret_never_joins_and_nothing_it_sends_is_applied() {
+    let _one_at_a_time = ONE_FLEET_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let ports = free_ports(4);
+    let peers = ports[..3]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let node = |i: usize, id: &str, secret: &str| {
+        NodeProcess::spawn(
+            ports[i],
+            &[
+                "--node-id",
+                id,
+                "--engine",
+                "synthetic",
+                "--synthetic-count",
+                "10",
+                "--synthetic-prefix",
+                &format!("{id}-"),
+                "--peers",
+                &peers,
+                "--dead-after",
+                DEAD_AFTER,
+                "--cluster-secret",
+                secret,
+            ],
+        )
+    };
+    let good: Vec<NodeProcess> = (0..3)
+        .map(|i| node(i, &format!("g{i}"), SECRET_A))
+        .collect();
+    for n in &good {
+        n.wait_ready();
+    }
+    let members = |n: &NodeProcess| -> BTreeSet<String> {
+        let (status, body) = http_get(&format!("{}/v1/nodes", n.server())).unwrap();
+        assert_eq!(status, 200, "{body}");
+        json(&body)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let fleet: BTreeSet<String> = ["g0", "g1", "g2"].map(String::from).into();
+    let deadline = Instant::now() + FORM_WITHIN;
+    while !good.iter().all(|n| members(n) == fleet) {
+        assert!(Instant::now() < deadline, "the fleet did not form");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The good fleet answers its own containers: a 404 for the
+    // intruder's below is the refusal, not a fleet that answers nothing.
+    for n in &good {
+        let deadline = Instant::now() + FORM_WITHIN;
+        while http_get(&format!("{}/v1/containers/g2-3", n.server()))
+            .unwrap()
+            .0
+            != 200
+        {
+            assert!(Instant::now() < deadline, "g2-3 is not answered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    let intruder = node(3, "x1", SECRET_B);
+    let deadline = Instant::now() + FORM_WITHIN;
+    while !http_get(&format!("{}/healthz", intruder.server())).is_ok_and(|r| r.0 == 200) {
+        assert!(Instant::now() < deadline, "the intruder never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Longer than joining takes and than the failure detector's window:
+    // the intruder is never a member, and its containers are never
+    // answered.
+    let watched = Instant::now();
+    let mut polls = 0;
+    while watched.elapsed() < Duration::from_secs(6) {
+        for n in &good {
+            assert_eq!(members(n), fleet, "node on port {}", n.port);
+            let (status, body) = http_get(&format!("{}/v1/containers/x1-1", n.server())).unwrap();
+            assert_eq!(status, 404, "node on port {}: {body}", n.port);
+        }
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alone: BTreeSet<String> = ["x1".to_owned()].into();
+    assert_eq!(members(&intruder), alone, "the intruder sees no one");
+    // Its gossip reached the fleet and was dropped.
+    let refused: Vec<u64> = good
+        .iter()
+        .map(|n| {
+            let (_, text) = http_get(&format!("{}/metrics", n.server())).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("shoal_gossip_refused_total "))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        refused.iter().all(|&r| r > 0),
+        "gossip refused: {refused:?}"
+    );
+    // A publish it signs for a good node is refused, as the intruder's own
+    // client would send it.
+    let publish = shoal_core::wire::Publish {
+        source: shoal_core::wire::SourceClock {
+            node: "x1".into(),
+            incarnation: 1,
+            seq: 1,
+            prev: 0,
+            ring: 0,
+        },
+        body: shoal_core::wire::PublishBody::Snapshot {
+            records: vec![shoal_engine::synthetic_record(
+                "x1-",
+                0,
+                &shoal_core::EngineId("x1-engine".into()),
+            )],
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(shoal_node::peer::PeerTransport::call(
+        &shoal_node::peer::HttpPeers::with_secret(Some(SECRET_B.into())),
+        &"g0".into(),
+        &format!("127.0.0.1:{}", good[0].port),
+        shoal_node::peer::routes::PUBLISH,
+        Some(shoal_core::wire::encode(&publish)),
+        Duration::from_secs(5),
+    ));
+    assert!(
+        matches!(
+            answer,
+            Err(shoal_node::peer::PeerError::Status { status: 401, .. })
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(
+        http_get(&format!("{}/v1/containers/x1-0", good[0].server()))
+            .unwrap()
+            .0,
+        404
+    );
+    println!(
+        "wrong secret: never a member in {polls} polls of 3 nodes over {:.1?}; gossip packets dropped per node: {refused:?}; its publish: 401",
+        watched.elapsed()
+    );
+}

@@ -304,12 +304,35 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("this route does not take that method".into())
 }
 
-/// With `--cluster-secret`, a peer request must carry a valid HMAC.
+/// With `--cluster-secret`, a peer request must be signed for this node
+/// (see [`crate::auth`]): everything but the body is checked from the
+/// headers, and a request that fails is refused before any body byte is
+/// read. The answer is signed for the request.
 async fn peer_auth(State(service): State<Shared>, request: Request, next: Next) -> Response {
-    let Some(secret) = service.config().cluster_secret.clone() else {
+    let Some(guard) = service.peer_guard() else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let auth = match guard.admit(parts.method.as_str(), path, header, now_ms() / 1000) {
+        Ok(auth) => auth,
+        Err(crate::auth::Refusal::Unauthorized(why)) => return unauthorized(why),
+        Err(crate::auth::Refusal::Busy) => {
+            let mut busy = ApiError::Unavailable(
+                "too many peer requests in the replay window; try again".into(),
+            )
+            .into_response();
+            busy.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            return busy;
+        }
+    };
     let limit = service.config().max_peer_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
@@ -318,24 +341,31 @@ async fn peer_auth(State(service): State<Shared>, request: Request, next: Next) 
                 .into_response();
         }
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(why) = crate::auth::verify(
-        secret.as_bytes(),
-        parts.method.as_str(),
-        parts.uri.path(),
-        header(crate::auth::TS_HEADER),
-        header(crate::auth::AUTH_HEADER),
-        &bytes,
-        now_ms() / 1000,
-    ) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": {"code": "unauthorized", "message": why}})),
-        )
-            .into_response();
+    if !auth.body_matches(&bytes) {
+        guard.count_refusal();
+        return unauthorized("the body is not the one signed in x-shoal-body");
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let (mut parts, body) = response.into_parts();
+    // Peer answers are built whole in memory: reading them back is a copy.
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::Internal("cannot read back the peer answer".into()).into_response();
+    };
+    let mac = guard.sign_response(&auth.nonce, parts.status.as_u16(), &body);
+    if let Ok(v) = HeaderValue::from_str(&mac) {
+        parts.headers.insert(crate::auth::AUTH_HEADER, v);
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+fn unauthorized(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({"error": {"code": "unauthorized", "message": why}})),
+    )
+        .into_response()
 }
 
 fn bincode_response<T: serde::Serialize>(message: &T) -> Response {

@@ -405,7 +405,11 @@ impl Upkeep {
                 ring,
             };
             calls.push(async move {
-                if let Err(e) = self.peers.resync(&addr, &request, self.timeout).await {
+                if let Err(e) = self
+                    .peers
+                    .resync(&source, &addr, &request, self.timeout)
+                    .await
+                {
                     debug!(%source, error = %e, "resync request failed");
                 }
             });
@@ -465,7 +469,11 @@ impl Invalidator {
                     keys,
                 };
                 Some(async move {
-                    match this.peers.invalidate(&addr, &request, this.timeout).await {
+                    match this
+                        .peers
+                        .invalidate(&node, &addr, &request, this.timeout)
+                        .await
+                    {
                         Ok(_) => {
                             this.directory.fetchers.sent.fetch_add(
                                 request.keys.len() as u64,

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod gossip;
 pub mod guard;
 pub mod jrpc;
 pub mod lookup;
@@ -55,7 +56,7 @@ pub enum NodeError {
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled: peers over
-/// HTTP, gossip over UDP.
+/// HTTP, gossip over UDP, both signed if the config has a cluster secret.
 pub async fn run(
     config: NodeConfig,
     engine: Arc<dyn Engine>,
@@ -68,7 +69,7 @@ pub async fn run(
         engine,
         listener,
         Arc::new(peer::HttpPeers::with_secret(secret)),
-        &chitchat::transport::UdpTransport,
+        Arc::new(gossip::UdpNet),
         shutdown,
     )
     .await
@@ -105,14 +106,15 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
         .or(None)
 }
 
-/// Runs a node with the given peer and gossip transports (tests use these
-/// to run a fleet in one process and cut links).
+/// Runs a node with the given peer transport and gossip network (tests
+/// use these to run a fleet in one process and cut links). Gossip is
+/// sealed with the config's cluster secret, if any, on any network.
 pub async fn run_with(
     mut config: NodeConfig,
     engine: Arc<dyn Engine>,
     listener: TcpListener,
     peers: Arc<dyn peer::PeerTransport>,
-    gossip: &dyn chitchat::transport::Transport,
+    gossip: Arc<dyn gossip::GossipNet>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Config)?;
@@ -143,6 +145,7 @@ pub async fn run_with(
             gossip_listen.port(),
         ),
     };
+    let gossip = gossip::GossipTransport::new(gossip, config.cluster_secret.as_deref());
     let mut seeds = config.peers.clone();
     seeds.extend(config.peers_dns.clone());
     let membership = Membership::start(
@@ -159,20 +162,23 @@ pub async fn run_with(
             join_timeout: config.dead_after,
         },
         Vec::new(),
-        gossip,
+        &gossip,
         tasks_stop.clone(),
     )
     .await
     .map_err(|e| NodeError::Config(e.to_string()))?;
 
     let grace = config.shutdown_grace;
-    let service = Arc::new(NodeService::with_cluster(
-        config,
-        watcher,
-        membership.shared_view(),
-        peers,
-        incarnation,
-    ));
+    let service = Arc::new(
+        NodeService::with_cluster(
+            config,
+            watcher,
+            membership.shared_view(),
+            peers,
+            incarnation,
+        )
+        .counting_gossip_refusals(gossip.refusals()),
+    );
     let mut tasks = service.spawn_tasks(membership.ring_changes(), &tasks_stop);
     let membership = Arc::new(membership);
     tasks.push(tokio::spawn(gossip_self(

@@ -336,7 +336,7 @@ impl Lookups {
             let started = std::time::Instant::now();
             match self
                 .peers
-                .lookup(addr, key, &self.me, self.peer_timeout)
+                .lookup(owner, addr, key, &self.me, self.peer_timeout)
                 .await
             {
                 Ok(reply) => {
@@ -410,7 +410,7 @@ impl Lookups {
             };
             let r = self
                 .peers
-                .local(&addr, query, timeout)
+                .local(&node, &addr, query, timeout)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|reply| {

@@ -1,6 +1,6 @@
 //! Prometheus metrics of one node, rendered as text on `/metrics`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -79,6 +79,10 @@ pub struct NodeState<'a> {
     pub fetchers: &'a Fetchers,
     /// The engine's watcher.
     pub watcher: &'a WatcherHandle,
+    /// Gossip packets dropped by the cluster secret check.
+    pub gossip_refused: &'a AtomicU64,
+    /// Peer requests refused by the cluster secret check, if there is one.
+    pub peer_refused: Option<&'a AtomicU64>,
 }
 
 /// The node's metrics.
@@ -109,6 +113,8 @@ pub struct Metrics {
     publish_overflows: Counter,
     invalidations_sent: Counter,
     invalidations_dropped: Counter,
+    gossip_refused: Counter,
+    peer_refused: Counter,
 }
 
 /// Labels of a forward.
@@ -156,6 +162,8 @@ impl Metrics {
             publish_overflows: Counter::default(),
             invalidations_sent: Counter::default(),
             invalidations_dropped: Counter::default(),
+            gossip_refused: Counter::default(),
+            peer_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
@@ -277,6 +285,16 @@ impl Metrics {
             m.invalidations_dropped.clone(),
         );
         registry.register(
+            "gossip_refused",
+            "Gossip packets dropped: not sealed with this node's cluster secret, or too old",
+            m.gossip_refused.clone(),
+        );
+        registry.register(
+            "peer_requests_refused",
+            "Peer requests refused by the cluster secret check (401, or 503 with the nonce cache full)",
+            m.peer_refused.clone(),
+        );
+        registry.register(
             "publish_lag_seconds",
             "From the watcher reading a change to an owner having it, per delivery",
             publisher.lag.clone(),
@@ -347,6 +365,11 @@ impl Metrics {
             (&self.publish_overflows, &p.overflows),
             (&self.invalidations_sent, &node.fetchers.sent),
             (&self.invalidations_dropped, &node.fetchers.dropped),
+            (&self.gossip_refused, node.gossip_refused),
+            (
+                &self.peer_refused,
+                node.peer_refused.unwrap_or(&AtomicU64::new(0)),
+            ),
         ] {
             counter
                 .inner()

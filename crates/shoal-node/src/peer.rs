@@ -60,12 +60,13 @@ pub enum PeerError {
 }
 
 /// One peer API call: POST (or GET without a body) of bincode bytes to
-/// `http://{addr}{path}`, answered with bincode bytes.
+/// node `to` at `http://{addr}{path}`, answered with bincode bytes.
 #[async_trait]
 pub trait PeerTransport: Send + Sync + 'static {
     /// Makes the call, bounded by `timeout`.
     async fn call(
         &self,
+        to: &NodeId,
         addr: &str,
         path: &str,
         body: Option<Vec<u8>>,
@@ -73,7 +74,10 @@ pub trait PeerTransport: Send + Sync + 'static {
     ) -> Result<Vec<u8>, PeerError>;
 }
 
-/// The real transport: HTTP/1.1 with keep-alive, through reqwest.
+/// The real transport: HTTP/1.1 with keep-alive, through reqwest. With a
+/// cluster secret it signs each request for its destination node and
+/// takes no successful answer that is not signed for that request (see
+/// [`crate::auth`]).
 pub struct HttpPeers {
     client: reqwest::Client,
     secret: Option<String>,
@@ -118,6 +122,7 @@ impl Default for HttpPeers {
 impl PeerTransport for HttpPeers {
     async fn call(
         &self,
+        to: &NodeId,
         addr: &str,
         path: &str,
         body: Option<Vec<u8>>,
@@ -135,18 +140,18 @@ impl PeerTransport for HttpPeers {
         }
         .header(HOP_HEADER, "1")
         .timeout(timeout);
-        if let Some(secret) = &self.secret {
-            let ts = crate::clock::now_ms() / 1000;
-            let mac = crate::auth::sign(
+        let signed = self.secret.as_ref().map(|secret| {
+            crate::auth::RequestAuth::sign(
                 secret.as_bytes(),
                 method,
                 path,
-                ts,
+                to,
                 body.as_deref().unwrap_or_default(),
-            );
-            request = request
-                .header(crate::auth::TS_HEADER, ts)
-                .header(crate::auth::AUTH_HEADER, mac);
+                crate::clock::now_ms() / 1000,
+            )
+        });
+        for (name, value) in signed.iter().flat_map(|s| s.headers()) {
+            request = request.header(name, value);
         }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
@@ -162,6 +167,11 @@ impl PeerTransport for HttpPeers {
             }
         })?;
         let status = response.status();
+        let mac = response
+            .headers()
+            .get(crate::auth::AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = read_bounded(addr, response, MAX_ANSWER_BYTES).await?;
         if !status.is_success() {
             return Err(PeerError::Status {
@@ -169,6 +179,19 @@ impl PeerTransport for HttpPeers {
                 status: status.as_u16(),
                 message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
             });
+        }
+        if let (Some(secret), Some(signed)) = (&self.secret, &signed) {
+            crate::auth::verify_response(
+                secret.as_bytes(),
+                &signed.nonce,
+                status.as_u16(),
+                &bytes,
+                mac.as_deref(),
+            )
+            .map_err(|why| PeerError::Malformed {
+                addr: addr.to_owned(),
+                message: format!("refused the answer of node {to}: {why}"),
+            })?;
         }
         Ok(bytes)
     }
@@ -275,14 +298,14 @@ impl PeerClient {
 
     async fn typed<Q: Serialize, A: DeserializeOwned>(
         &self,
-        addr: &str,
+        (to, addr): (&NodeId, &str),
         path: &str,
         body: Option<&Q>,
         timeout: Duration,
     ) -> Result<A, PeerError> {
         let bytes = self
             .transport
-            .call(addr, path, body.map(wire::encode), timeout)
+            .call(to, addr, path, body.map(wire::encode), timeout)
             .await?;
         decode(addr, &bytes)
     }
@@ -290,6 +313,7 @@ impl PeerClient {
     /// Sends a publish to an owner; answers its ack and the bytes sent.
     pub async fn publish(
         &self,
+        to: &NodeId,
         addr: &str,
         p: &Publish,
         timeout: Duration,
@@ -298,7 +322,7 @@ impl PeerClient {
         let sent = body.len();
         let answer = self
             .transport
-            .call(addr, routes::PUBLISH, Some(body), timeout)
+            .call(to, addr, routes::PUBLISH, Some(body), timeout)
             .await?;
         Ok((decode(addr, &answer)?, sent))
     }
@@ -306,55 +330,64 @@ impl PeerClient {
     /// Asks an owner whether it holds what the digest says.
     pub async fn digest(
         &self,
+        to: &NodeId,
         addr: &str,
         d: &DigestRequest,
         timeout: Duration,
     ) -> Result<DigestReply, PeerError> {
-        self.typed(addr, routes::DIGEST, Some(d), timeout).await
+        self.typed((to, addr), routes::DIGEST, Some(d), timeout)
+            .await
     }
 
     /// Asks an owner for its directory's matches of a key, on behalf of
     /// `from` (the owner tells it when the answer changes).
     pub async fn lookup(
         &self,
+        to: &NodeId,
         addr: &str,
         key: &LookupKey,
         from: &NodeId,
         timeout: Duration,
     ) -> Result<LookupReply, PeerError> {
         let path = format!("{}?from={}", lookup_path(key), from.0);
-        self.typed::<(), _>(addr, &path, None, timeout).await
+        self.typed::<(), _>((to, addr), &path, None, timeout).await
     }
 
     /// Tells a node that fetched these keys that their answers changed.
     pub async fn invalidate(
         &self,
+        to: &NodeId,
         addr: &str,
         i: &Invalidate,
         timeout: Duration,
     ) -> Result<u64, PeerError> {
-        self.typed(addr, routes::INVALIDATE, Some(i), timeout).await
+        self.typed((to, addr), routes::INVALIDATE, Some(i), timeout)
+            .await
     }
 
     /// Asks a node for its own containers that match.
     pub async fn local(
         &self,
+        to: &NodeId,
         addr: &str,
         q: &LocalQuery,
         timeout: Duration,
     ) -> Result<LocalReply, PeerError> {
-        self.typed(addr, routes::LOCAL, Some(q), timeout).await
+        self.typed((to, addr), routes::LOCAL, Some(q), timeout)
+            .await
     }
 
     /// Asks a source for a digest round (an owner not complete for it).
     /// The answer is whether the source took the request.
     pub async fn resync(
         &self,
+        to: &NodeId,
         addr: &str,
         r: &ResyncRequest,
         timeout: Duration,
     ) -> Result<bool, PeerError> {
-        self.typed(addr, routes::RESYNC, Some(r), timeout).await
+        self.typed((to, addr), routes::RESYNC, Some(r), timeout)
+            .await
     }
 }
 
@@ -438,6 +471,7 @@ impl FaultyPeers {
 impl PeerTransport for FaultyPeers {
     async fn call(
         &self,
+        to: &NodeId,
         addr: &str,
         path: &str,
         body: Option<Vec<u8>>,
@@ -462,9 +496,9 @@ impl PeerTransport for FaultyPeers {
                     });
                 }
                 tokio::time::sleep(d).await;
-                self.inner.call(addr, path, body, timeout - d).await
+                self.inner.call(to, addr, path, body, timeout - d).await
             }
-            None => self.inner.call(addr, path, body, timeout).await,
+            None => self.inner.call(to, addr, path, body, timeout).await,
         }
     }
 }
@@ -480,5 +514,69 @@ mod tests {
         assert_eq!(CallKind::of(routes::PUBLISH), Some(CallKind::Publish));
         assert_eq!(CallKind::of(routes::RESYNC), Some(CallKind::Resync));
         assert_eq!(CallKind::of("/v1/containers/web"), None);
+    }
+
+    /// A peer that answers 200 to anything, signing with `secret` if any:
+    /// a process without the fleet's secret.
+    async fn impostor(secret: Option<&'static str>) -> String {
+        use axum::http::HeaderMap;
+        let app = axum::Router::new().fallback(move |headers: HeaderMap| async move {
+            let nonce = headers
+                .get(crate::auth::NONCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let mut response = axum::response::Response::new(axum::body::Body::from("ok"));
+            if let Some(secret) = secret {
+                let mac = crate::auth::sign_response(secret.as_bytes(), &nonce, 200, b"ok");
+                response
+                    .headers_mut()
+                    .insert(crate::auth::AUTH_HEADER, mac.parse().unwrap());
+            }
+            response
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_an_answer_not_signed_with_it_is_refused() {
+        let fleet = "the-fleet-secret-A";
+        let client = HttpPeers::with_secret(Some(fleet.into()));
+        let call = |addr: String| {
+            let client = &client;
+            async move {
+                client
+                    .call(
+                        &"n2".into(),
+                        &addr,
+                        routes::PING,
+                        None,
+                        Duration::from_secs(5),
+                    )
+                    .await
+            }
+        };
+        for secret in [None, Some("the-wrong-secret-B")] {
+            let answer = call(impostor(secret).await).await;
+            assert!(
+                matches!(&answer, Err(PeerError::Malformed { message, .. }) if message.contains("refused the answer")),
+                "{secret:?}: {answer:?}"
+            );
+        }
+        assert_eq!(call(impostor(Some(fleet)).await).await.unwrap(), b"ok");
+        // Without a secret, answers are taken as they come.
+        let plain = HttpPeers::new()
+            .call(
+                &"n2".into(),
+                &impostor(None).await,
+                routes::PING,
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(plain.unwrap(), b"ok");
     }
 }

@@ -428,20 +428,19 @@ impl OwnerQueue {
                 self.timeout
             };
             match message {
-                Message::Publish(p) => {
-                    self.peers
-                        .publish(addr, &p, timeout)
-                        .await
-                        .map(|(_, sent)| {
-                            self.counters
-                                .bytes
-                                .fetch_add(sent as u64, Ordering::Relaxed);
-                            None
-                        })
-                }
+                Message::Publish(p) => self
+                    .peers
+                    .publish(&self.owner, addr, &p, timeout)
+                    .await
+                    .map(|(_, sent)| {
+                        self.counters
+                            .bytes
+                            .fetch_add(sent as u64, Ordering::Relaxed);
+                        None
+                    }),
                 Message::Digest(d) => self
                     .peers
-                    .digest(addr, &d, timeout)
+                    .digest(&self.owner, addr, &d, timeout)
                     .await
                     .map(|r| Some(r.matches)),
             }

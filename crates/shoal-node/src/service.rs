@@ -53,6 +53,10 @@ pub struct NodeService {
     resyncs: tokio::sync::mpsc::Sender<NodeId>,
     /// The publisher's end, until the publisher starts.
     resyncs_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<NodeId>>>,
+    /// With a cluster secret, the check of peer requests.
+    peer_guard: Option<crate::auth::PeerGuard>,
+    /// Gossip packets dropped by the secret check.
+    gossip_refusals: Arc<crate::gossip::GossipRefusals>,
 }
 
 /// Resync requests waiting for the publisher; more are refused (the owner
@@ -110,7 +114,13 @@ impl NodeService {
             metrics.clone(),
         );
         let (resyncs, resyncs_rx) = tokio::sync::mpsc::channel(RESYNC_QUEUE);
+        let peer_guard = config
+            .cluster_secret
+            .as_deref()
+            .map(|s| crate::auth::PeerGuard::new(s, config.node_id.clone()));
         NodeService {
+            peer_guard,
+            gossip_refusals: Arc::default(),
             resyncs,
             resyncs_rx: std::sync::Mutex::new(Some(resyncs_rx)),
             config,
@@ -123,6 +133,20 @@ impl NodeService {
             publisher,
             lookups,
         }
+    }
+
+    /// The same, counting in its metrics the gossip packets `refusals`
+    /// counts.
+    pub fn counting_gossip_refusals(self, refusals: Arc<crate::gossip::GossipRefusals>) -> Self {
+        NodeService {
+            gossip_refusals: refusals,
+            ..self
+        }
+    }
+
+    /// With a cluster secret, the check of peer requests.
+    pub fn peer_guard(&self) -> Option<&crate::auth::PeerGuard> {
+        self.peer_guard.as_ref()
     }
 
     /// Starts the publisher and the directory's upkeep; they stop with
@@ -204,6 +228,8 @@ impl NodeService {
                 publisher: &self.publisher,
                 fetchers: self.directory.fetchers(),
                 watcher: &self.watcher,
+                gossip_refused: self.gossip_refusals.count(),
+                peer_refused: self.peer_guard.as_ref().map(|g| g.refused()),
             },
             now_ms(),
         )

@@ -1,17 +1,19 @@
-//! A fleet in one process: nodes over real HTTP and real UDP gossip on
-//! loopback, each watching its own synthetic engine. Every node answers
-//! every key the same; a name on two hosts is two answers; forwarded
-//! requests are never forwarded again; a dead node's containers leave; a
-//! restarted node replaces its records; a cut link heals.
+//! A fleet in one process: nodes over real HTTP on loopback and gossip in
+//! memory (sealed as on UDP when a test sets a cluster secret), each
+//! watching its own synthetic engine. Every node answers every key the
+//! same; a name on two hosts is two answers; forwarded requests are never
+//! forwarded again; a dead node's containers leave; a restarted node
+//! replaces its records; a cut link heals; a node with the wrong secret
+//! never joins.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chitchat::transport::ChannelTransport;
 use serde_json::Value;
 use shoal_core::{EngineId, LookupKey};
 use shoal_engine::{SyntheticEngine, SyntheticSpec, synthetic_record};
+use shoal_node::gossip::MemoryNet;
 use shoal_node::peer::{CallKind, Fault, FaultyPeers, HttpPeers};
 use shoal_node::{NodeConfig, run_with};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +44,7 @@ struct Fleet {
     nodes: Vec<FleetNode>,
     http: reqwest::Client,
     /// Gossip in memory, so that a cut link cuts gossip too.
-    gossip: ChannelTransport,
+    gossip: MemoryNet,
 }
 
 fn engine_for(name: &str, count: usize) -> SyntheticEngine {
@@ -58,7 +60,7 @@ async fn start_node(
     listener: tokio::net::TcpListener,
     seeds: Vec<String>,
     engine: SyntheticEngine,
-    gossip: &ChannelTransport,
+    gossip: &MemoryNet,
 ) -> FleetNode {
     let base = test_config();
     start_node_with(name, listener, seeds, engine, None, base, gossip).await
@@ -71,7 +73,7 @@ async fn start_node_with(
     engine: SyntheticEngine,
     secret: Option<String>,
     base: NodeConfig,
-    gossip: &ChannelTransport,
+    gossip: &MemoryNet,
 ) -> FleetNode {
     let addr = listener.local_addr().unwrap().to_string();
     let peers = Arc::new(FaultyPeers::new(Arc::new(HttpPeers::with_secret(
@@ -88,9 +90,16 @@ async fn start_node_with(
         let (engine, peers, stop) = (engine.clone(), peers.clone(), stop.clone());
         let gossip = gossip.clone();
         tokio::spawn(async move {
-            run_with(config, Arc::new(engine), listener, peers, &gossip, stop)
-                .await
-                .unwrap();
+            run_with(
+                config,
+                Arc::new(engine),
+                listener,
+                peers,
+                Arc::new(gossip),
+                stop,
+            )
+            .await
+            .unwrap();
         })
     };
     FleetNode {
@@ -122,7 +131,7 @@ impl Fleet {
             .map(|l| l.local_addr().unwrap().to_string())
             .collect();
         let mut nodes = Vec::new();
-        let gossip = ChannelTransport::default();
+        let gossip = MemoryNet::default();
         for (i, listener) in listeners.into_iter().enumerate() {
             let name = format!("f{i}");
             let engine = engine_for(&name, PER_NODE);
@@ -519,11 +528,11 @@ impl Fleet {
             if cut {
                 node.peers.set(&other.addr, None, Fault::Cut);
                 other.peers.set(&node.addr, None, Fault::Cut);
-                self.gossip.remove_link(addr, other_addr).await;
+                self.gossip.cut(addr, other_addr);
             } else {
                 node.peers.heal(&other.addr);
                 other.peers.heal(&node.addr);
-                self.gossip.add_link(addr, other_addr).await;
+                self.gossip.heal(addr, other_addr);
             }
         }
     }
@@ -621,6 +630,95 @@ async fn a_fleet_with_a_cluster_secret_publishes_and_forwards_signed() {
     let (status, answer) = fleet.lookup(&fleet.nodes[0].addr, "f2-1").await;
     assert_eq!(status, 200);
     assert_eq!(answer["containers"][0]["node"], "f2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_never_joins_and_nothing_it_sends_is_applied() {
+    let fleet = Fleet::start_with(3, Some("the-fleet-secret-A")).await;
+    let seeds: Vec<String> = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let intruder = start_node_with(
+        "x1",
+        listener,
+        seeds,
+        engine_for("x1", PER_NODE),
+        Some("the-wrong-secret-B".into()),
+        test_config(),
+        &fleet.gossip,
+    )
+    .await;
+    // It gossips and publishes for longer than a fleet takes to converge
+    // (and than the failure detector's window): it must stay out
+    // throughout.
+    let started = Instant::now();
+    while started.elapsed() < DEAD_AFTER + Duration::from_secs(1) {
+        for n in &fleet.nodes {
+            let (_, nodes) = fleet.get(&n.addr, "/v1/nodes").await;
+            let members = nodes["nodes"].as_array().unwrap();
+            assert_eq!(members.len(), 3, "{}: {nodes}", n.name);
+            assert!(
+                members.iter().all(|m| m["id"] != "x1"),
+                "{}: {nodes}",
+                n.name
+            );
+            assert_eq!(fleet.lookup(&n.addr, "x1-1").await.0, 404, "{}", n.name);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its view holds itself alone.
+    let (_, own) = fleet.get(&intruder.addr, "/v1/nodes").await;
+    assert_eq!(own["nodes"].as_array().unwrap().len(), 1, "{own}");
+    // Its gossip did arrive, and was dropped.
+    for n in &fleet.nodes {
+        let metrics = fleet
+            .http
+            .get(format!("http://{}/metrics", n.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let refused: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("shoal_gossip_refused_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(refused > 0, "{} dropped no gossip", n.name);
+    }
+    // A publish it signs is refused.
+    let publish = shoal_core::wire::Publish {
+        source: shoal_core::wire::SourceClock {
+            node: "x1".into(),
+            incarnation: 1,
+            seq: 1,
+            prev: 0,
+            ring: 0,
+        },
+        body: shoal_core::wire::PublishBody::Snapshot {
+            records: vec![synthetic_record("x1-", 0, &EngineId("engine-x1".into()))],
+        },
+    };
+    let signed_by_intruder = HttpPeers::with_secret(Some("the-wrong-secret-B".into()));
+    let refused = shoal_node::peer::PeerTransport::call(
+        &signed_by_intruder,
+        &"f0".into(),
+        &fleet.nodes[0].addr,
+        shoal_node::peer::routes::PUBLISH,
+        Some(shoal_core::wire::encode(&publish)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(shoal_node::peer::PeerError::Status { status: 401, .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(fleet.lookup(&fleet.nodes[0].addr, "x1-0").await.0, 404);
+    intruder.stop.cancel();
+    intruder.task.unwrap().await.unwrap();
 }
 
 /// The full ID of container `i` of node `name`.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chitchat::transport::ChannelTransport;
+use shoal_node::gossip::MemoryNet;
 use shoal_core::EngineId;
 use shoal_engine::{SyntheticEngine, SyntheticSpec};
 use shoal_node::peer::{CallKind, Fault, FaultyPeers, HttpPeers};
@@ -59,7 +59,7 @@ async fn start(
     seeds: Vec<String>,
     peers: Arc<FaultyPeers>,
     config: NodeConfig,
-    gossip: &ChannelTransport,
+    gossip: &MemoryNet,
 ) -> Node {
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
@@ -71,7 +71,7 @@ async fn start(
     let task = {
         let (stop, gossip, engine) = (stop.clone(), gossip.clone(), engine(name));
         tokio::spawn(async move {
-            run_with(config, Arc::new(engine), listener, peers, &gossip, stop)
+            run_with(config, Arc::new(engine), listener, peers, Arc::new(gossip), stop)
                 .await
                 .unwrap();
         })
@@ -243,7 +243,7 @@ async fn one_node_under_a_slow_loris_and_a_flood_keeps_answering_lookups() {
         sync_interval: Duration::from_millis(500),
         ..Default::default()
     };
-    let gossip = ChannelTransport::default();
+    let gossip = MemoryNet::default();
     let a_peers = Arc::new(FaultyPeers::new(Arc::new(HttpPeers::new())));
     a_peers.set(&seeds[1], Some(CallKind::Local), Fault::Delay(SLOW_SCATTER));
     let a = start("a", la, seeds.clone(), a_peers, config.clone(), &gossip).await;

@@ -622,6 +622,11 @@ async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
 }
 
 fn a_publish() -> Vec<u8> {
+    a_publish_of("evil")
+}
+
+/// A snapshot from `intruder` with one container named after `prefix`.
+fn a_publish_of(prefix: &str) -> Vec<u8> {
     use shoal_core::wire::{Publish, PublishBody, SourceClock, encode};
     encode(&Publish {
         source: SourceClock {
@@ -632,7 +637,7 @@ fn a_publish() -> Vec<u8> {
             ring: 0,
         },
         body: PublishBody::Snapshot {
-            records: vec![synthetic_record("evil", 0, &EngineId("x".into()))],
+            records: vec![synthetic_record(prefix, 0, &EngineId("x".into()))],
         },
     })
 }
@@ -699,32 +704,155 @@ async fn with_a_cluster_secret_unsigned_peer_requests_are_refused() {
         "nothing applied"
     );
 
+    // Signed for another node: refused, and so is the same request
+    // replayed.
     let body = a_publish();
-    let ts = shoal_node::clock::now_ms() / 1000;
-    let mac = shoal_node::auth::sign(secret.as_bytes(), "POST", "/_shoal/v1/publish", ts, &body);
-    let response = n
-        .router
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/_shoal/v1/publish")
-                .header("x-shoal-ts", ts.to_string())
-                .header("x-shoal-auth", mac)
-                .body(Body::from(body))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let (for_n2, _) = signed(secret, "n2", "/_shoal/v1/publish", &body);
+    let a = answer(&n.router, for_n2).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another node")
+    );
+    // A body other than the signed one: refused after the headers pass.
+    let (tampered, _) = signed(secret, "n1", "/_shoal/v1/publish", &body);
+    let tampered = tampered.map(|_| Body::from(a_publish_of("evil-too")));
+    assert_error(
+        &answer(&n.router, tampered).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::NOT_FOUND,
+        "nothing applied"
+    );
+
+    let (request, auth) = signed(secret, "n1", "/_shoal/v1/publish", &body);
+    let replay = clone_request(&request, &body);
+    let response = n.router.clone().oneshot(request).await.unwrap();
     assert_eq!(
         response.status(),
         StatusCode::OK,
         "a signed publish is applied"
     );
+    let mac = response.headers()["x-shoal-auth"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answer_body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        shoal_node::auth::verify_response(
+            secret.as_bytes(),
+            &auth.nonce,
+            200,
+            &answer_body,
+            Some(&mac)
+        ),
+        Ok(()),
+        "the answer is signed for the request"
+    );
     assert_eq!(
         get(&n.router, "/v1/containers/evil0").await.status,
         StatusCode::OK
     );
+    let a = answer(&n.router, replay).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("replay")
+    );
+}
+
+/// A request to node `to` signed with `secret`, and its signature.
+fn signed(
+    secret: &str,
+    to: &str,
+    uri: &str,
+    body: &[u8],
+) -> (Request<Body>, shoal_node::auth::RequestAuth) {
+    let auth = shoal_node::auth::RequestAuth::sign(
+        secret.as_bytes(),
+        "POST",
+        uri,
+        &to.into(),
+        body,
+        shoal_node::clock::now_ms() / 1000,
+    );
+    (request_with(&auth, uri, body), auth)
+}
+
+fn request_with(auth: &shoal_node::auth::RequestAuth, uri: &str, body: &[u8]) -> Request<Body> {
+    let mut request = Request::builder().method(Method::POST).uri(uri);
+    for (name, value) in auth.headers() {
+        request = request.header(name, value);
+    }
+    request.body(Body::from(body.to_vec())).unwrap()
+}
+
+/// The same request again: a replay.
+fn clone_request(request: &Request<Body>, body: &[u8]) -> Request<Body> {
+    let mut copy = Request::builder()
+        .method(request.method())
+        .uri(request.uri());
+    for (name, value) in request.headers() {
+        copy = copy.header(name, value);
+    }
+    copy.body(Body::from(body.to_vec())).unwrap()
+}
+
+async fn answer(router: &Router, request: Request<Body>) -> Answer {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn with_a_cluster_secret_a_refused_request_has_no_body_byte_read() {
+    let secret = "a-long-enough-secret";
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            cluster_secret: Some(secret.into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    // A body that records being read, under headers signed with another
+    // secret, for another node, and none.
+    let other = signed("another-long-secret", "n1", "/_shoal/v1/publish", b"x").0;
+    let for_n2 = signed(secret, "n2", "/_shoal/v1/publish", b"x").0;
+    let unsigned = Request::builder()
+        .method(Method::POST)
+        .uri("/_shoal/v1/publish")
+        .body(Body::empty())
+        .unwrap();
+    for request in [other, for_n2, unsigned] {
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = read.clone();
+        let body = Body::from_stream(futures::stream::once(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(a_publish()))
+        }));
+        let a = answer(&n.router, request.map(|_| body)).await;
+        assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(
+            !read.load(std::sync::atomic::Ordering::SeqCst),
+            "the body was read before the refusal: {:?}",
+            a.json
+        );
+    }
 }
 
 /// Follows `next_cursor` from `first` to the end; every page's items.

@@ -93,7 +93,7 @@ impl SimNode {
                     engine,
                     listener,
                     peers,
-                    &chitchat::transport::UdpTransport,
+                    Arc::new(shoal_node::gossip::UdpNet),
                     stop,
                 )
                 .await
