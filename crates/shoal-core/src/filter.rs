@@ -115,6 +115,33 @@ impl ListFilter {
         Ok(f)
     }
 
+    /// Checks a filter that did not come through [`ListFilter::from_pairs`]
+    /// (a peer's, decoded from the wire) against the same bounds.
+    pub fn validate(&self) -> Result<(), FilterError> {
+        for (field, value) in [
+            ("name", &self.name),
+            ("project", &self.project),
+            ("node", &self.node),
+            ("image", &self.image),
+        ] {
+            if let Some(v) = value {
+                checked(field, v)?;
+            }
+        }
+        if self.labels.len() > MAX_LABEL_FILTERS {
+            return Err(FilterError::TooManyLabels);
+        }
+        for (key, value) in &self.labels {
+            checked("label", key)?;
+            if let Some(v) = value
+                && (v.len() > MAX_FILTER_LEN || v.chars().any(char::is_control))
+            {
+                return Err(FilterError::BadValue("label"));
+            }
+        }
+        Ok(())
+    }
+
     /// True when no filter is set.
     pub fn is_empty(&self) -> bool {
         *self == ListFilter::default()

@@ -95,7 +95,7 @@ impl LookupKey {
     /// The key a record is published under for an ID lookup: the first 12
     /// hex characters, so that every prefix of 12 or more maps to one key.
     pub fn id_key(id: &str) -> LookupKey {
-        LookupKey::Id(id[..id.len().min(SHORT_ID_LEN)].to_ascii_lowercase())
+        LookupKey::Id(short_id(id).to_ascii_lowercase())
     }
 
     /// The canonical form a key is placed on the ring by, the same for
@@ -159,6 +159,16 @@ pub enum RefError {
     /// `by=ip` with something that is not an address.
     #[error("{0:?} is not an IP address")]
     NotAnIp(String),
+}
+
+/// The first [`SHORT_ID_LEN`] characters of an ID (all of it if shorter).
+/// Counted in characters, not bytes: an ID that did not come from an
+/// engine may hold a character that byte 12 would cut in half.
+pub fn short_id(id: &str) -> &str {
+    match id.char_indices().nth(SHORT_ID_LEN) {
+        Some((end, _)) => &id[..end],
+        None => id,
+    }
 }
 
 fn truncate_for_message(s: &str) -> String {
@@ -363,7 +373,23 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn short_ids_never_cut_a_character_in_half() {
+        let id = format!("{}é{}", "a".repeat(11), "b".repeat(5));
+        assert_eq!(short_id(&id), format!("{}é", "a".repeat(11)));
+        assert_eq!(LookupKey::id_key(&id), LookupKey::Id(short_id(&id).into()));
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id(&"f".repeat(64)), "f".repeat(12));
+    }
+
     proptest! {
+        #[test]
+        fn short_id_is_a_prefix_of_at_most_twelve_characters(id in "\\PC{0,80}") {
+            let short = short_id(&id);
+            prop_assert!(id.starts_with(short));
+            prop_assert_eq!(short.chars().count(), id.chars().count().min(SHORT_ID_LEN));
+        }
+
         #[test]
         fn parse_never_panics_and_accepts_only_safe_text(s in "\\PC{0,300}") {
             if let Ok(key) = parse_ref(&s, None) {

@@ -16,6 +16,7 @@ pub mod placement;
 pub mod protocol;
 pub mod ring;
 mod set;
+pub mod validate;
 pub mod wire;
 
 pub use filter::{FilterError, ListFilter};

@@ -196,7 +196,7 @@ impl ContainerRecord {
 
     /// The first 12 hex characters of the ID, as `docker ps` shows it.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(crate::key::SHORT_ID_LEN)]
+        crate::key::short_id(&self.id)
     }
 
     /// Every address the container has, v4 and v6, on every network.

@@ -2,7 +2,9 @@
 //! field is a version, so that a node refuses what it does not speak before
 //! it reads anything else. Decoding is bounded: a claimed length larger than
 //! the limit is refused without allocating it, and trailing bytes are an
-//! error.
+//! error. Every message is validated as it is decoded
+//! ([`crate::validate`]): what a peer sends is either within bounds or
+//! refused before anything acts on it.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::filter::ListFilter;
 use crate::key::LookupKey;
 use crate::model::{ContainerRecord, EngineId, NodeId};
+use crate::validate::{self, Invalid, Validate};
 
 /// The version this build speaks. 2: publishes and digests carry the
 /// sender's ring, lookup replies say which sources the owner is missing,
@@ -32,6 +35,9 @@ pub enum WireError {
     /// Bytes are left after the message.
     #[error("{0} trailing bytes after the peer message")]
     Trailing(usize),
+    /// A well-formed message with a field out of bounds.
+    #[error("invalid peer message: {0}")]
+    Invalid(Invalid),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -49,8 +55,10 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a message, checking the envelope's version first.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+/// Decodes a message, checking the envelope's version first and the
+/// message's bounds last ([`Validate`]); `now_ms` is the receiver's clock,
+/// which incarnations are checked against.
+pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8], now_ms: u64) -> Result<T, WireError> {
     let (version, used): (u16, usize) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| WireError::Malformed(format!("no envelope: {e}")))?;
     if version != WIRE_VERSION {
@@ -62,6 +70,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     if read != rest.len() {
         return Err(WireError::Trailing(rest.len() - read));
     }
+    message.validate(now_ms).map_err(WireError::Invalid)?;
     Ok(message)
 }
 
@@ -229,6 +238,110 @@ pub struct Pong {
     pub ring: Vec<NodeId>,
 }
 
+impl Validate for RecordId {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.engine_id
+            .validate(now_ms)
+            .map_err(|e| e.at("engine_id"))?;
+        validate::container_id(&self.id).map_err(|e| e.at("id"))
+    }
+}
+
+impl Validate for SourceClock {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.node.validate(now_ms).map_err(|e| e.at("node"))?;
+        validate::incarnation(self.incarnation, now_ms).map_err(|e| e.at("incarnation"))
+    }
+}
+
+impl Validate for Publish {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.source.validate(now_ms).map_err(|e| e.at("source"))?;
+        match &self.body {
+            PublishBody::Delta { upserts, removes } => {
+                validate::records(upserts, now_ms).map_err(|e| e.at("upserts"))?;
+                for (i, rid) in removes.iter().enumerate() {
+                    rid.validate(now_ms)
+                        .map_err(|e| e.at(format!("[{i}]")).at("removes"))?;
+                }
+                Ok(())
+            }
+            PublishBody::Snapshot { records } => {
+                validate::records(records, now_ms).map_err(|e| e.at("records"))
+            }
+        }
+    }
+}
+
+impl Validate for PublishAck {
+    fn validate(&self, _now_ms: u64) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+impl Validate for DigestRequest {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.source.validate(now_ms).map_err(|e| e.at("source"))
+    }
+}
+
+impl Validate for DigestReply {
+    fn validate(&self, _now_ms: u64) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+impl Validate for LookupReply {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.node.validate(now_ms).map_err(|e| e.at("node"))?;
+        validate::records(&self.records, now_ms).map_err(|e| e.at("records"))?;
+        validate::sources(&self.complete_for, now_ms).map_err(|e| e.at("complete_for"))
+    }
+}
+
+impl Validate for Invalidate {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.owner.validate(now_ms).map_err(|e| e.at("owner"))?;
+        validate::keys(&self.keys, now_ms).map_err(|e| e.at("keys"))
+    }
+}
+
+impl Validate for ResyncRequest {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.owner.validate(now_ms).map_err(|e| e.at("owner"))
+    }
+}
+
+impl Validate for LocalQuery {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        match self {
+            LocalQuery::Key(key) => key.validate(now_ms).map_err(|e| e.at("key")),
+            LocalQuery::Filter(filter) => {
+                Validate::validate(filter, now_ms).map_err(|e| e.at("filter"))
+            }
+        }
+    }
+}
+
+impl Validate for LocalReply {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.node.validate(now_ms).map_err(|e| e.at("node"))?;
+        validate::records(&self.records, now_ms).map_err(|e| e.at("records"))
+    }
+}
+
+impl Validate for Pong {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        self.node.validate(now_ms).map_err(|e| e.at("node"))?;
+        validate::incarnation(self.incarnation, now_ms).map_err(|e| e.at("incarnation"))?;
+        for (i, node) in self.ring.iter().enumerate() {
+            node.validate(now_ms)
+                .map_err(|e| e.at(format!("[{i}]")).at("ring"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A stable 64-bit digest of a record's content (its read time aside),
 /// the same in every process: FNV-1a over its bincode bytes.
 pub fn record_digest(r: &ContainerRecord) -> u64 {
@@ -342,11 +455,14 @@ mod tests {
         }
     }
 
+    /// The receiver's clock in these tests.
+    const NOW: u64 = 1_750_000_000_000;
+
     fn publish() -> Publish {
         Publish {
             source: SourceClock {
                 node: NodeId::from("n1"),
-                incarnation: 7,
+                incarnation: NOW - 1000,
                 seq: 3,
                 prev: 2,
                 ring: 11,
@@ -364,25 +480,92 @@ mod tests {
     #[test]
     fn a_publish_round_trips() {
         let p = publish();
-        assert_eq!(decode::<Publish>(&encode(&p)).unwrap(), p);
+        assert_eq!(decode::<Publish>(&encode(&p), NOW).unwrap(), p);
         let q = LocalQuery::Filter(
             ListFilter::from_pairs([("label", "a=b"), ("state", "paused")]).unwrap(),
         );
-        assert_eq!(decode::<LocalQuery>(&encode(&q)).unwrap(), q);
+        assert_eq!(decode::<LocalQuery>(&encode(&q), NOW).unwrap(), q);
     }
 
     #[test]
     fn another_version_is_refused_before_the_body_is_read() {
         let mut bytes = encode(&publish());
         bytes[0] = 1;
-        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Version(1)));
+        assert_eq!(decode::<Publish>(&bytes, NOW), Err(WireError::Version(1)));
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = encode(&publish());
         bytes.push(0);
-        assert_eq!(decode::<Publish>(&bytes), Err(WireError::Trailing(1)));
+        assert_eq!(decode::<Publish>(&bytes, NOW), Err(WireError::Trailing(1)));
+    }
+
+    fn refusal(p: &Publish) -> String {
+        match decode::<Publish>(&encode(p), NOW) {
+            Err(WireError::Invalid(why)) => why.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_non_ascii_id_is_refused_at_decode() {
+        let mut p = publish();
+        if let PublishBody::Delta { upserts, .. } = &mut p.body {
+            upserts[0].id = format!("{}é{}", "a".repeat(11), "b".repeat(52));
+        }
+        assert!(
+            refusal(&p).starts_with("upserts.[0].id: "),
+            "{}",
+            refusal(&p)
+        );
+        let mut p = publish();
+        if let PublishBody::Delta { removes, .. } = &mut p.body {
+            removes[0].id = "xyz".into();
+        }
+        assert!(refusal(&p).starts_with("removes.[0].id: \"xyz\" is not an ID"));
+    }
+
+    #[test]
+    fn a_far_future_or_ancient_incarnation_is_refused_at_decode() {
+        let mut p = publish();
+        p.source.incarnation = NOW + validate::MAX_INCARNATION_AHEAD_MS + 1;
+        assert!(refusal(&p).starts_with("source.incarnation: "));
+        p.source.incarnation = 7;
+        assert!(refusal(&p).contains("not a start time"));
+        let d = DigestRequest {
+            source: SourceClock {
+                incarnation: u64::MAX,
+                ..publish().source
+            },
+            count: 0,
+            digest: 0,
+        };
+        assert!(matches!(
+            decode::<DigestRequest>(&encode(&d), NOW),
+            Err(WireError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn replies_from_peers_are_validated_too() {
+        let reply = LookupReply {
+            node: NodeId::from("n2"),
+            records: vec![record(1, "web", "10.0.0.1", None)],
+            complete_for: vec![(NodeId::from("n1"), NOW)],
+        };
+        assert_eq!(decode::<LookupReply>(&encode(&reply), NOW).unwrap(), reply);
+        let mut bad = reply.clone();
+        bad.complete_for[0].1 = u64::MAX;
+        assert!(decode::<LookupReply>(&encode(&bad), NOW).is_err());
+        let mut bad = reply;
+        bad.records[0].names = vec!["n".repeat(10_000)];
+        assert!(decode::<LookupReply>(&encode(&bad), NOW).is_err());
+        let local = LocalQuery::Filter(ListFilter {
+            name: Some("x".repeat(10_000)),
+            ..Default::default()
+        });
+        assert!(decode::<LocalQuery>(&encode(&local), NOW).is_err());
     }
 
     #[test]
@@ -393,7 +576,7 @@ mod tests {
         bytes.push(0); // variant Delta
         bytes.extend([0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(
-            decode::<Publish>(&bytes[..]),
+            decode::<Publish>(&bytes[..], NOW),
             Err(WireError::Malformed(_))
         ));
     }
@@ -415,15 +598,15 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_are_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode::<Publish>(&bytes);
-            let _ = decode::<LocalQuery>(&bytes);
+            let _ = decode::<Publish>(&bytes, NOW);
+            let _ = decode::<LocalQuery>(&bytes, NOW);
         }
 
         #[test]
         fn every_truncation_of_a_message_is_refused(cut in 0usize..100) {
             let bytes = encode(&publish());
             let cut = cut.min(bytes.len() - 1);
-            prop_assert!(decode::<Publish>(&bytes[..cut]).is_err());
+            prop_assert!(decode::<Publish>(&bytes[..cut], NOW).is_err());
         }
     }
 }

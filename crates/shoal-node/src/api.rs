@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use shoal_core::validate::Validate;
 use shoal_core::wire::{DigestRequest, Invalidate, LocalQuery, LocalReply, Publish, ResyncRequest};
 use shoal_core::{ContainerRecord, KeyKind, ListFilter, NodeId, parse_ref};
 
@@ -376,11 +377,17 @@ fn bincode_response<T: serde::Serialize>(message: &T) -> Response {
         .into_response()
 }
 
-fn peer_body<T: serde::de::DeserializeOwned>(
+/// Decodes and validates a peer's body: bytes out of bounds are a 400
+/// that says which field, and reach no handler.
+fn peer_body<T: serde::de::DeserializeOwned + Validate>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body?;
-    shoal_core::wire::decode(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
+    decode_peer(&body)
+}
+
+fn decode_peer<T: serde::de::DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
+    shoal_core::wire::decode(body, now_ms()).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 async fn peer_ping(State(service): State<Shared>) -> Response {
@@ -431,15 +438,14 @@ async fn peer_publish(
     // small delta is quicker decoded here than handed to another thread.
     let body = body?;
     let publish: Publish = if body.len() <= SMALL_PUBLISH_BYTES {
-        shoal_core::wire::decode(&body)
+        decode_peer(&body)
     } else {
         service
-            .bulk(move || shoal_core::wire::decode(&body))
+            .bulk(move || decode_peer(&body))
             .await
             .ok_or_else(|| ApiError::Internal("decoding the publish failed".into()))?
-    }
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(bincode_response(&service.apply_publish(publish).await))
+    }?;
+    Ok(bincode_response(&service.apply_publish(publish).await?))
 }
 
 async fn peer_digest(
@@ -447,7 +453,7 @@ async fn peer_digest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: DigestRequest = peer_body(body)?;
-    Ok(bincode_response(&service.check_digest(&request)))
+    Ok(bincode_response(&service.check_digest(&request)?))
 }
 
 /// An owner that is not complete for this node asks for a digest round.

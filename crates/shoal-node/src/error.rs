@@ -18,6 +18,10 @@ pub enum ApiError {
     /// 405: the route exists for other methods.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 409: a peer message from a node this one does not count as a live
+    /// member; the sender tries again once gossip has told this node of it.
+    #[error("{0}")]
+    NotAMember(String),
     /// 413: the body is over the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::NotAMember(_) => "not_a_member",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout(_) => "timeout",
@@ -72,6 +77,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAMember(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) | ApiError::Timeout(_) | ApiError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -86,6 +92,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
+            | ApiError::NotAMember(m)
             | ApiError::PayloadTooLarge(m)
             | ApiError::Unavailable(m)
             | ApiError::Timeout(m)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use shoal_core::validate::Validate;
 use shoal_core::wire::{
     self, DigestReply, DigestRequest, Invalidate, LocalQuery, LocalReply, LookupReply, Publish,
     PublishAck, ResyncRequest,
@@ -296,7 +297,7 @@ impl PeerClient {
         PeerClient { transport }
     }
 
-    async fn typed<Q: Serialize, A: DeserializeOwned>(
+    async fn typed<Q: Serialize, A: DeserializeOwned + Validate>(
         &self,
         (to, addr): (&NodeId, &str),
         path: &str,
@@ -391,8 +392,8 @@ impl PeerClient {
     }
 }
 
-fn decode<A: DeserializeOwned>(addr: &str, bytes: &[u8]) -> Result<A, PeerError> {
-    wire::decode(bytes).map_err(|e| PeerError::Malformed {
+fn decode<A: DeserializeOwned + Validate>(addr: &str, bytes: &[u8]) -> Result<A, PeerError> {
+    wire::decode(bytes, crate::clock::now_ms()).map_err(|e| PeerError::Malformed {
         addr: addr.to_owned(),
         message: e.to_string(),
     })

@@ -323,15 +323,19 @@ impl NodeService {
         self.lookups.invalidate(keys).await
     }
 
-    /// The peer `publish` route.
-    pub async fn apply_publish(&self, publish: Publish) -> PublishAck {
+    /// The peer `publish` route. Only a live member of this node's view
+    /// may publish: records from anyone else would never be pruned.
+    pub async fn apply_publish(&self, publish: Publish) -> Result<PublishAck, ApiError> {
         let view = self.view.load_full();
-        self.directory.apply_blocking(publish, &view).await
+        live_member(&view, &publish.source.node)?;
+        Ok(self.directory.apply_blocking(publish, &view).await)
     }
 
-    /// The peer `digest` route.
-    pub fn check_digest(&self, request: &DigestRequest) -> DigestReply {
-        self.directory.check(request, &self.view.load())
+    /// The peer `digest` route; like a publish, only from a live member.
+    pub fn check_digest(&self, request: &DigestRequest) -> Result<DigestReply, ApiError> {
+        let view = self.view.load();
+        live_member(&view, &request.source.node)?;
+        Ok(self.directory.check(request, &view))
     }
 
     /// Runs bulk work (decoding a large publish) on the directory's
@@ -560,6 +564,21 @@ impl NodeService {
             },
             error: s.last_error,
         }
+    }
+}
+
+/// Refuses a message from a node this view does not hold as alive. The
+/// sender counts the refusal as a failed delivery and sends a snapshot
+/// later, by when gossip has usually told this node of it.
+fn live_member(view: &ClusterView, node: &NodeId) -> Result<(), ApiError> {
+    if view.members.get(node).is_some_and(|m| m.alive) {
+        Ok(())
+    } else {
+        Err(ApiError::NotAMember(format!(
+            "{} is not a live member of {}'s view; try again once gossip has it",
+            node.0.chars().take(64).collect::<String>(),
+            view.me
+        )))
     }
 }
 

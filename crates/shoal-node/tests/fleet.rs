@@ -279,7 +279,7 @@ impl Fleet {
             .bytes()
             .await
             .unwrap();
-        shoal_core::wire::decode(&bytes).unwrap()
+        shoal_core::wire::decode(&bytes, shoal_node::clock::now_ms()).unwrap()
     }
 
     /// A plain GET, as a script polls: the hot cache answers if it can.

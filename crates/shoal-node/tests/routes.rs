@@ -627,17 +627,31 @@ fn a_publish() -> Vec<u8> {
 
 /// A snapshot from `intruder` with one container named after `prefix`.
 fn a_publish_of(prefix: &str) -> Vec<u8> {
+    publish_of("intruder", shoal_node::clock::now_ms(), 1, prefix)
+}
+
+/// A snapshot of one container, `evil0`, from `node` in `incarnation`.
+fn publish_from(node: &str, incarnation: u64, seq: u64) -> Vec<u8> {
+    publish_of(node, incarnation, seq, "evil")
+}
+
+/// A snapshot of one container named after `prefix`, from `node` in
+/// `incarnation`.
+fn publish_of(node: &str, incarnation: u64, seq: u64, prefix: &str) -> Vec<u8> {
     use shoal_core::wire::{Publish, PublishBody, SourceClock, encode};
     encode(&Publish {
         source: SourceClock {
-            node: "intruder".into(),
-            incarnation: 1,
-            seq: 1,
+            node: node.into(),
+            incarnation,
+            seq,
             prev: 0,
             ring: 0,
         },
         body: PublishBody::Snapshot {
-            records: vec![synthetic_record(prefix, 0, &EngineId("x".into()))],
+            records: vec![shoal_core::ContainerRecord {
+                node: node.into(),
+                ..synthetic_record(prefix, 0, &EngineId("x".into()))
+            }],
         },
     })
 }
@@ -705,8 +719,9 @@ async fn with_a_cluster_secret_unsigned_peer_requests_are_refused() {
     );
 
     // Signed for another node: refused, and so is the same request
-    // replayed.
-    let body = a_publish();
+    // replayed. From a live member (the node itself, as a forger that has
+    // the secret could claim), or validation would refuse it first.
+    let body = publish_from("n1", n.service.pong().incarnation, 1_000_000);
     let (for_n2, _) = signed(secret, "n2", "/_shoal/v1/publish", &body);
     let a = answer(&n.router, for_n2).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -1149,4 +1164,207 @@ async fn beyond_the_public_limit_requests_are_shed_and_peers_still_answer() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(get(&n.router, "/v1/nodes").await.status, StatusCode::OK);
+}
+
+/// A publish from `node` whose one record `edit` spoils.
+fn spoiled_publish(
+    node: &str,
+    incarnation: u64,
+    edit: impl FnOnce(&mut shoal_core::ContainerRecord),
+) -> Vec<u8> {
+    use shoal_core::wire::{Publish, PublishBody, SourceClock, encode};
+    let mut record = shoal_core::ContainerRecord {
+        node: node.into(),
+        ..synthetic_record("evil", 0, &EngineId("x".into()))
+    };
+    edit(&mut record);
+    encode(&Publish {
+        source: SourceClock {
+            node: node.into(),
+            incarnation,
+            seq: 1_000_000,
+            prev: 0,
+            ring: 0,
+        },
+        body: PublishBody::Delta {
+            upserts: vec![record],
+            removes: vec![],
+        },
+    })
+}
+
+async fn post_peer(router: &Router, path: &str, body: Vec<u8>) -> Answer {
+    send(router, Method::POST, path, Body::from(body)).await
+}
+
+#[tokio::test]
+async fn peer_bodies_out_of_bounds_are_refused_and_change_nothing() {
+    use shoal_core::validate::{MAX_INCARNATION_AHEAD_MS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
+    use shoal_core::wire::{DigestRequest, Invalidate, LocalQuery, ResyncRequest, SourceClock};
+    let n = node().await;
+    // From the node itself, in its live incarnation: only the bounds
+    // refuse these.
+    let live = n.service.pong().incarnation;
+    let now = shoal_node::clock::now_ms();
+    let spoiled: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a non-ASCII ID",
+            spoiled_publish("n1", live, |r| {
+                r.id = format!("{}é{}", "a".repeat(11), "b".repeat(51))
+            }),
+        ),
+        (
+            "a short ID",
+            spoiled_publish("n1", live, |r| r.id = "abc".into()),
+        ),
+        (
+            "a non-hex ID",
+            spoiled_publish("n1", live, |r| r.id = "z".repeat(64)),
+        ),
+        (
+            "a long name",
+            spoiled_publish("n1", live, |r| r.names = vec!["n".repeat(MAX_NAME_LEN + 1)]),
+        ),
+        (
+            "a huge label",
+            spoiled_publish("n1", live, |r| {
+                r.labels
+                    .insert("k".into(), "v".repeat(MAX_LABEL_VALUE_LEN + 1));
+            }),
+        ),
+        (
+            "a far-future incarnation",
+            spoiled_publish("n1", now + MAX_INCARNATION_AHEAD_MS + 60_000, |_| {}),
+        ),
+        (
+            "an incarnation before 2024",
+            spoiled_publish("n1", 5, |_| {}),
+        ),
+    ];
+    for (what, body) in spoiled {
+        let a = post_peer(&n.router, "/_shoal/v1/publish", body).await;
+        assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+        let message = a.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("invalid peer message: "),
+            "{what}: {message}"
+        );
+    }
+
+    // Well-formed, from a node this one has never heard of: refused, and
+    // the message says why.
+    let a = post_peer(
+        &n.router,
+        "/_shoal/v1/publish",
+        spoiled_publish("stranger", now, |_| {}),
+    )
+    .await;
+    assert_error(&a, StatusCode::CONFLICT, "not_a_member");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stranger is not a live member")
+    );
+    let digest = |node: &str, incarnation| {
+        shoal_core::wire::encode(&DigestRequest {
+            source: SourceClock {
+                node: node.into(),
+                incarnation,
+                seq: 1,
+                prev: 1,
+                ring: 0,
+            },
+            count: 0,
+            digest: 0,
+        })
+    };
+    let a = post_peer(&n.router, "/_shoal/v1/digest", digest("stranger", now)).await;
+    assert_error(&a, StatusCode::CONFLICT, "not_a_member");
+    let a = post_peer(&n.router, "/_shoal/v1/digest", digest("n1", u64::MAX)).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+
+    // The other peer bodies are held to their bounds too.
+    let bad_key = shoal_core::wire::encode(&Invalidate {
+        owner: "n2".into(),
+        keys: vec![shoal_core::LookupKey::Id("not-hex".into())],
+    });
+    let a = post_peer(&n.router, "/_shoal/v1/invalidate", bad_key).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let bad_filter = shoal_core::wire::encode(&LocalQuery::Filter(shoal_core::ListFilter {
+        image: Some("i".repeat(100_000)),
+        ..Default::default()
+    }));
+    let a = post_peer(&n.router, "/_shoal/v1/local", bad_filter).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let bad_owner = shoal_core::wire::encode(&ResyncRequest {
+        owner: "a\nb".into(),
+        ring: 0,
+    });
+    let a = post_peer(&n.router, "/_shoal/v1/resync", bad_owner).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+
+    // Nothing changed: the directory holds the node's own containers, no
+    // more, and every one still answers.
+    assert_eq!(n.service.directory_copies(), COUNT);
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let all = get(&n.router, "/v1/containers").await;
+    assert_eq!(all.json["containers"].as_array().unwrap().len(), COUNT);
+    assert_eq!(
+        get(&n.router, "/v1/containers/c1").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_forged_publish_from_a_later_incarnation_hides_nothing() {
+    use shoal_core::wire::{PublishAck, decode};
+    let n = node().await;
+    let now = shoal_node::clock::now_ms();
+    // Within the clock bound, claiming this live node restarted: its owner
+    // keeps the live incarnation's records and calls the forgery stale.
+    let response = n
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/_shoal/v1/publish")
+                .body(Body::from(publish_from("n1", now + 5 * 60 * 1000, 1)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        decode::<PublishAck>(&bytes, now).unwrap(),
+        PublishAck::Stale
+    );
+    // Beyond the bound it is not even decoded.
+    let a = post_peer(
+        &n.router,
+        "/_shoal/v1/publish",
+        publish_from("n1", now + 60 * 60 * 1000, 1),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of this node's clock")
+    );
+    assert_eq!(n.service.directory_copies(), COUNT);
+    assert_eq!(
+        get(&n.router, "/v1/containers/c1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&n.router, "/v1/containers/evil0").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
