@@ -107,6 +107,7 @@ pub struct Metrics {
     members: Family<MemberLabels, Gauge>,
     publishes: Counter,
     publish_failures: Counter,
+    publish_stale: Counter,
     publish_snapshots: Counter,
     publish_bytes: Counter,
     publish_resyncs: Counter,
@@ -156,6 +157,7 @@ impl Metrics {
             members: Family::default(),
             publishes: Counter::default(),
             publish_failures: Counter::default(),
+            publish_stale: Counter::default(),
             publish_snapshots: Counter::default(),
             publish_bytes: Counter::default(),
             publish_resyncs: Counter::default(),
@@ -253,6 +255,11 @@ impl Metrics {
             "publish_failures",
             "Publish requests that failed",
             m.publish_failures.clone(),
+        );
+        registry.register(
+            "publish_stale",
+            "Publishes an owner took for stale although they came from this node's live incarnation (failures too)",
+            m.publish_stale.clone(),
         );
         registry.register(
             "publish_snapshots",
@@ -359,6 +366,7 @@ impl Metrics {
         for (counter, source) in [
             (&self.publishes, &p.publishes),
             (&self.publish_failures, &p.failures),
+            (&self.publish_stale, &p.stale),
             (&self.publish_snapshots, &p.snapshots),
             (&self.publish_bytes, &p.bytes),
             (&self.publish_resyncs, &p.resyncs),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use shoal_core::protocol::{self, Message, Out, Source};
+use shoal_core::wire::PublishAck;
 use shoal_core::{Delta, NodeId};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -43,6 +44,9 @@ pub struct PublisherCounters {
     pub publishes: AtomicU64,
     /// Messages that could not be delivered (their owner gets a snapshot).
     pub failures: AtomicU64,
+    /// Publishes an owner answered `Stale` although they came from this
+    /// node's live incarnation (counted in `failures` too).
+    pub stale: AtomicU64,
     /// Snapshots sent.
     pub snapshots: AtomicU64,
     /// Bytes of publish bodies sent over HTTP.
@@ -67,6 +71,7 @@ impl Default for PublisherCounters {
             lag: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             publishes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
@@ -406,16 +411,28 @@ impl OwnerQueue {
         }
     }
 
+    /// An owner took a publish from this node's live incarnation for
+    /// stale: it holds another incarnation of this node that it believes
+    /// newer (a forged one, or its view has not seen this restart yet).
+    /// Counted as a failed delivery, so the owner is behind and gets a
+    /// snapshot once it takes this incarnation again; taken as a success,
+    /// this node's containers would stay hidden there.
+    fn stale(&self) -> String {
+        self.counters.stale.fetch_add(1, Ordering::Relaxed);
+        warn!(owner = %self.owner, "owner answered Stale to this incarnation's publish; it gets a snapshot");
+        "the owner answered Stale to this node's live incarnation".to_owned()
+    }
+
     async fn deliver(&self, message: Message) -> bool {
         let view = self.view.load_full();
         let digest = matches!(message, Message::Digest(_));
         let owner = self.owner.clone();
         let result = if self.owner == self.me {
             match message {
-                Message::Publish(p) => {
-                    self.directory.apply_blocking(p, &view).await;
-                    Ok(None)
-                }
+                Message::Publish(p) => match self.directory.apply_blocking(p, &view).await {
+                    PublishAck::Applied => Ok(None),
+                    PublishAck::Stale => Err(self.stale()),
+                },
                 Message::Digest(d) => Ok(Some(self.directory.check(&d, &view).matches)),
             }
         } else if let Some(addr) = view.api_of(&self.owner) {
@@ -428,23 +445,25 @@ impl OwnerQueue {
                 self.timeout
             };
             match message {
-                Message::Publish(p) => self
-                    .peers
-                    .publish(&self.owner, addr, &p, timeout)
-                    .await
-                    .map(|(_, sent)| {
+                Message::Publish(p) => match self.peers.publish(&self.owner, addr, &p, timeout).await {
+                    Ok((ack, sent)) => {
                         self.counters
                             .bytes
                             .fetch_add(sent as u64, Ordering::Relaxed);
-                        None
-                    }),
+                        match ack {
+                            PublishAck::Applied => Ok(None),
+                            PublishAck::Stale => Err(self.stale()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 Message::Digest(d) => self
                     .peers
                     .digest(&self.owner, addr, &d, timeout)
                     .await
-                    .map(|r| Some(r.matches)),
+                    .map(|r| Some(r.matches))
+                    .map_err(|e| e.to_string()),
             }
-            .map_err(|e| e.to_string())
         } else {
             Err("its address is not known".to_owned())
         };
