@@ -36,6 +36,8 @@ pub struct DirectoryService {
     bulk: tokio::sync::Semaphore,
     /// Who fetched which key from here within the hot cache's time.
     fetchers: Fetchers,
+    /// Edits that panicked and were rolled back.
+    edits_undone: std::sync::atomic::AtomicU64,
 }
 
 /// Invalidations waiting to be sent; past this many, new ones are dropped
@@ -105,6 +107,7 @@ impl DirectoryService {
             snapshot: ArcSwap::default(),
             bulk: tokio::sync::Semaphore::new(1),
             fetchers: Fetchers::new(remember),
+            edits_undone: Default::default(),
         }
     }
 
@@ -135,11 +138,35 @@ impl DirectoryService {
         tokio::task::spawn_blocking(work).await.ok()
     }
 
+    /// Runs one edit of the working copy and publishes the result to
+    /// readers. An edit is all or nothing: if it panics half-way (a bug;
+    /// peer input is validated before it gets here), the working copy goes
+    /// back to the last snapshot, which every edit leaves equal to it, and
+    /// the panic carries on to the caller. The next edit then starts from a
+    /// whole directory, not from what the failed one left.
     fn edit<T>(&self, f: impl FnOnce(&mut OwnerDirectory) -> T) -> T {
-        let mut working = self.working.lock().unwrap_or_else(|p| p.into_inner());
-        let out = f(&mut working);
-        self.snapshot.store(Arc::new(working.clone()));
-        out
+        let mut working = self.working.lock().unwrap_or_else(|p| {
+            self.working.clear_poison();
+            p.into_inner()
+        });
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut working))) {
+            Ok(out) => {
+                self.snapshot.store(Arc::new(working.clone()));
+                out
+            }
+            Err(panic) => {
+                *working = OwnerDirectory::clone(&self.snapshot.load());
+                self.edits_undone
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(working);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Edits that panicked and were undone (a bug to report).
+    pub fn edits_undone(&self) -> u64 {
+        self.edits_undone.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn apply(&self, p: &Publish, here: Here) -> PublishAck {
@@ -487,5 +514,62 @@ impl Invalidator {
             });
             futures::future::join_all(calls).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::wire::SourceClock;
+
+    fn publish(seq: u64, name: &str) -> Publish {
+        let mut record = shoal_engine::synthetic_record(name, 0, &shoal_core::EngineId("e".into()));
+        record.node = NodeId::from("a");
+        Publish {
+            source: SourceClock {
+                node: NodeId::from("a"),
+                incarnation: 1,
+                seq,
+                prev: seq - 1,
+                ring: 0,
+            },
+            body: PublishBody::Delta {
+                upserts: vec![record],
+                removes: vec![],
+            },
+        }
+    }
+
+    const HERE: Here = Here {
+        ring: 0,
+        live: None,
+    };
+
+    #[test]
+    fn an_edit_that_panics_half_way_is_undone_and_the_next_one_starts_whole() {
+        let directory = DirectoryService::new(Duration::from_secs(1));
+        assert_eq!(
+            directory.apply(&publish(1, "web"), HERE),
+            PublishAck::Applied
+        );
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            directory.edit(|d| {
+                d.remove_source(&NodeId::from("a"));
+                assert_eq!(d.copies(), 0);
+                panic!("a bug half-way through an edit");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(directory.edits_undone(), 1);
+        assert_eq!(directory.snapshot().copies(), 1, "readers never saw it");
+        // The working copy is whole again: the next edit builds on it.
+        assert_eq!(
+            directory.apply(&publish(2, "api"), HERE),
+            PublishAck::Applied
+        );
+        let snapshot = directory.snapshot();
+        assert_eq!(snapshot.copies(), 2);
+        assert_eq!(snapshot.summary(&NodeId::from("a")).unwrap().seq, 2);
+        assert_eq!(directory.lookup(&LookupKey::Name("web0".into())).len(), 1);
     }
 }
