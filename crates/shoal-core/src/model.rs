@@ -148,6 +148,51 @@ pub type Labels = LiteMap<String, String>;
 /// Network name -> attachment, as a sorted vector for the same reason.
 pub type Networks = LiteMap<String, NetworkAttachment>;
 
+/// The most entries a map reserves room for before it has read them.
+const MAP_PREALLOC: usize = 64;
+
+/// Reads a map of labels or networks like `LiteMap`'s own deserializer,
+/// but reserves room for at most [`MAP_PREALLOC`] entries up front.
+/// `LiteMap` reserves what the input claims, and in bincode that is a
+/// number a peer writes: a claim of 2^40 entries aborted the process on
+/// allocation (found by the fuzzer). The map still grows to whatever the
+/// input really holds, within the decode limit.
+fn bounded_map<'de, D, V>(deserializer: D) -> Result<LiteMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = LiteMap<String, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map with string keys")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> Result<Self::Value, A::Error> {
+            let reserve = access.size_hint().unwrap_or(0).min(MAP_PREALLOC);
+            let mut map = LiteMap::with_capacity(reserve);
+            let mut out_of_order = Vec::new();
+            // Sorted input (what a LiteMap wrote) appends; the rest is
+            // merged once at the end, as LiteMap does.
+            while let Some((key, value)) = access.next_entry::<String, V>()? {
+                if let Some(entry) = map.try_append(key, value) {
+                    out_of_order.push(entry);
+                }
+            }
+            map.extend(out_of_order);
+            Ok(map)
+        }
+    }
+
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+}
+
 /// One live container on one engine. The field names are the public API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -164,12 +209,14 @@ pub struct ContainerRecord {
     /// The main process's PID on its host (0 when not running).
     pub pid: i64,
     /// All labels.
+    #[serde(deserialize_with = "bounded_map")]
     pub labels: Labels,
     /// The compose project, from `com.docker.compose.project`.
     pub project: Option<String>,
     /// The compose service, from `com.docker.compose.service`.
     pub service: Option<String>,
     /// Network name -> attachment.
+    #[serde(deserialize_with = "bounded_map")]
     pub networks: Networks,
     /// Exposed and published ports.
     pub ports: Vec<PortMapping>,

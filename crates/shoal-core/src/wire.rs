@@ -581,6 +581,31 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_record_claiming_a_huge_label_map_is_refused_without_reserving_it() {
+        // A local reply with one record whose label map claims 2^40
+        // entries: LiteMap's own deserializer reserved that much and the
+        // process aborted (found by the fuzzer).
+        let r = record(1, "web", "10.0.0.1", None);
+        let mut bytes = encode_raw(&WIRE_VERSION);
+        bytes.extend(encode_raw(&(NodeId::from("n2"), true)));
+        bytes.push(1); // one record
+        bytes.extend(encode_raw(&(
+            &r.id,
+            &r.names,
+            &r.image,
+            &r.image_id,
+            r.state,
+            r.pid,
+        )));
+        bytes.extend([0xfd, 0, 0, 0, 0, 0, 1, 0, 0]);
+        bytes.extend(encode_raw(&("k", "v")));
+        assert!(matches!(
+            decode::<LocalReply>(&bytes, NOW),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
     fn encode_raw<T: Serialize>(v: &T) -> Vec<u8> {
         bincode::serde::encode_to_vec(v, config()).unwrap()
     }
