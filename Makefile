@@ -23,6 +23,7 @@ test-deps: ## install and start what the tests need (dockerd, the busybox test i
 .PHONY: test
 test: test-deps ## run every test: unit, property, router, fleet, real-Docker, manifests, e2e
 	$(CARGO) test --workspace --locked -- --include-ignored
+	bash scripts/fuzz.sh 20
 	$(MAKE) k8s-validate
 	$(MAKE) peers-dns
 	$(MAKE) e2e
@@ -90,6 +91,15 @@ SEEDS ?= 10000
 .PHONY: sim
 sim: ## the protocol simulator over SEEDS seeds (default 10000), release build; SHOAL_SIM_SEED=S replays one
 	SHOAL_SIM_SEEDS=$(SEEDS) $(CARGO) test --release --locked -p shoal-core --test sim -- --nocapture
+
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz
+fuzz: ## fuzz the peer decoder and the directory, FUZZ_SECONDS each (default 600); finds join fuzz/corpus/
+	bash scripts/fuzz.sh --keep $(FUZZ_SECONDS)
+
+.PHONY: fuzz-seeds
+fuzz-seeds: ## write the fuzz corpus's seeds anew after a change of the wire format
+	SHOAL_FUZZ_WRITE_SEEDS=1 $(CARGO) test --locked -p shoal-core --test fuzz_corpus
 
 .PHONY: k8s-validate
 k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema
