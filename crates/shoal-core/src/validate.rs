@@ -170,14 +170,16 @@ fn each<T>(
     Ok(())
 }
 
-/// A container ID or a prefix of one: 12 to 64 hex characters.
+/// A container ID or a prefix of one: 12 to 64 lowercase hex characters,
+/// as engines write them and lookup keys hold them (an uppercase ID would
+/// be held but never found by its ID).
 pub fn container_id(id: &str) -> Result<(), Invalid> {
-    if (SHORT_ID_LEN..=FULL_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
-    {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if (SHORT_ID_LEN..=FULL_ID_LEN).contains(&id.len()) && id.bytes().all(hex) {
         Ok(())
     } else {
         Err(Invalid::new(format!(
-            "{} is not an ID: it takes {SHORT_ID_LEN} to {FULL_ID_LEN} hex characters",
+            "{} is not an ID: it takes {SHORT_ID_LEN} to {FULL_ID_LEN} lowercase hex characters",
             shown(id)
         )))
     }
@@ -393,6 +395,8 @@ mod tests {
         r.id = format!("{}é", "a".repeat(11));
         assert!(refused(&r).contains("not an ID"), "not ASCII");
         r.id = "ABCDEF012345".into();
+        assert!(refused(&r).contains("lowercase hex"), "found by no ID key");
+        r.id = "abcdef012345".into();
         r.validate(NOW).unwrap();
     }
 
