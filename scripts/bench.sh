@@ -114,12 +114,12 @@ bench() { # name concurrency args...
 node1="http://127.0.0.1:${ports[0]}"
 front="http://127.0.0.1:$nginx_port"
 for c in 1 "$conc"; do
-  bench "node-noop-c$c" "$c" --target "$node1" --path /_shoal/v1/noop
+  bench "node-noop-c$c" "$c" --target "$node1" --path /v1/noop
   bench "node-owned-c$c" "$c" --target "$node1" --keys "$work/owned.keys" --no-cache
   bench "node-forwarded-c$c" "$c" --target "$node1" --keys "$work/forwarded.keys" --no-cache
   bench "node-hot-c$c" "$c" --target "$node1" --keys "$work/forwarded.keys"
 done
-bench nginx-noop "$conc" --target "$front" --path /_shoal/v1/noop
+bench nginx-noop "$conc" --target "$front" --path /v1/noop
 bench nginx-lookup "$conc" --target "$front" --keys "$work/all.keys"
 
 # The simulations start their own nodes: stop these first.
@@ -270,7 +270,7 @@ same machine as the servers, so load generator, nodes and nginx share
 
 ## Lookups at one node, by path, against the no-op endpoint
 
-`/_shoal/v1/noop` answers 200 with nothing, over the same HTTP stack.
+`/v1/noop` answers 200 with nothing, over the same HTTP stack.
 Owned and forwarded runs send `Cache-Control: no-cache`; the hot run
 repeats forwarded keys with the cache on. With one connection the p50 is
 a round trip; with {conc} the machine is saturated and the p50 is mostly

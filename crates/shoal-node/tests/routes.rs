@@ -287,6 +287,29 @@ async fn nodes_health_readiness_and_metrics_answer() {
 }
 
 #[tokio::test]
+async fn the_noop_baseline_is_public_and_not_under_the_peer_api() {
+    // With a secret, so that a 200 shows the baseline needs no peer MAC.
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            cluster_secret: Some("a-long-enough-secret".into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let a = get(&n.router, "/v1/noop").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json, Value::Null, "no body");
+    // nginx refuses all of /_shoal/, so the baseline must not live there.
+    assert_error(
+        &get(&n.router, "/_shoal/v1/noop").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
 async fn a_node_whose_engine_never_answered_is_not_ready_and_says_so() {
     let n = node_with(
         NodeConfig {

@@ -141,7 +141,7 @@ pub async fn run(args: FallbackArgs) -> Result<FallbackReport> {
         progress: false,
     };
     say("run: no-op");
-    let noop = load(spec("/_shoal/v1/noop", Vec::new())).await?;
+    let noop = load(spec("/v1/noop", Vec::new())).await?;
     say("run: owned lookups");
     let owner = load(spec("/v1/containers/{key}", owned)).await?;
     say("run: fallback lookups");
