@@ -153,10 +153,15 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_BODY_READ_TIMEOUT", value_parser = parse_duration)]
     pub body_read_timeout: Option<Duration>,
     /// Shared secret of the peer API (at least 16 characters): peer requests
-    /// carry an HMAC of it. Prefer SHOAL_CLUSTER_SECRET or the file to a
-    /// flag, which other users can see in the process list.
+    /// carry an HMAC of it. Prefer --cluster-secret-file: a flag shows in
+    /// the process list, an environment variable in `docker inspect`.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (surrounding whitespace is
+    /// dropped), such as a mounted Kubernetes Secret; instead of
+    /// --cluster-secret.
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Log filter: a level (info, debug) or directives (shoal_engine=debug)
     /// [default: info].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
@@ -213,6 +218,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     body_read_timeout: Option<Duration>,
     cluster_secret: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -247,6 +253,34 @@ pub struct Resolved {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// The secret given inline or the contents of the file naming it; not both,
+/// since which one wins would be a guess.
+fn cluster_secret(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            bail!("invalid setting: set one of cluster-secret and cluster-secret-file, not both")
+        }
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "invalid setting: cannot read cluster-secret-file {}",
+                    path.display()
+                )
+            })?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                bail!(
+                    "invalid setting: cluster-secret-file {} is empty",
+                    path.display()
+                );
+            }
+            Ok(Some(secret.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// Layers flags (with their environment) over the file over defaults.
@@ -333,7 +367,10 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .body_read_timeout
             .or(file.body_read_timeout)
             .unwrap_or(d.body_read_timeout),
-        cluster_secret: args.cluster_secret.or(file.cluster_secret),
+        cluster_secret: cluster_secret(
+            args.cluster_secret.or(file.cluster_secret),
+            args.cluster_secret_file.or(file.cluster_secret_file),
+        )?,
         ..d
     };
     node.validate()
@@ -409,6 +446,12 @@ fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let resolved = resolve(args, std::env::var("DOCKER_HOST").ok())?;
     init_logging(&resolved.log_level, resolved.log_format)?;
+    if resolved.node.cluster_secret.is_none() {
+        warn!(
+            "no cluster secret: anyone who reaches this port can write to the peer API \
+             (/_shoal/); give every node the same --cluster-secret-file"
+        );
+    }
     let engine = engine(&resolved)?;
     let listen = resolved.node.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
@@ -569,6 +612,78 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("node-id")
+        );
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_its_file_trimmed() {
+        let secret = file("0123456789abcdef0123\n");
+        let f = file(&format!(
+            "cluster-secret-file: {}\n",
+            secret.path().display()
+        ));
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        assert_eq!(
+            r.node.cluster_secret.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        let args = NodeArgs {
+            cluster_secret_file: Some(secret.path().to_owned()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        assert_eq!(
+            r.node.cluster_secret.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(
+            resolve(NodeArgs::default(), None)
+                .unwrap()
+                .node
+                .cluster_secret,
+            None
+        );
+    }
+
+    #[test]
+    fn a_cluster_secret_file_that_is_missing_empty_short_or_doubled_is_refused() {
+        let missing = NodeArgs {
+            cluster_secret_file: Some("/nonexistent/shoal-secret".into()),
+            ..Default::default()
+        };
+        let msg = resolve(missing, None).unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/shoal-secret"), "{msg}");
+        let empty = file(" \n");
+        let args = NodeArgs {
+            cluster_secret_file: Some(empty.path().to_owned()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let short = file("short\n");
+        let args = NodeArgs {
+            cluster_secret_file: Some(short.path().to_owned()),
+            ..Default::default()
+        };
+        assert!(resolve(args, None).unwrap_err().to_string().contains("16"));
+        let args = NodeArgs {
+            cluster_secret: Some("0123456789abcdef0123".into()),
+            cluster_secret_file: Some(short.path().to_owned()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, None)
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
         );
     }
 

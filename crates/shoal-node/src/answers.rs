@@ -198,6 +198,10 @@ pub struct NodesAnswer {
     pub nodes: Vec<NodeView>,
     /// The node that answered.
     pub served_by: NodeId,
+    /// How the answering node checks peer requests: `hmac` with a cluster
+    /// secret, `none` without one (anyone who reaches its port can write
+    /// to its peer API).
+    pub peer_auth: &'static str,
 }
 
 /// The answer to `GET /readyz`.

@@ -489,6 +489,11 @@ impl NodeService {
         NodesAnswer {
             nodes,
             served_by: self.node_id().clone(),
+            peer_auth: if self.config.cluster_secret.is_some() {
+                "hmac"
+            } else {
+                "none"
+            },
         }
     }
 

@@ -287,6 +287,28 @@ async fn nodes_health_readiness_and_metrics_answer() {
 }
 
 #[tokio::test]
+async fn nodes_say_whether_peer_requests_are_authenticated() {
+    let open = node().await;
+    assert_eq!(
+        get(&open.router, "/v1/nodes").await.json["peer_auth"],
+        "none"
+    );
+    let guarded = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            cluster_secret: Some("a-long-enough-secret".into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    assert_eq!(
+        get(&guarded.router, "/v1/nodes").await.json["peer_auth"],
+        "hmac"
+    );
+}
+
+#[tokio::test]
 async fn the_noop_baseline_is_public_and_not_under_the_peer_api() {
     // With a secret, so that a 200 shows the baseline needs no peer MAC.
     let n = node_with(
