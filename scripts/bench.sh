@@ -29,7 +29,7 @@ command -v nginx >/dev/null || {
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq nginx-light >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 }
-rm -rf "$work" && mkdir -p "$work/nginx"
+rm -rf "$work" && mkdir -p "$work"
 
 pids=()
 cleanup() {
@@ -56,31 +56,11 @@ for p in "${ports[@]}"; do
 done
 say "three nodes up, $per_node synthetic containers each"
 
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
-  upstream shoal {
-    server 127.0.0.1:${ports[0]} max_fails=2 fail_timeout=5s;
-    server 127.0.0.1:${ports[1]} max_fails=2 fail_timeout=5s;
-    server 127.0.0.1:${ports[2]} max_fails=2 fail_timeout=5s;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://shoal; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_connect_timeout 500ms; proxy_read_timeout 15s;
-      proxy_next_upstream error timeout http_502 http_503;
-    }
-  }
-}
-CONF
+# The nginx configuration that ships (the template's), on loopback.
+servers=(); for p in "${ports[@]}"; do servers+=("127.0.0.1:$p"); done
+bash "$root/scripts/nginx-conf.sh" render "This rendering: the benchmarks (scripts/bench.sh)." \
+  "127.0.0.1:$nginx_port" "$work" "$work/nginx-error.log" "$work/nginx-access.log" "${servers[@]}" \
+  > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;' || die "nginx failed"
 bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$nginx_port/readyz" 10 || die "nginx does not answer"
 

@@ -2,7 +2,9 @@
 # Validates k8s/ offline against a pinned Kubernetes schema with
 # kubernetes-validate (from PyPI, installed into target/k8s-venv): every
 # manifest on its own, and the kustomize rendering when kubectl is there.
-# Also checks that the kustomization lists exactly the manifests in k8s/.
+# Also checks that the kustomization lists exactly the manifests in k8s/,
+# and (scripts/nginx-conf.sh check) that every shipped nginx configuration
+# is the template's rendering, k8s/nginx.conf among them.
 set -euo pipefail
 
 me=k8s-validate
@@ -42,6 +44,11 @@ for f in $present; do
     failed=$((failed + 1))
   fi
 done
+if bash "$root/scripts/nginx-conf.sh" check; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
 if command -v kubectl >/dev/null; then
   rendered="$root/target/k8s-rendered.yaml"
   kubectl kustomize . > "$rendered"

@@ -40,39 +40,11 @@ ensure_nginx() {
 }
 
 write_nginx_conf() {
-  mkdir -p "$state/nginx"
-  {
-    echo "worker_processes 1;"
-    echo "pid $state/nginx.pid;"
-    echo "error_log $state/nginx-error.log warn;"
-    echo "events { worker_connections 1024; }"
-    echo "http {"
-    echo "  access_log $state/nginx-access.log;"
-    echo "  client_body_temp_path $state/nginx/body;"
-    echo "  proxy_temp_path $state/nginx/proxy;"
-    echo "  fastcgi_temp_path $state/nginx/fastcgi;"
-    echo "  uwsgi_temp_path $state/nginx/uwsgi;"
-    echo "  scgi_temp_path $state/nginx/scgi;"
-    echo "  upstream shoal {"
-    for i in "${nodes[@]}"; do
-      echo "    server 127.0.0.1:$(node_port "$i") max_fails=2 fail_timeout=5s;"
-    done
-    echo "    keepalive 32;"
-    echo "  }"
-    echo "  server {"
-    echo "    listen 127.0.0.1:$port;"
-    echo "    location = /nginx-health { return 200 'ok\n'; }"
-    echo "    location / {"
-    echo "      proxy_pass http://shoal;"
-    echo "      proxy_http_version 1.1;"
-    echo "      proxy_set_header Connection \"\";"
-    echo "      proxy_connect_timeout 1s;"
-    echo "      proxy_read_timeout 15s;"
-    echo "      proxy_next_upstream error timeout http_502 http_503;"
-    echo "    }"
-    echo "  }"
-    echo "}"
-  } > "$state/nginx.conf"
+  local servers=()
+  for i in "${nodes[@]}"; do servers+=("127.0.0.1:$(node_port "$i")"); done
+  bash "$root/scripts/nginx-conf.sh" render "This rendering: the local stack (scripts/local-stack.sh)." \
+    "127.0.0.1:$port" "$state" "$state/nginx-error.log" "$state/nginx-access.log" "${servers[@]}" \
+    > "$state/nginx.conf"
 }
 
 up() {
