@@ -52,6 +52,7 @@ images: build base-images ## build the images shoal/node and shoal/nginx
 .PHONY: up
 up: images ## start three nodes and nginx on :8080 with docker compose
 	bash scripts/ensure-docker.sh --with-compose
+	bash scripts/cluster-secret.sh .shoal/cluster-secret "$(DOCKER_GID)"
 	$(COMPOSE) -p shoal up -d
 	bash scripts/wait-http.sh http://127.0.0.1:$${SHOAL_HTTP_PORT:-8080}/readyz 60
 	@echo "stack up: node1 node2 node3 behind nginx on http://localhost:$${SHOAL_HTTP_PORT:-8080}"

@@ -40,10 +40,13 @@ cleanup() {
 trap cleanup EXIT
 
 peers=$(printf '127.0.0.1:%s,' "${ports[@]}"); peers=${peers%,}
+# As deployed: peer requests signed with a cluster secret.
+bash "$root/scripts/cluster-secret.sh" "$work/cluster-secret"
 for i in 0 1 2; do
   n=$((i + 1))
   "$bin" node --engine synthetic --synthetic-count "$per_node" --synthetic-prefix "n$n-" \
     --node-id "node$n" --listen "127.0.0.1:${ports[$i]}" --peers "$peers" --log-level warn \
+    --cluster-secret-file "$work/cluster-secret" \
     >"$work/node$n.log" 2>&1 &
   pids+=("$!")
 done
@@ -245,7 +248,7 @@ same machine as the servers, so load generator, nodes and nginx share
 
 - machine: {cpu}, {os.cpu_count()} cores, {mem} memory, {platform.platform()}
 - shoal {sh("git -C '" + os.path.dirname(out) + "' rev-parse --short HEAD")}, release build; {sh('rustc --version')}; {sh('nginx -v 2>&1')}
-- cluster: three `shoal node` processes on loopback, synthetic engines with {per_node} containers each, 2 owners per key, hot cache TTL 1 s
+- cluster: three `shoal node` processes on loopback, synthetic engines with {per_node} containers each, 2 owners per key, hot cache TTL 1 s, peer requests signed with a cluster secret
 - each HTTP run: `shoal bench -c C -d {secs}s --warmup 1s`; the simulations: `shoal-sim fallback`, `shoal-sim docker`, `shoal-sim scale` (commands in `scripts/bench.sh`)
 
 ## Lookups at one node, by path, against the no-op endpoint

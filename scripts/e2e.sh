@@ -4,7 +4,9 @@
 # container, on the default bridge and on a 192.168.0.0/16 network), every
 # node serving, lookups surviving a stopped node, and a teardown that
 # leaves no container, network or volume behind. Needs the images
-# (make images) and the test image (scripts/test-image.sh).
+# (make images) and the test image (scripts/test-image.sh). Also: the
+# nodes run with the cluster secret of .shoal/cluster-secret (written as
+# `make up` does) and nginx never lets a request through to the peer API.
 set -euo pipefail
 
 me=e2e
@@ -47,6 +49,7 @@ remove_stack
 # The 192.168.0.0/16 network first: the engine may hand a /20 of that range
 # to the stack's own network otherwise.
 docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
+bash "$root/scripts/cluster-secret.sh" "$root/.shoal/cluster-secret" "$DOCKER_GID"
 $compose -p "$project" -f "$root/docker-compose.yml" up -d >/dev/null 2>&1 \
   || { $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 20 >&2; fail "compose up"; }
 bash "$root/scripts/wait-http.sh" "$base/readyz" 60 || fail "nothing ready behind nginx"
@@ -85,6 +88,59 @@ for n in node1 node2 node3; do
   case " $seen " in *" $n "*) ;; *) fail "$n never answered (seen:$seen)" ;; esac
 done
 ok "every node served (seen:$seen)"
+
+# Every node runs with the secret, which shows nowhere in `docker inspect`.
+secret=$(cat "$root/.shoal/cluster-secret")
+for n in node1 node2 node3; do
+  exec_out=$($compose -p "$project" -f "$root/docker-compose.yml" exec -T "$n" bash -c \
+    'exec 3<>/dev/tcp/127.0.0.1/7070 && printf "GET /v1/nodes HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+  case "$exec_out" in *'"peer_auth":"hmac"'*) ;; *) fail "$n does not check peer requests: $exec_out" ;; esac
+  cid=$($compose -p "$project" -f "$root/docker-compose.yml" ps -q "$n")
+  docker inspect "$cid" | grep -qF "$secret" && fail "$n: the secret shows in docker inspect"
+done
+ok "every node checks peer requests (peer_auth hmac); the secret is not in docker inspect"
+
+# The peer API through nginx: refused by nginx itself, never by a node.
+# Requests a node refused would count as non-2xx in its metrics.
+node_errors() { # non-2xx requests the three nodes have answered, all routes
+  local n total=0 c
+  for n in node1 node2 node3; do
+    c=$($compose -p "$project" -f "$root/docker-compose.yml" exec -T "$n" bash -c \
+      'exec 3<>/dev/tcp/127.0.0.1/7070 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' \
+      | awk '/^shoal_http_requests_total\{/ && !/status="2/ {s += $NF} END {print s + 0}')
+    total=$((total + c))
+  done
+  echo "$total"
+}
+nginx_body='{"error":{"code":"not_found","message":"the peer API (/_shoal/) is not served through this proxy"}}'
+before=$(node_errors)
+probes=(
+  "POST /_shoal/v1/publish"
+  "POST /_shoal/v1/digest"
+  "GET /_shoal/v1/lookup/name/bridge-cnt"
+  "GET /_shoal/v1/ping"
+  "POST /%5Fshoal/v1/publish"
+  "POST //_shoal/v1/publish"
+  "POST /v1/../_shoal/v1/publish"
+)
+for probe in "${probes[@]}"; do
+  method=${probe%% *} path=${probe#* }
+  body=()
+  [ "$method" = POST ] && body=(-H 'content-type: application/octet-stream' --data-binary 'not a publish')
+  # --path-as-is: the dot segments reach nginx as written.
+  code=$(curl -s -m 5 --path-as-is -X "$method" "${body[@]}" -D "$tmp/h" -o "$tmp/b" -w '%{http_code}' "$base$path" || echo 000)
+  [ "$code" = 404 ] || fail "$probe through :$port answered $code: $(cat "$tmp/b")"
+  [ "$(cat "$tmp/b")" = "$nginx_body" ] || fail "$probe: not nginx's answer: $(cat "$tmp/b")"
+  grep -qi '^x-shoal-node:' "$tmp/h" && fail "$probe: a node answered ($(grep -i '^x-shoal-node:' "$tmp/h"))"
+done
+# The access log names the upstream of each request: none for these.
+sleep 0.5
+nginx_log=$($compose -p "$project" -f "$root/docker-compose.yml" logs --no-color nginx 2>/dev/null | grep -E '"(GET|POST) /+(v1/\.\./)?(_|%5F)shoal/' || true)
+[ "$(grep -c . <<<"$nginx_log")" -ge "${#probes[@]}" ] || fail "nginx logged fewer peer-API probes than sent: $nginx_log"
+grep -v 'upstream=- ' <<<"$nginx_log" && fail "nginx passed a peer-API request to a node"
+after=$(node_errors)
+[ "$after" = "$before" ] || fail "the nodes answered $((after - before)) more refusals during the probes"
+ok "${#probes[@]} peer-API requests through :$port: 404 from nginx, no upstream, no node saw one ($before refusals before and after)"
 
 # Stop one node: lookups through nginx keep succeeding.
 $compose -p "$project" -f "$root/docker-compose.yml" stop -t 1 node2 >/dev/null 2>&1

@@ -3,8 +3,9 @@
 # kubernetes-validate (from PyPI, installed into target/k8s-venv): every
 # manifest on its own, and the kustomize rendering when kubectl is there.
 # Also checks that the kustomization lists exactly the manifests in k8s/,
-# and (scripts/nginx-conf.sh check) that every shipped nginx configuration
-# is the template's rendering, k8s/nginx.conf among them.
+# that the rendering wires the cluster secret and the nginx ConfigMap, and
+# (scripts/nginx-conf.sh check) that every shipped nginx configuration is
+# the template's rendering.
 set -euo pipefail
 
 me=k8s-validate
@@ -51,8 +52,47 @@ else
 fi
 if command -v kubectl >/dev/null; then
   rendered="$root/target/k8s-rendered.yaml"
-  kubectl kustomize . > "$rendered"
+  # k8s/cluster-secret is the operator's and stays out of target/: the
+  # rendering is made from a copy with a throwaway secret.
+  copy=$(mktemp -d); trap 'rm -rf "$copy"' EXIT
+  mkdir "$copy/k8s" && cp ./*.yaml nginx.conf "$copy/k8s/"
+  if kubectl kustomize "$copy/k8s" >/dev/null 2>&1; then
+    say "kustomize renders k8s/ without k8s/cluster-secret: the secret is not required"
+    failed=$((failed + 1))
+  fi
+  echo "throwaway-validation-secret" > "$copy/k8s/cluster-secret"
+  kubectl kustomize "$copy/k8s" > "$rendered"
   if "$venv/bin/kubernetes-validate" -k "$k8s_version" --strict --quiet "$rendered"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+  if "$venv/bin/python" - "$rendered" nginx.conf <<'PY'
+import base64, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def one(kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
+    assert len(found) == 1, f"expected one {kind} {name}*, found {len(found)}"
+    return found[0]
+secret = one("Secret", "shoal-cluster-secret")
+assert base64.b64decode(secret["data"]["cluster-secret"]).strip() == b"throwaway-validation-secret"
+pod = one("DaemonSet", "shoal-node")["spec"]["template"]["spec"]
+volume = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
+assert volume, "no volume of the DaemonSet holds the Secret"
+node = pod["containers"][0]
+mount = [m["mountPath"] for m in node["volumeMounts"] if m["name"] == volume[0]]
+assert mount, "the Secret's volume is not mounted"
+env = {e["name"]: e.get("value") for e in node["env"]}
+assert env.get("SHOAL_CLUSTER_SECRET_FILE") == mount[0] + "/cluster-secret", env.get("SHOAL_CLUSTER_SECRET_FILE")
+assert "SHOAL_CLUSTER_SECRET" not in env, "the secret itself is in the environment"
+config = one("ConfigMap", "shoal-nginx")
+assert config["data"]["nginx.conf"] == open(sys.argv[2]).read(), "the ConfigMap is not k8s/nginx.conf"
+nginx = one("Deployment", "shoal-nginx")["spec"]["template"]["spec"]
+names = [v["configMap"]["name"] for v in nginx["volumes"] if "configMap" in v]
+assert names == [config["metadata"]["name"]], f"nginx mounts {names}, not {config['metadata']['name']}"
+PY
+  then
+    say "the rendering mounts the cluster secret into every node and nginx.conf into nginx"
     passed=$((passed + 1))
   else
     failed=$((failed + 1))

@@ -3,7 +3,7 @@
 # processes (gossiping with each other on 127.0.0.1:7071-7073, each watching
 # this host's Docker engine) and nginx in front of them on :8080.
 #   scripts/local-stack.sh up|down|status|logs
-# State (pid files, logs, the generated nginx config) lives in
+# State (pid files, logs, the cluster secret, the generated nginx config) lives in
 # target/local/. Until the deployment work lands (images, compose), this is
 # what `make up` runs.
 set -euo pipefail
@@ -52,13 +52,15 @@ up() {
   bash "$root/scripts/ensure-docker.sh"
   ensure_nginx
   mkdir -p "$state"
+  # Kept across restarts: every node of the stack must share it.
+  bash "$root/scripts/cluster-secret.sh" "$state/cluster-secret"
   local peers=""
   for i in "${nodes[@]}"; do peers+="${peers:+,}127.0.0.1:$(node_port "$i")"; done
   for i in "${nodes[@]}"; do
     local pidf="$state/node$i.pid"
     if alive "$pidf"; then say "node$i already runs (pid $(cat "$pidf"))"; continue; fi
     "$bin" node --node-id "node$i" --listen "127.0.0.1:$(node_port "$i")" --peers "$peers" \
-      >"$state/node$i.log" 2>&1 &
+      --cluster-secret-file "$state/cluster-secret" >"$state/node$i.log" 2>&1 &
     echo $! > "$pidf"
   done
   for i in "${nodes[@]}"; do

@@ -39,6 +39,8 @@ up() {
   fi
   docker build -q -f "$root/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" -t shoal/node:latest "$root" >/dev/null
   docker build -q -f "$root/deploy/nginx.Dockerfile" --build-arg BASE_IMAGE="${nginx_base:-$base}" -t shoal/nginx:latest "$root" >/dev/null
+  # The Secret's source, written once and kept: see README, "The cluster secret".
+  bash "$root/scripts/cluster-secret.sh" "$root/k8s/cluster-secret"
   kubectl apply -k "$root/k8s"
   # A re-run picks up rebuilt images.
   kubectl -n shoal rollout restart daemonset/shoal-node deployment/shoal-nginx >/dev/null
