@@ -88,6 +88,11 @@ peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
 bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about 15 minutes)
 	bash scripts/bench.sh
 
+SOAK_SECONDS ?= 1800
+.PHONY: soak
+soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): RSS and fds must stay flat
+	SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak.sh
+
 SEEDS ?= 10000
 .PHONY: sim
 sim: ## the protocol simulator over SEEDS seeds (default 10000), release build; SHOAL_SIM_SEED=S replays one

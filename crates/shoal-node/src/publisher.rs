@@ -445,18 +445,20 @@ impl OwnerQueue {
                 self.timeout
             };
             match message {
-                Message::Publish(p) => match self.peers.publish(&self.owner, addr, &p, timeout).await {
-                    Ok((ack, sent)) => {
-                        self.counters
-                            .bytes
-                            .fetch_add(sent as u64, Ordering::Relaxed);
-                        match ack {
-                            PublishAck::Applied => Ok(None),
-                            PublishAck::Stale => Err(self.stale()),
+                Message::Publish(p) => {
+                    match self.peers.publish(&self.owner, addr, &p, timeout).await {
+                        Ok((ack, sent)) => {
+                            self.counters
+                                .bytes
+                                .fetch_add(sent as u64, Ordering::Relaxed);
+                            match ack {
+                                PublishAck::Applied => Ok(None),
+                                PublishAck::Stale => Err(self.stale()),
+                            }
                         }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
-                },
+                }
                 Message::Digest(d) => self
                     .peers
                     .digest(&self.owner, addr, &d, timeout)

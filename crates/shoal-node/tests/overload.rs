@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_node::gossip::MemoryNet;
 use shoal_core::EngineId;
 use shoal_engine::{SyntheticEngine, SyntheticSpec};
+use shoal_node::gossip::MemoryNet;
 use shoal_node::peer::{CallKind, Fault, FaultyPeers, HttpPeers};
 use shoal_node::{NodeConfig, run, run_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,9 +71,16 @@ async fn start(
     let task = {
         let (stop, gossip, engine) = (stop.clone(), gossip.clone(), engine(name));
         tokio::spawn(async move {
-            run_with(config, Arc::new(engine), listener, peers, Arc::new(gossip), stop)
-                .await
-                .unwrap();
+            run_with(
+                config,
+                Arc::new(engine),
+                listener,
+                peers,
+                Arc::new(gossip),
+                stop,
+            )
+            .await
+            .unwrap();
         })
     };
     Node { addr, stop, task }

@@ -173,7 +173,12 @@ async fn a_stale_answer_to_the_live_incarnation_is_repaired_by_a_snapshot() {
     };
     let peers = PeerClient::new(Arc::new(HttpPeers::new()));
     let (ack, _) = peers
-        .publish(&NodeId::from("owner"), &owner_addr, &old_life, Duration::from_secs(5))
+        .publish(
+            &NodeId::from("owner"),
+            &owner_addr,
+            &old_life,
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(ack, PublishAck::Applied);
