@@ -22,7 +22,8 @@
 //! chitchat keeps its wire codec to itself: its own UDP socket is the only
 //! public way to turn a message into bytes and back. So each gossip socket
 //! keeps a [`Codec`]: a chitchat socket and a relay socket on loopback
-//! that talk only to each other.
+//! that talk only to each other. On plain UDP without a secret there is
+//! nothing to seal, and chitchat's UDP socket is used as it is.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +60,12 @@ const CODEC_WAIT: Duration = Duration::from_millis(200);
 pub trait GossipNet: Send + Sync + 'static {
     /// Binds `addr` (port 0: any free port).
     async fn bind(&self, addr: SocketAddr) -> anyhow::Result<Box<dyn Datagrams>>;
+
+    /// True for plain UDP: with no secret to seal with, chitchat's own UDP
+    /// socket is used as it is, without the codec's loopback relay.
+    fn is_udp(&self) -> bool {
+        false
+    }
 }
 
 /// One bound datagram socket.
@@ -82,6 +89,10 @@ struct UdpDatagrams {
 
 #[async_trait]
 impl GossipNet for UdpNet {
+    fn is_udp(&self) -> bool {
+        true
+    }
+
     async fn bind(&self, addr: SocketAddr) -> anyhow::Result<Box<dyn Datagrams>> {
         let socket = tokio::net::UdpSocket::bind(addr)
             .await
@@ -302,6 +313,15 @@ impl GossipTransport {
 #[async_trait]
 impl Transport for GossipTransport {
     async fn open(&self, addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        if self.secret.is_none() && self.net.is_udp() {
+            // Nothing to seal: the relay would only add two loopback
+            // packets to every gossip packet (with 50 nodes in one process,
+            // shoal-sim scale no longer converged through it).
+            let socket = chitchat::transport::UdpSocket::open(addr)
+                .await
+                .with_context(|| format!("cannot bind {addr}/UDP for gossip"))?;
+            return Ok(Box::new(socket));
+        }
         Ok(Box::new(GossipSocket {
             datagrams: self.net.bind(addr).await?,
             codec: Codec::open().await?,
