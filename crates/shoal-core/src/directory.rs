@@ -59,6 +59,14 @@ pub struct Here {
     pub live: Option<u64>,
 }
 
+/// A copy a prune found this directory should no longer hold.
+#[derive(Clone, Debug)]
+pub struct Doomed {
+    node: NodeId,
+    rid: RecordId,
+    held: Arc<ContainerRecord>,
+}
+
 /// What one source has published here, for `/v1/nodes` and anti-entropy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceSummary {
@@ -483,20 +491,45 @@ impl OwnerDirectory {
     /// Drops every record for which `keep` is false (the keys it no longer
     /// owns, after a ring change and its grace period). Returns how many.
     pub fn retain(&mut self, keep: impl Fn(&ContainerRecord) -> bool) -> usize {
-        let doomed: Vec<(NodeId, RecordId)> = self
-            .sources
+        let doomed = self.doomed(keep);
+        self.drop_held(&doomed)
+    }
+
+    /// The copies `keep` refuses, as held now: what [`OwnerDirectory::retain`]
+    /// would drop. Read from a snapshot, so that a prune holds no lock
+    /// while it walks every record.
+    pub fn doomed(&self, keep: impl Fn(&ContainerRecord) -> bool) -> Vec<Doomed> {
+        self.sources
             .iter()
             .flat_map(|(node, s)| {
                 s.records
                     .iter()
                     .filter(|(_, (r, _))| !keep(r))
-                    .map(move |(rid, _)| (node.clone(), rid.clone()))
+                    .map(move |(rid, (r, _))| Doomed {
+                        node: node.clone(),
+                        rid: rid.clone(),
+                        held: r.clone(),
+                    })
             })
-            .collect();
-        for (node, rid) in &doomed {
-            self.remove(node, rid);
+            .collect()
+    }
+
+    /// Drops each of `doomed` that is still held as it was when it was
+    /// found: a copy its source changed since is judged again at the next
+    /// prune. Returns how many were dropped.
+    pub fn drop_held(&mut self, doomed: &[Doomed]) -> usize {
+        let mut dropped = 0;
+        for d in doomed {
+            let same = self
+                .sources
+                .get(&d.node)
+                .and_then(|s| s.records.get(&d.rid))
+                .is_some_and(|(r, _)| Arc::ptr_eq(r, &d.held));
+            if same && self.remove(&d.node, &d.rid) {
+                dropped += 1;
+            }
         }
-        doomed.len()
+        dropped
     }
 
     /// The sources it has heard from.
@@ -880,6 +913,28 @@ mod tests {
         };
         assert!(d.check(&empty, HERE, |_| true).matches);
         assert!(missing(&d, &[("b", 3)], RING).is_empty());
+    }
+
+    #[test]
+    fn a_prune_drops_only_what_is_still_held_as_it_was_found() {
+        let mut d = OwnerDirectory::new();
+        let web = on("a", "e", record(1, "web", "10.0.0.1", None));
+        let db = on("a", "e", record(2, "db", "10.0.0.2", None));
+        d.apply(
+            &snapshot_from(clock("a", 1, 1), vec![web.clone(), db.clone()]),
+            HERE,
+        );
+        let doomed = d.doomed(|_| false);
+        assert_eq!(doomed.len(), 2);
+        // web changes after the prune looked: it stays until the next one.
+        let mut renamed = web.clone();
+        renamed.names = vec!["api".into()];
+        d.apply(&delta(clock("a", 1, 2), vec![renamed], vec![]), HERE);
+        assert_eq!(d.drop_held(&doomed), 1);
+        assert!(names(&d, "db").is_empty());
+        assert_eq!(names(&d, "api"), ["api@a"]);
+        assert_eq!(d.retain(|_| false), 1);
+        assert_eq!(d.copies(), 0);
     }
 
     #[test]

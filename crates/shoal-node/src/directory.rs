@@ -26,6 +26,9 @@ use tracing::{debug, info};
 use crate::membership::ClusterView;
 use crate::peer::PeerClient;
 
+/// Records a prune removes per hold of the directory's lock.
+const PRUNE_CHUNK: usize = 256;
+
 /// Deltas with more records than this are applied on the blocking pool.
 const LARGE_DELTA: usize = 256;
 
@@ -280,9 +283,16 @@ impl DirectoryService {
         n
     }
 
-    /// Drops records for which `keep` is false.
+    /// Drops records for which `keep` is false. The walk over every record
+    /// reads a snapshot; the removals take the lock a chunk at a time, so
+    /// publishes (a small delta is applied on the request's thread, under
+    /// that lock) wait for a chunk, not for the whole prune.
     pub fn retain(&self, keep: impl Fn(&ContainerRecord) -> bool) -> usize {
-        self.edit(|d| d.retain(keep))
+        let doomed = self.snapshot.load().doomed(keep);
+        doomed
+            .chunks(PRUNE_CHUNK)
+            .map(|chunk| self.edit(|d| d.drop_held(chunk)))
+            .sum()
     }
 }
 
