@@ -472,6 +472,21 @@ impl Fleet {
         self.client.fleet_metric(&self.live_nodes(), name).await
     }
 
+    /// Waits until the fleet's directory copies stop changing for two
+    /// seconds (the owners' prunes are done), at most a minute.
+    async fn settle_copies(&self) -> Result<f64> {
+        let mut last = -1.0;
+        for _ in 0..30 {
+            let now = self.metric("shoal_directory_record_copies").await?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Ok(last)
+    }
+
     /// Waits until the fleet's publish counters stop moving for a second.
     async fn quiesce(&self) -> Result<f64> {
         let mut last = -1.0;
@@ -542,6 +557,14 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     report.converge_ms = started.elapsed().as_millis() as u64;
     say(format!("converged in {} ms", report.converge_ms));
     fleet.quiesce().await?;
+    // At rest: each owner drops what it no longer owns once the ring has
+    // been stable for the ownership grace. Measured before that, the copies
+    // include what the rollout left behind, and the prunes of fifty nodes
+    // on two cores land in the middle of the timings that follow.
+    let grace = NodeConfig::default().ownership_grace;
+    say(format!("waiting {grace:?} for the owners' prune"));
+    tokio::time::sleep(grace).await;
+    fleet.settle_copies().await?;
     let copies = fleet.metric("shoal_directory_record_copies").await? as u64;
     report.directory_copies = copies;
     report.copies_per_container = copies as f64 / (per_node * args.nodes) as f64;
