@@ -30,6 +30,9 @@ die() { say "$*"; exit 1; }
 [ -x "$bin" ] || die "build first: make build"
 docker image inspect "$image" >/dev/null 2>&1 || die "the test image is missing: make test-deps"
 rm -rf "$work" && mkdir -p "$work"
+# The commit the binary was built from (make soak builds it first).
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$root" diff --quiet HEAD 2>/dev/null || commit+=" with uncommitted changes"
 bash "$root/scripts/cluster-secret.sh" "$work/cluster-secret"
 
 pids=()
@@ -153,7 +156,7 @@ awk -v warmup="$warmup" '
 {
   echo "## Soak: five nodes under churn, $((secs / 60)) minutes"
   echo
-  echo "Written by \`make soak\` ($(date -u '+%Y-%m-%d %H:%M UTC'), shoal $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)):"
+  echo "Written by \`make soak\` ($(date -u '+%Y-%m-%d %H:%M UTC'), shoal $commit):"
   echo "five \`shoal node\` processes (release build, cluster secret on) watching"
   echo "this host's Docker engine, while containers were started, renamed and"
   echo "removed (at most $live_max at once) and every node was asked for live"
