@@ -365,11 +365,10 @@ Profiled with `perf record -g` on the forwarding node while `shoal bench
   served from the hot cache, so the nginx ratio inherits the forward's
   cost; routing by key at nginx would make every lookup an owned one.
 - Freshness is publishing: each event goes to every owner of each of the
-  record's keys (the copies per container above), all at once, and the
-  slowest owner's answer ends the batch. A poll of the reader is part of
-  every figure. On a saturated two-core machine with 50 nodes in one
-  process the tail is scheduling; per-owner publish queues would let one
-  slow owner stop holding up the others.
+  record's keys (the copies per container above), each owner on its own
+  ordered queue, so a slow owner delays only itself. A poll of the reader
+  is part of every figure. On a saturated two-core machine with 50 nodes
+  in one process the tail, and the burst, are scheduling.
 - Memory: a record copy is the record (labels and networks as sorted
   vectors) plus about four index entries (a hash and a small sorted set of
   shared pointers) in a persistent B-tree; see the commit "a record copy
