@@ -412,27 +412,10 @@ pub fn record_digest(r: &ContainerRecord) -> u64 {
         engine_id,
         updated_at: 0,
     };
-    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    let mut h = crate::Fnv1a::new();
     match bincode::serde::encode_into_std_write(&view, &mut h, bincode::config::standard()) {
         Ok(_) => h.0,
         Err(_) => 0,
-    }
-}
-
-/// FNV-1a as a byte sink, the same hash as [`crate::fnv1a`].
-struct Fnv1a(u64);
-
-impl std::io::Write for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
