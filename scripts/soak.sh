@@ -131,24 +131,30 @@ churn_pid=""
 
 say "lookups: $lookups, denied: $denied"
 verdict=0
+# Per node, after the warm-up: the means of the first and last quarter of
+# its samples, and whether they are flat (one computation; the verdict and
+# the table below both read it).
 awk -v warmup="$warmup" '
-  $1 >= warmup { n[$2]++; t[$2, n[$2]] = $1; rss[$2, n[$2]] = $3; fd[$2, n[$2]] = $4 }
+  $1 >= warmup { n[$2]++; rss[$2, n[$2]] = $3; fd[$2, n[$2]] = $4 }
   END {
-    bad = 0
     for (node in n) {
-      q = int(n[node] / 4); if (q < 1) { print "too few samples after the warm-up"; exit 2 }
+      q = int(n[node] / 4); if (q < 1) { print "too few samples after the warm-up" > "/dev/stderr"; exit 2 }
       r1 = r2 = f1 = f2 = 0
       for (k = 1; k <= q; k++) { r1 += rss[node, k]; f1 += fd[node, k] }
       for (k = n[node] - q + 1; k <= n[node]; k++) { r2 += rss[node, k]; f2 += fd[node, k] }
       r1 /= q; r2 /= q; f1 /= q; f2 /= q
       fslack = f1 * 0.10; if (fslack < 5) fslack = 5
       ok = (r2 <= r1 * 1.10 && r2 >= r1 * 0.90 && f2 <= f1 + fslack && f2 >= f1 - fslack)
-      printf "soak%s: rss %.0f -> %.0f KiB (%+.1f%%), fds %.1f -> %.1f, %d samples after warm-up: %s\n",
-        node, r1, r2, (r2 - r1) * 100 / r1, f1, f2, n[node], ok ? "flat" : "NOT FLAT"
-      if (!ok) bad = 1
+      printf "%s %.1f %.1f %.2f %.2f %d %s\n", node, r1, r2, f1, f2, n[node], ok ? "flat" : "not-flat"
     }
-    exit bad
-  }' "$work/samples" || verdict=1
+  }' "$work/samples" | sort -n > "$work/flatness" || die "the samples cannot be judged"
+[ -s "$work/flatness" ] || die "no samples after the warm-up"
+while read -r node r1 r2 f1 f2 n ok; do
+  say "$(awk -v node="$node" -v r1="$r1" -v r2="$r2" -v f1="$f1" -v f2="$f2" -v n="$n" -v ok="$ok" 'BEGIN {
+    printf "soak%s: rss %.0f -> %.0f KiB (%+.1f%%), fds %.1f -> %.1f, %d samples after warm-up: %s",
+      node, r1, r2, (r2 - r1) * 100 / r1, f1, f2, n, ok == "flat" ? "flat" : "NOT FLAT" }')"
+  [ "$ok" = flat ] || verdict=1
+done < "$work/flatness"
 [ "$denied" -eq 0 ] || { say "$denied lookups of live containers were denied"; verdict=1; }
 
 # The figures as a section of BENCHMARKS.md; a full-length run (30 minutes
@@ -166,21 +172,8 @@ awk -v warmup="$warmup" '
   echo
   echo "| node | RSS first quarter | RSS last quarter | change | fds first | fds last | verdict |"
   echo "|---|---|---|---|---|---|---|"
-  awk -v warmup="$warmup" '
-    $1 >= warmup { n[$2]++; rss[$2, n[$2]] = $3; fd[$2, n[$2]] = $4 }
-    END {
-      for (node = 0; node < 5; node++) {
-        q = int(n[node] / 4); if (q < 1) continue
-        r1 = r2 = f1 = f2 = 0
-        for (k = 1; k <= q; k++) { r1 += rss[node, k]; f1 += fd[node, k] }
-        for (k = n[node] - q + 1; k <= n[node]; k++) { r2 += rss[node, k]; f2 += fd[node, k] }
-        r1 /= q; r2 /= q; f1 /= q; f2 /= q
-        fslack = f1 * 0.10; if (fslack < 5) fslack = 5
-        ok = (r2 <= r1 * 1.10 && r2 >= r1 * 0.90 && f2 <= f1 + fslack && f2 >= f1 - fslack)
-        printf "| soak%d | %.1f MiB | %.1f MiB | %+.1f%% | %.1f | %.1f | %s |\n",
-          node, r1 / 1024, r2 / 1024, (r2 - r1) * 100 / r1, f1, f2, ok ? "flat" : "**not flat**"
-      }
-    }' "$work/samples"
+  awk '{ printf "| soak%d | %.1f MiB | %.1f MiB | %+.1f%% | %.1f | %.1f | %s |\n",
+      $1, $2 / 1024, $3 / 1024, ($3 - $2) * 100 / $2, $4, $5, $7 == "flat" ? "flat" : "**not flat**" }' "$work/flatness"
   echo
   echo "- machine: $(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), $(nproc) cores"
 } > "$work/summary.md"
