@@ -88,7 +88,8 @@ pub struct NodeArgs {
     /// Virtual nodes per node on the ring [default: 64].
     #[arg(long, env = "SHOAL_VNODES")]
     pub vnodes: Option<usize>,
-    /// How long an answer stays in the hot cache [default: 1s].
+    /// The longest a forwarded answer stays in the hot cache; owners
+    /// invalidate it as soon as it changes [default: 5m].
     #[arg(long, env = "SHOAL_HOT_TTL", value_parser = parse_duration)]
     pub hot_ttl: Option<Duration>,
     /// How long a peer may take to answer [default: 250ms].

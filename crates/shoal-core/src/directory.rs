@@ -435,6 +435,14 @@ impl OwnerDirectory {
             .collect()
     }
 
+    /// True when this directory is complete for `source` on some ring: it
+    /// has lost nothing from it since its last snapshot or clean digest.
+    pub fn is_complete(&self, source: &NodeId) -> bool {
+        self.sources
+            .get(source)
+            .is_some_and(|s| s.complete_on.is_some())
+    }
+
     /// Of the live sources `required` (node and its live incarnation), the
     /// ones this directory is not complete for on `ring`: their
     /// containers may be missing from its answers.

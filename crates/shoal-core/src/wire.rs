@@ -16,8 +16,9 @@ use crate::validate::{self, Invalid, Validate};
 
 /// The version this build speaks. 2: publishes and digests carry the
 /// sender's ring, lookup replies say which sources the owner is missing,
-/// and owners can ask a source to resync them.
-pub const WIRE_VERSION: u16 = 2;
+/// and owners can ask a source to resync them. 3: an invalidation can
+/// name everything a node fetched from the owner.
+pub const WIRE_VERSION: u16 = 3;
 /// The content type of peer bodies.
 pub const CONTENT_TYPE: &str = "application/x-shoal-bincode";
 /// The most bytes one decode may allocate, whatever the body claims.
@@ -195,6 +196,10 @@ pub struct Invalidate {
     pub owner: NodeId,
     /// The keys, in their canonical (placement) form.
     pub keys: Vec<LookupKey>,
+    /// Drop every answer fetched from this owner, whatever `keys` says:
+    /// the owner can no longer name what changed (it lost a message from
+    /// a source, or more keys changed than one request names).
+    pub everything: bool,
 }
 
 /// `POST /_shoal/v1/resync`: an owner that is not complete for this

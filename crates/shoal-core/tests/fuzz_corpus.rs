@@ -154,6 +154,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 LookupKey::Ip(IpAddr::from([10, 0, 0, 1])),
                 LookupKey::Project("shop".into()),
             ],
+            everything: false,
         }),
     );
     peer(

@@ -427,7 +427,9 @@ async fn peer_invalidate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: Invalidate = peer_body(body)?;
-    Ok(bincode_response(&service.invalidate(&request.keys).await))
+    Ok(bincode_response(
+        &service.invalidate(&request.keys, request.everything).await,
+    ))
 }
 
 async fn peer_publish(

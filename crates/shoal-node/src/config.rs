@@ -33,8 +33,9 @@ pub struct NodeConfig {
     pub replicas: usize,
     /// Virtual nodes per node on the ring (default 64).
     pub vnodes: usize,
-    /// How long a looked-up answer may be served from the hot cache
-    /// (default 1 s).
+    /// The longest a forwarded answer may be served from the hot cache
+    /// (default 5 min): a backstop, since owners tell the nodes that
+    /// fetched an answer when it changes, and a ring change drops it.
     pub hot_ttl: Duration,
     /// How long a peer may take to answer (default 250 ms).
     pub peer_timeout: Duration,
@@ -115,7 +116,7 @@ impl Default for NodeConfig {
             gossip_listen: None,
             replicas: 2,
             vnodes: 64,
-            hot_ttl: Duration::from_secs(1),
+            hot_ttl: Duration::from_secs(300),
             peer_timeout: Duration::from_millis(250),
             dead_after: Duration::from_secs(3),
             engine_lost_after: Duration::from_secs(60),

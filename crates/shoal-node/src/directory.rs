@@ -43,35 +43,90 @@ pub struct DirectoryService {
     edits_undone: std::sync::atomic::AtomicU64,
 }
 
-/// Invalidations waiting to be sent; past this many, new ones are dropped
-/// (and counted): the entries they name expire within the hot TTL anyway.
+/// Keys waiting to be invalidated at one node; past this many, the node
+/// is told to drop everything it fetched from here instead.
 const INVALIDATION_QUEUE: usize = 4096;
+
+/// The most keys one node's fetches are remembered for; past it, the
+/// oldest are forgotten and their fetchers told to drop them, so that a
+/// cached answer never outlives the owner's memory of it.
+const FETCHED_KEYS: u64 = 250_000;
+
+/// What waits to be sent to one node.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: std::collections::BTreeSet<LookupKey>,
+    everything: bool,
+}
 
 /// The nodes that fetched each key from this owner, remembered for the hot
 /// cache's time; when a key's answer changes here, each of them is told to
-/// drop it.
+/// drop it. Deliveries that fail are retried until the node leaves the
+/// view: with a long-lived hot cache, a lost invalidation would otherwise
+/// be a stale answer until the entry expires.
 pub struct Fetchers {
     by_key: moka::sync::Cache<LookupKey, Arc<Mutex<std::collections::BTreeSet<NodeId>>>>,
-    tx: tokio::sync::mpsc::Sender<(NodeId, LookupKey)>,
-    rx: Mutex<Option<tokio::sync::mpsc::Receiver<(NodeId, LookupKey)>>>,
-    /// Invalidations sent.
+    pending: Arc<Mutex<BTreeMap<NodeId, Pending>>>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Invalidations sent (keys, and flushes of everything).
     pub sent: std::sync::atomic::AtomicU64,
-    /// Invalidations dropped because the queue was full.
-    pub dropped: std::sync::atomic::AtomicU64,
+    /// Times a node was told to drop everything it fetched from here.
+    pub flushes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Queues `keys` (or everything) for `node`.
+fn queue(
+    pending: &Mutex<BTreeMap<NodeId, Pending>>,
+    flushes: &std::sync::atomic::AtomicU64,
+    node: NodeId,
+    keys: impl IntoIterator<Item = LookupKey>,
+    everything: bool,
+) {
+    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+    let p = pending.entry(node).or_default();
+    if p.everything {
+        return;
+    }
+    p.keys.extend(keys);
+    if everything || p.keys.len() > INVALIDATION_QUEUE {
+        p.everything = true;
+        p.keys.clear();
+        flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Fetchers {
     fn new(remember: Duration) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(INVALIDATION_QUEUE);
+        let pending: Arc<Mutex<BTreeMap<NodeId, Pending>>> = Arc::default();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let flushes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let evicted = {
+            let (pending, wake, flushes) = (pending.clone(), wake.clone(), flushes.clone());
+            move |key: Arc<LookupKey>,
+                  nodes: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
+                  cause: moka::notification::RemovalCause| {
+                // Forgotten for room, not expired or changed: the nodes
+                // that hold it would never hear of a change.
+                if cause != moka::notification::RemovalCause::Size {
+                    return;
+                }
+                let nodes = std::mem::take(&mut *nodes.lock().unwrap_or_else(|p| p.into_inner()));
+                for node in nodes {
+                    queue(&pending, &flushes, node, [LookupKey::clone(&key)], false);
+                }
+                wake.notify_one();
+            }
+        };
         Fetchers {
             by_key: moka::sync::Cache::builder()
                 .time_to_live(remember)
-                .max_capacity(1_000_000)
+                .max_capacity(FETCHED_KEYS)
+                .eviction_listener(evicted)
                 .build(),
-            tx,
-            rx: Mutex::new(Some(rx)),
+            pending,
+            wake,
             sent: Default::default(),
-            dropped: Default::default(),
+            flushes,
         }
     }
 
@@ -81,23 +136,53 @@ impl Fetchers {
     }
 
     fn changed(&self, keys: &[LookupKey]) {
+        let mut any = false;
         for key in keys {
             let Some(set) = self.by_key.remove(key) else {
                 continue;
             };
             let nodes = std::mem::take(&mut *set.lock().unwrap_or_else(|p| p.into_inner()));
             for node in nodes {
-                if self.tx.try_send((node, key.clone())).is_err() {
-                    self.dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                queue(&self.pending, &self.flushes, node, [key.clone()], false);
+                any = true;
             }
+        }
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// This owner can no longer say which answers changed (it lost a
+    /// message from a source): every node that fetched anything from here
+    /// drops all of it.
+    fn flush_all(&self) {
+        let mut any = false;
+        for (_, set) in self.by_key.iter() {
+            let nodes = std::mem::take(&mut *set.lock().unwrap_or_else(|p| p.into_inner()));
+            for node in nodes {
+                queue(&self.pending, &self.flushes, node, [], true);
+                any = true;
+            }
+        }
+        self.by_key.invalidate_all();
+        if any {
+            self.wake.notify_one();
         }
     }
 
     fn any(&self) -> bool {
         self.by_key.run_pending_tasks();
         self.by_key.entry_count() > 0
+    }
+
+    /// Takes what waits to be sent.
+    fn take(&self) -> BTreeMap<NodeId, Pending> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts back what could not be sent (after what was queued since).
+    fn put_back(&self, node: NodeId, p: Pending) {
+        queue(&self.pending, &self.flushes, node, p.keys, p.everything);
     }
 }
 
@@ -174,15 +259,21 @@ impl DirectoryService {
 
     fn apply(&self, p: &Publish, here: Here) -> PublishAck {
         let watched = self.fetchers.any();
-        let (ack, touched) = self.edit(|d| {
+        let (ack, touched, lost) = self.edit(|d| {
             let touched = if watched {
                 d.keys_touched(p)
             } else {
                 Vec::new()
             };
-            (d.apply(p, here), touched)
+            let was_complete = d.is_complete(&p.source.node);
+            let ack = d.apply(p, here);
+            (ack, touched, was_complete && !d.is_complete(&p.source.node))
         });
-        if ack == PublishAck::Applied {
+        if lost && watched {
+            // A message from this source was lost: what it changed is not
+            // among the keys touched.
+            self.fetchers.flush_all();
+        } else if ack == PublishAck::Applied {
             self.fetchers.changed(&touched);
         }
         ack
@@ -456,7 +547,9 @@ impl Upkeep {
 }
 
 /// Sends the invalidations the directory queues, batched per node: all
-/// that are waiting go out at once, one request per node.
+/// that are waiting go out at once, one request per node. A delivery that
+/// fails is retried, after a doubling wait, until it lands or the node
+/// leaves the view (a restarted node starts with an empty hot cache).
 pub struct Invalidator {
     /// The directory whose fetchers it serves.
     pub directory: Arc<DirectoryService>,
@@ -470,59 +563,77 @@ pub struct Invalidator {
     pub timeout: Duration,
 }
 
+/// The first wait before an invalidation is sent again.
+const INVALIDATION_RETRY: Duration = Duration::from_millis(100);
+
 impl Invalidator {
     /// Runs until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Some(mut rx) = self
-            .directory
-            .fetchers
-            .rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
+        let fetchers = &self.directory.fetchers;
+        // Nodes whose last delivery failed: when to try again, and the
+        // wait after that.
+        let mut backoff: BTreeMap<NodeId, (Instant, Duration)> = BTreeMap::new();
         loop {
-            let first = tokio::select! {
+            let next_retry = backoff.values().map(|(at, _)| *at).min();
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                next = rx.recv() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
-            };
-            let mut per_node: BTreeMap<NodeId, Vec<LookupKey>> = BTreeMap::new();
-            for (node, key) in
-                std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
-            {
-                per_node.entry(node).or_default().push(key);
+                _ = fetchers.wake.notified() => {}
+                _ = tokio::time::sleep_until(next_retry.unwrap_or_else(|| {
+                    Instant::now() + Duration::from_secs(3600)
+                }).into()), if next_retry.is_some() => {}
             }
             let view = self.view.load_full();
+            let now = Instant::now();
+            let mut due = Vec::new();
+            for (node, p) in fetchers.take() {
+                if !view.members.contains_key(&node) {
+                    backoff.remove(&node);
+                    continue;
+                }
+                match backoff.get(&node) {
+                    Some((at, _)) if *at > now => fetchers.put_back(node, p),
+                    _ => due.push((node, p)),
+                }
+            }
             let this = &self;
-            let calls = per_node.into_iter().filter_map(|(node, keys)| {
-                let addr = view.api_of(&node)?.to_owned();
-                let request = Invalidate {
-                    owner: this.me.clone(),
-                    keys,
-                };
-                Some(async move {
-                    match this
-                        .peers
-                        .invalidate(&node, &addr, &request, this.timeout)
-                        .await
-                    {
-                        Ok(_) => {
-                            this.directory.fetchers.sent.fetch_add(
-                                request.keys.len() as u64,
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
-                        }
-                        // The entry expires within the hot TTL anyway.
-                        Err(e) => debug!(%node, error = %e, "invalidation failed"),
-                    }
-                })
+            let calls = due.into_iter().map(|(node, p)| {
+                let addr = view.api_of(&node).map(str::to_owned);
+                async move {
+                    let request = Invalidate {
+                        owner: this.me.clone(),
+                        keys: p.keys.iter().cloned().collect(),
+                        everything: p.everything,
+                    };
+                    let sent = match addr {
+                        Some(addr) => this
+                            .peers
+                            .invalidate(&node, &addr, &request, this.timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("its address is not known here".to_owned()),
+                    };
+                    (node, p, sent)
+                }
             });
-            futures::future::join_all(calls).await;
+            for (node, p, sent) in futures::future::join_all(calls).await {
+                match sent {
+                    Ok(_) => {
+                        backoff.remove(&node);
+                        fetchers.sent.fetch_add(
+                            p.keys.len().max(usize::from(p.everything)) as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    Err(error) => {
+                        let wait = backoff
+                            .get(&node)
+                            .map_or(INVALIDATION_RETRY, |(_, w)| (*w * 2).min(RESYNC_MAX_WAIT));
+                        debug!(%node, %error, ?wait, "invalidation failed; retrying");
+                        backoff.insert(node.clone(), (Instant::now() + wait, wait));
+                        fetchers.put_back(node, p);
+                    }
+                }
+            }
         }
     }
 }

@@ -38,6 +38,8 @@ fn describe(key: &LookupKey) -> String {
 struct Found {
     containers: Vec<Arc<ContainerRecord>>,
     path: LookupPath,
+    /// The owner whose answer it is, on a forward.
+    owner: Option<NodeId>,
 }
 
 /// A lookup's answer that the hot cache does not keep, or why there is
@@ -67,9 +69,12 @@ pub struct Lookups {
     peers: PeerClient,
     metrics: Arc<Metrics>,
     hot: Option<Cache<LookupKey, Arc<Found>>>,
-    /// When each key was last invalidated, for the hot TTL: a forward that
-    /// began before keeps its answer out of the cache.
+    /// When each key was last invalidated, for as long as a forward may
+    /// take: a forward that began before keeps its answer out of the cache.
     invalidated: moka::sync::Cache<LookupKey, Instant>,
+    /// Bumped each time the whole hot cache is dropped: a forward that
+    /// began before keeps its answer out of it.
+    generation: std::sync::atomic::AtomicU64,
     peer_timeout: Duration,
     scatter_timeout: Duration,
     engine_lost_after: Duration,
@@ -82,7 +87,8 @@ pub struct Lookups {
 pub struct LookupsConfig {
     /// This node.
     pub me: NodeId,
-    /// How long answers stay in the hot cache (zero: no cache).
+    /// The longest answers stay in the hot cache (zero: no cache); owners'
+    /// invalidations drop them as soon as they change.
     pub hot_ttl: Duration,
     /// Entries (weighted by matches) the hot cache holds.
     pub hot_capacity: u64,
@@ -124,9 +130,11 @@ impl Lookups {
             metrics,
             hot,
             invalidated: moka::sync::Cache::builder()
-                .time_to_live(config.hot_ttl.max(Duration::from_millis(1)))
+                // Longer than a forward and the source asks that complete it.
+                .time_to_live(config.peer_timeout * 4 + config.scatter_timeout * 2)
                 .max_capacity(config.hot_capacity)
                 .build(),
+            generation: Default::default(),
             peer_timeout: config.peer_timeout,
             scatter_timeout: config.scatter_timeout,
             engine_lost_after: config.engine_lost_after,
@@ -199,6 +207,7 @@ impl Lookups {
             Arc::new(Found {
                 containers: self.directory.lookup(key),
                 path: LookupPath::Owner,
+                owner: None,
             })
         } else if view.ring.owners(key).contains(&me) {
             if view.members.len() == 1 {
@@ -213,6 +222,7 @@ impl Lookups {
                 Arc::new(Found {
                     containers,
                     path: LookupPath::Owner,
+                    owner: None,
                 })
             } else {
                 self.complete_from_sources(key, containers, missing, &view)
@@ -227,10 +237,18 @@ impl Lookups {
             let canon = key.placement().into_owned();
             let found = match (&self.hot, options.no_cache) {
                 (Some(hot), false) => match hot.get(&canon).await {
-                    Some(found) => Arc::new(Found {
+                    Some(found) if !from_behind(&found, &view) => Arc::new(Found {
                         containers: found.containers.clone(),
                         path: LookupPath::Hot,
+                        owner: found.owner.clone(),
                     }),
+                    Some(_) => {
+                        // An owner some source says is behind may lack
+                        // that source's changes: ask again, as a forward
+                        // would (the loader below would return the entry).
+                        hot.invalidate(&canon).await;
+                        self.cached_forward(hot, &canon, &view).await?
+                    }
                     None => self.cached_forward(hot, &canon, &view).await?,
                 },
                 _ => self.remote_lookup(&canon, &view).await?,
@@ -243,6 +261,7 @@ impl Lookups {
                     .cloned()
                     .collect(),
                 path: found.path,
+                owner: found.owner.clone(),
             })
         };
         self.metrics
@@ -277,6 +296,7 @@ impl Lookups {
         view: &ClusterView,
     ) -> Result<Arc<Found>, ApiError> {
         let asked = Instant::now();
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let found = hot
             .try_get_with(canon.clone(), async {
                 let found = self
@@ -285,7 +305,7 @@ impl Lookups {
                     .map_err(Uncached::Failed)?;
                 if found.path == LookupPath::Forwarded
                     && !found.containers.is_empty()
-                    && !self.invalidated_since(canon, asked)
+                    && !self.invalidated_since(canon, asked, generation)
                 {
                     Ok(found)
                 } else {
@@ -298,19 +318,38 @@ impl Lookups {
                 Uncached::Failed(e) => Err(e.clone()),
             })?;
         // An invalidation between the check above and the insert.
-        if self.invalidated_since(canon, asked) {
+        if self.invalidated_since(canon, asked, generation) {
             hot.invalidate(canon).await;
         }
         Ok(found)
     }
 
-    fn invalidated_since(&self, canon: &LookupKey, at: Instant) -> bool {
-        self.invalidated.get(canon).is_some_and(|when| when >= at)
+    fn invalidated_since(&self, canon: &LookupKey, at: Instant, generation: u64) -> bool {
+        self.generation.load(std::sync::atomic::Ordering::Acquire) != generation
+            || self.invalidated.get(canon).is_some_and(|when| when >= at)
     }
 
-    /// An owner says these keys' answers changed: drop them from the hot
-    /// cache. Answers how many were held.
-    pub async fn invalidate(&self, keys: &[LookupKey]) -> u64 {
+    /// Drops the whole hot cache: the ring changed, or a member restarted
+    /// (an owner that forgot who fetched what from it), or an owner can
+    /// no longer name what changed. Forwards in flight keep their answers
+    /// out of it.
+    pub fn clear_hot(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(hot) = &self.hot {
+            hot.invalidate_all();
+        }
+    }
+
+    /// An owner says these keys' answers changed (or, with `everything`,
+    /// that it cannot say which): drop them from the hot cache. Answers
+    /// how many were held (with `everything`, how many entries were).
+    pub async fn invalidate(&self, keys: &[LookupKey], everything: bool) -> u64 {
+        if everything {
+            let held = self.hot.as_ref().map_or(0, |hot| hot.entry_count());
+            self.clear_hot();
+            return held;
+        }
         let mut dropped = 0;
         for key in keys {
             let canon = key.placement().into_owned();
@@ -347,6 +386,7 @@ impl Lookups {
                         return Ok(Arc::new(Found {
                             containers,
                             path: LookupPath::Forwarded,
+                            owner: Some(owner.clone()),
                         }));
                     }
                     return self
@@ -531,5 +571,16 @@ fn final_or_unavailable(
     Ok(Arc::new(Found {
         containers,
         path: LookupPath::Fallback,
+        owner: None,
     }))
+}
+
+/// True when the answer came from an owner that some source says is
+/// behind on its publishes.
+fn from_behind(found: &Found, view: &ClusterView) -> bool {
+    !view.behind.is_empty()
+        && found
+            .owner
+            .as_ref()
+            .is_some_and(|o| view.behind.contains(o))
 }

@@ -101,6 +101,10 @@ pub struct ClusterView {
     /// answered within the join timeout (the first node of a fleet). Until
     /// then its ring is itself alone and would claim every key.
     pub joined: bool,
+    /// The owners some live member says it is behind on (its publishes
+    /// to them failed since their last snapshot): what they answer may
+    /// lack its changes, so the hot cache does not serve their answers.
+    pub behind: BTreeSet<NodeId>,
 }
 
 impl ClusterView {
@@ -128,6 +132,7 @@ impl ClusterView {
             me,
             members,
             joined: true,
+            behind: BTreeSet::new(),
         }
     }
 
@@ -359,6 +364,19 @@ impl Membership {
     }
 }
 
+/// The owners some live member says it is behind on (see
+/// [`ClusterView::behind`]).
+pub fn behind_owners(members: &BTreeMap<NodeId, Member>) -> BTreeSet<NodeId> {
+    members
+        .values()
+        .filter(|m| m.alive)
+        .filter_map(|m| m.value(KEY_BEHIND))
+        .flat_map(|v| v.split(','))
+        .filter(|n| !n.is_empty())
+        .map(NodeId::from)
+        .collect()
+}
+
 async fn refresh(
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     view: Arc<ArcSwap<ClusterView>>,
@@ -484,6 +502,7 @@ async fn refresh(
             });
         view.store(Arc::new(ClusterView {
             me: config.node.clone(),
+            behind: behind_owners(&members),
             members,
             ring,
             joined,

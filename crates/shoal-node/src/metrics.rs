@@ -113,7 +113,7 @@ pub struct Metrics {
     publish_resyncs: Counter,
     publish_overflows: Counter,
     invalidations_sent: Counter,
-    invalidations_dropped: Counter,
+    invalidation_flushes: Counter,
     gossip_refused: Counter,
     peer_refused: Counter,
 }
@@ -163,7 +163,7 @@ impl Metrics {
             publish_resyncs: Counter::default(),
             publish_overflows: Counter::default(),
             invalidations_sent: Counter::default(),
-            invalidations_dropped: Counter::default(),
+            invalidation_flushes: Counter::default(),
             gossip_refused: Counter::default(),
             peer_refused: Counter::default(),
             registry: Registry::default(),
@@ -287,9 +287,9 @@ impl Metrics {
             m.invalidations_sent.clone(),
         );
         registry.register(
-            "invalidations_dropped",
-            "Invalidations dropped on a full queue (the entries expire within the hot TTL)",
-            m.invalidations_dropped.clone(),
+            "invalidation_flushes",
+            "Times this owner told a node to drop everything it fetched from here (a message from a source was lost, or too many keys changed at once)",
+            m.invalidation_flushes.clone(),
         );
         registry.register(
             "gossip_refused",
@@ -372,7 +372,7 @@ impl Metrics {
             (&self.publish_resyncs, &p.resyncs),
             (&self.publish_overflows, &p.overflows),
             (&self.invalidations_sent, &node.fetchers.sent),
-            (&self.invalidations_dropped, &node.fetchers.dropped),
+            (&self.invalidation_flushes, &node.fetchers.flushes),
             (&self.gossip_refused, node.gossip_refused),
             (
                 &self.peer_refused,

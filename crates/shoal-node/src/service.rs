@@ -195,10 +195,29 @@ impl NodeService {
             peers: self.peers.clone(),
             timeout: self.config.peer_timeout,
         };
+        // The hot cache is kept coherent by owners' invalidations; an owner
+        // that restarts or leaves the ring forgets who fetched from it, and
+        // a new owner never knew: on every ring change, start it afresh.
+        let hot_keeper = {
+            let service = self.clone();
+            let mut changes = upkeep.view_changes.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                    changes.borrow_and_update();
+                    service.lookups.clear_hot();
+                }
+            }
+        };
         vec![
             tokio::spawn(publisher.run(shutdown.clone())),
             tokio::spawn(upkeep.run(shutdown.clone())),
             tokio::spawn(invalidator.run(shutdown.clone())),
+            tokio::spawn(hot_keeper),
         ]
     }
 
@@ -319,8 +338,8 @@ impl NodeService {
     }
 
     /// The peer `invalidate` route: an owner says these keys changed.
-    pub async fn invalidate(&self, keys: &[LookupKey]) -> u64 {
-        self.lookups.invalidate(keys).await
+    pub async fn invalidate(&self, keys: &[LookupKey], everything: bool) -> u64 {
+        self.lookups.invalidate(keys, everything).await
     }
 
     /// The peer `publish` route. Only a live member of this node's view

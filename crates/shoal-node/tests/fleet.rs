@@ -1116,6 +1116,119 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
     }
 }
 
+/// A name of f1's, and a node that owns neither its name nor its ID: its
+/// lookups are forwarded. Asked until its answer is hot there.
+async fn cached_at_a_non_owner(fleet: &Fleet, i: usize) -> (String, String, usize) {
+    let ring = fleet.ring();
+    let name = format!("f1-{i}");
+    let id = full_id("f1", i);
+    let owners: HashSet<String> = [LookupKey::Name(name.clone()), LookupKey::id_key(&id)]
+        .iter()
+        .flat_map(|k| ring.owners(k).into_iter().map(|o| o.0.clone()))
+        .collect();
+    let asker = fleet
+        .nodes
+        .iter()
+        .position(|n| !owners.contains(&n.name) && n.name != "f1")
+        .expect("with 5 nodes and 2 owners per key, some node owns neither");
+    let addr = &fleet.nodes[asker].addr;
+    let asked = Instant::now();
+    loop {
+        assert_eq!(fleet.plain_lookup(addr, &name).await, 200);
+        let r = fleet
+            .http
+            .get(format!("http://{addr}/v1/containers/{name}"))
+            .send()
+            .await
+            .unwrap();
+        if r.headers()["x-shoal-path"] == "hot" {
+            return (name, id, asker);
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{name} is never cached"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_cannot_be_delivered_is_sent_again() {
+    let base = NodeConfig {
+        hot_ttl: Duration::from_secs(600),
+        ..test_config()
+    };
+    let fleet = Fleet::start_configured(5, None, base).await;
+    let (name, id, asker) = cached_at_a_non_owner(&fleet, 8).await;
+    let asker_addr = fleet.nodes[asker].addr.clone();
+    // Every owner's invalidations to the asker fail for a while.
+    for n in &fleet.nodes {
+        n.peers
+            .set(&asker_addr, Some(CallKind::Invalidate), Fault::Cut);
+    }
+    assert!(fleet.nodes[1].engine.remove(&id));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for n in &fleet.nodes {
+        n.peers.heal(&asker_addr);
+    }
+    let healed = Instant::now();
+    while fleet.plain_lookup(&asker_addr, &name).await != 404 {
+        assert!(
+            healed.elapsed() < Duration::from_secs(8),
+            "the asker still answers {name} from its hot cache after its owners could reach it again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the invalidation landed {:?} after the link healed",
+        healed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_an_owner_that_missed_a_change_is_not_served_hot() {
+    let base = NodeConfig {
+        hot_ttl: Duration::from_secs(600),
+        ..test_config()
+    };
+    let fleet = Fleet::start_configured(5, None, base).await;
+    let ring = fleet.ring();
+    // A name f1 does not own itself: its owners hear of it only by HTTP.
+    let i = (0..PER_NODE)
+        .find(|i| {
+            !ring
+                .owners(&LookupKey::Name(format!("f1-{i}")))
+                .iter()
+                .any(|o| o.0 == "f1")
+        })
+        .expect("f1 does not own every one of its names");
+    let (name, id, asker) = cached_at_a_non_owner(&fleet, i).await;
+    let asker_addr = fleet.nodes[asker].addr.clone();
+    // f1's publishes to every owner of the name fail: none of them hears
+    // of the removal, and none can invalidate the asker's answer. f1 says
+    // in gossip that they are behind.
+    for owner in ring.owners(&LookupKey::Name(name.clone())) {
+        let addr = &fleet.nodes.iter().find(|n| n.name == owner.0).unwrap().addr;
+        fleet.nodes[1]
+            .peers
+            .set(addr, Some(CallKind::Publish), Fault::Cut);
+    }
+    assert!(fleet.nodes[1].engine.remove(&id));
+    let removed = Instant::now();
+    while fleet.plain_lookup(&asker_addr, &name).await != 404 {
+        assert!(
+            // Gossip carries "behind" once f1's deliveries gave up.
+            removed.elapsed() < Duration::from_secs(15),
+            "the asker still answers {name} from its hot cache although its owners are behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "gone at the asker {:?} after the removal",
+        removed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_owner_delays_only_itself() {
     let fleet = Fleet::start(4).await;

@@ -1333,6 +1333,7 @@ async fn peer_bodies_out_of_bounds_are_refused_and_change_nothing() {
     let bad_key = shoal_core::wire::encode(&Invalidate {
         owner: "n2".into(),
         keys: vec![shoal_core::LookupKey::Id("not-hex".into())],
+        everything: false,
     });
     let a = post_peer(&n.router, "/_shoal/v1/invalidate", bad_key).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");

@@ -44,6 +44,7 @@ fn view(me: &str, members: &[(&str, u64, &str)]) -> ClusterView {
         ring: Arc::new(Ring::new(members.keys().cloned(), 64, 2)),
         members,
         joined: true,
+        behind: Default::default(),
     }
 }
 
