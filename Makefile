@@ -88,6 +88,10 @@ peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
 bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about 15 minutes)
 	bash scripts/bench.sh
 
+.PHONY: bench-front
+bench-front: build ## only make bench's front-door part: shoal vs groupcache through nginx with wrk (about 1 minute, no Docker; BENCHMARKS.md untouched)
+	bash scripts/bench.sh --only front
+
 SOAK_SECONDS ?= 1800
 .PHONY: soak
 soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): RSS and fds must stay flat

@@ -3,11 +3,22 @@
 # BENCHMARKS.md. Every scenario is measured against its own baseline in the
 # same run. Traffic goes to loopback only; every run is bounded.
 #   BENCH_SECONDS (default 10) per run, BENCH_CONCURRENCY (default 8),
-#   BENCH_CONTAINERS (default 10000 per node), BENCH_SIM_NODES (default 50)
+#   BENCH_CONTAINERS (default 10000 per node), BENCH_NODE_PORTS ("17171 17172
+#   17173") and BENCH_NGINX_PORT (18090), BENCH_SIM_NODES (default 50)
 #   and BENCH_SIM_CONTAINERS (default 100000) for the fleet simulation.
 # Docker is needed for the freshness of real engine events; without a
 # running engine that scenario is skipped and the file says so.
+#   scripts/bench.sh --only front   runs only the front-door comparison
+#   (shoal and groupcache through nginx with wrk, scripts/bench-front.sh)
+#   and prints its section; BENCHMARKS.md is left as it is.
 set -euo pipefail
+
+only=
+case "${1:-}" in
+  "") ;;
+  --only) [ "${2:-}" = front ] || { echo "bench: --only takes: front" >&2; exit 2; }; only=front ;;
+  *) echo "usage: $0 [--only front]" >&2; exit 2 ;;
+esac
 
 me=bench
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,8 +28,8 @@ secs=${BENCH_SECONDS:-10}
 conc=${BENCH_CONCURRENCY:-8}
 per_node=${BENCH_CONTAINERS:-10000}
 work="$root/target/bench"
-nginx_port=18090
-ports=(17171 17172 17173)
+nginx_port=${BENCH_NGINX_PORT:-18090}
+read -r -a ports <<< "${BENCH_NODE_PORTS:-17171 17172 17173}"
 
 say() { echo "$me: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -57,6 +68,8 @@ for p in "${ports[@]}"; do
       || die "the cluster did not converge; see $work/*.log"
   done
 done
+# An answer from a port another program holds would pass for a node's.
+for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "a node exited (its port taken?); see $work/*.log"; done
 say "three nodes up, $per_node synthetic containers each"
 
 # The nginx configuration that ships (the template's), on loopback.
@@ -66,6 +79,15 @@ bash "$root/scripts/nginx-conf.sh" render "This rendering: the benchmarks (scrip
   > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;' || die "nginx failed"
 bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$nginx_port/readyz" 10 || die "nginx does not answer"
+
+if [ "$only" = front ]; then
+  bash "$root/scripts/bench-front.sh" "$work" "$nginx_port" "$per_node" "${pids[@]}"
+  echo "# shoal $(git -C "$root" rev-parse --short HEAD), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(nginx -v 2>&1)"
+  echo
+  cat "$work/front.md"
+  say "BENCHMARKS.md left as it is; this section is in $work/front.md"
+  exit 0
+fi
 
 # Keys: a sample over the whole fleet, split by how node1 answers them.
 python3 - "$per_node" > "$work/all.keys" <<'PY'
@@ -104,6 +126,8 @@ for c in 1 "$conc"; do
 done
 bench nginx-noop "$conc" --target "$front" --path /v1/noop
 bench nginx-lookup "$conc" --target "$front" --keys "$work/all.keys"
+# The front door as a user checks it: wrk through nginx, beside groupcache.
+bash "$root/scripts/bench-front.sh" "$work" "$nginx_port" "$per_node" "${pids[@]}"
 
 # The simulations start their own nodes: stop these first.
 cleanup; pids=(); rm -f "$work/nginx.pid"
@@ -134,6 +158,7 @@ runs = ["nginx-noop", "nginx-lookup"] + [f"node-{p}-c{c}" for c in ("1", conc) f
 r = {n: load(n) for n in runs}
 ticks = {n: int(open(f"{work}/{n}.ticks").read()) for n in runs}
 fb, dk, sc = load("sim-fallback"), load("sim-docker"), load("sim-scale")
+front, front_md = load("front"), open(f"{work}/front.md").read()
 def sh(cmd):
     try: return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
     except Exception: return "?"
@@ -269,6 +294,7 @@ Keys drawn uniformly from 3000 containers spread over the three nodes.
 {row("nginx-noop")}
 {row("nginx-lookup", nn)}
 
+{front_md}
 ## The fallback path
 
 `shoal-sim fallback`: three nodes in one process, {fb['containers']} containers each; the
@@ -338,6 +364,7 @@ nodes each, `--dead-after {sc['dead_after_ms']/1000:g}s`.
 | forwarded lookup: p50 ≤ 2× a no-op round trip | {ratio("node-forwarded-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-forwarded-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-forwarded-c1", "node-noop-c1") <= 2.0)} |
 | owned lookup: p50 ≤ 1.2× | {ratio("node-owned-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-owned-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-owned-c1", "node-noop-c1") <= 1.2)} |
 | hot lookup: p50 ≤ 1.2× | {ratio("node-hot-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-hot-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-hot-c1", "node-noop-c1") <= 1.2)} |
+| through nginx with wrk: ≥ 2× a groupcache deployment's throughput, lower p99 | {front['ratio_median']:.2f}× (median of {len(front['ratio_each'])} rounds); p99 {front['p99_median_us']['shoal']/1000:.2f} ms vs {front['p99_median_us']['groupcache']/1000:.2f} ms | {verdict(front['ratio_median'] >= 2 and front['p99_median_us']['shoal'] < front['p99_median_us']['groupcache'])} |
 | an engine event visible fleet-wide within 10 ms at p99, no-cache (worst of the one-at-a-time rows) | {worst_fresh:.1f} ms | {verdict(worst_fresh <= 10)} |
 {plain_target}| ≤ 2 KB of memory per record copy | {m['directory_bytes_per_copy']:.0f} bytes | {verdict(m['directory_bytes_per_copy'] <= 2048)} |
 | a join moves ≤ 1.3/N of the keys | {j['key_copies_moved']*100:.2f}% of key copies | {verdict(j['key_copies_moved'] <= j['bound'])} |

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# The front-door comparison of `make bench` (and `make bench-front` alone):
+# shoal's three nodes behind nginx against a groupcache deployment of the
+# same shape (bench/groupcache: three Go peers, one groupcache group, the
+# same 3 × COUNT names) behind nginx rendered from the same template, both
+# loaded by wrk with uniformly random names. Run by scripts/bench.sh while
+# its nodes and nginx are up:
+#   scripts/bench-front.sh WORK SHOAL_NGINX_PORT COUNT SHOAL_NODE_PID...
+# writes WORK/front.json (the figures) and WORK/front.md (BENCHMARKS.md's
+# section). BENCH_FRONT_SECONDS (default 5) per run, BENCH_FRONT_ROUNDS
+# (default 3) alternating shoal/groupcache runs, BENCH_FRONT_THREADS (2) and
+# BENCH_FRONT_CONNECTIONS (32) for wrk, BENCH_GC_PORTS ("17181 17182 17183")
+# and BENCH_GC_NGINX_PORT (18091) for the peers and their nginx, BENCH_GC_VALUE_BYTES (default: the
+# mean size of shoal's answers, measured first). Loopback only; every run
+# bounded by wrk's duration and a timeout; the peers and nginx it starts
+# are stopped by PID on exit. Needs no Docker.
+set -euo pipefail
+
+me=bench-front
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$1 shoal_port=$2 per_node=$3; shift 3
+shoal_pids=("$@")
+secs=${BENCH_FRONT_SECONDS:-5}
+rounds=${BENCH_FRONT_ROUNDS:-3}
+threads=${BENCH_FRONT_THREADS:-2}
+conns=${BENCH_FRONT_CONNECTIONS:-32}
+read -r -a gc_ports <<< "${BENCH_GC_PORTS:-17181 17182 17183}"
+gc_nginx_port=${BENCH_GC_NGINX_PORT:-18091}
+lua="$root/bench/wrk-lookups.lua"
+out="$work/front"
+
+say() { echo "$me: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# Debian packages only, for the bench alone: Go, groupcache (with the
+# protobuf it imports) and wrk. Nothing is fetched at build time.
+need=()
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/golang/groupcache ] || need+=(golang-github-golang-groupcache-dev)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]} (Debian packages)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+fi
+rm -rf "$out" && mkdir -p "$out/gc-nginx"
+say "building bench/groupcache (GOPATH mode, the Debian packages' sources)"
+(cd "$root/bench/groupcache" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+  go build -o "$out/groupcache-bench" .) || die "bench/groupcache does not build"
+
+gc_pids=()
+cleanup() {
+  [ -f "$out/gc-nginx/nginx.pid" ] && kill "$(cat "$out/gc-nginx/nginx.pid")" 2>/dev/null || true
+  for p in "${gc_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${gc_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+shoal_front="http://127.0.0.1:$shoal_port"
+gc_front="http://127.0.0.1:$gc_nginx_port"
+
+# Both sides answer the same bytes: groupcache's values are padded to the
+# mean size of shoal's answers to 200 of the names (bodies; shoal's vary
+# with a record's networks and labels), one sample kept to show.
+shoal_bytes=$(python3 - "$shoal_front" "$per_node" "$out/shoal-answer.json" <<'PY'
+import random, sys, urllib.request
+front, n, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+random.seed(11)
+sizes = []
+for _ in range(200):
+    with urllib.request.urlopen(f"{front}/v1/containers/n{random.randint(1, 3)}-{random.randrange(n)}", timeout=5) as r:
+        body = r.read()
+    sizes.append(len(body))
+open(keep, "wb").write(body)
+print(round(sum(sizes) / len(sizes)))
+PY
+) || die "shoal's front did not answer the sample names"
+value_bytes=${BENCH_GC_VALUE_BYTES:-$shoal_bytes}
+say "shoal's answers: $shoal_bytes bytes on average; groupcache's values: $value_bytes bytes"
+
+gc_peers=$(printf '127.0.0.1:%s,' "${gc_ports[@]}"); gc_peers=${gc_peers%,}
+for p in "${gc_ports[@]}"; do
+  "$out/groupcache-bench" -listen "127.0.0.1:$p" -peers "$gc_peers" -count "$per_node" \
+    -value-bytes "$value_bytes" > "$out/gc-$p.log" 2>&1 &
+  gc_pids+=("$!")
+done
+for p in "${gc_ports[@]}"; do
+  bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$p/readyz" 20 || die "groupcache peer $p did not start; see $out/gc-$p.log"
+done
+for p in "${gc_pids[@]}"; do kill -0 "$p" 2>/dev/null || die "a groupcache peer exited (its port taken?); see $out/gc-*.log"; done
+servers=(); for p in "${gc_ports[@]}"; do servers+=("127.0.0.1:$p"); done
+bash "$root/scripts/nginx-conf.sh" render "This rendering: the groupcache peers of the benchmarks (scripts/bench-front.sh)." \
+  "127.0.0.1:$gc_nginx_port" "$out/gc-nginx" "$out/gc-nginx/error.log" "$out/gc-nginx/access.log" "${servers[@]}" \
+  > "$out/gc-nginx/nginx.conf"
+nginx -c "$out/gc-nginx/nginx.conf" -p "$out/gc-nginx" -g 'daemon on;' || die "the groupcache nginx failed"
+bash "$root/scripts/wait-http.sh" "$gc_front/readyz" 10 || die "the groupcache nginx does not answer"
+say "three groupcache peers up behind nginx on :$gc_nginx_port"
+
+cpu_ticks() { # clock ticks the given processes have used
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+gc_stats() { # name: every peer's groupcache counters
+  local p
+  for p in "${gc_ports[@]}"; do curl -fs "http://127.0.0.1:$p/v1/stats"; done > "$out/$1.gcstats"
+}
+wrk_run() { # name url side arg...: one wrk run, its done hook's JSON kept
+  local name=$1 url=$2 side=$3; shift 3
+  local pids before
+  if [ "$side" = shoal ]; then pids=("${shoal_pids[@]}"); else pids=("${gc_pids[@]}"); fi
+  say "run: $name"
+  before=$(cpu_ticks "${pids[@]}")
+  timeout $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s -s "$lua" "$url" -- "$@" \
+    > "$out/$name.txt" 2>&1 || die "wrk failed on $name; see $out/$name.txt"
+  echo $(( $(cpu_ticks "${pids[@]}") - before )) > "$out/$name.ticks"
+  grep '^{' "$out/$name.txt" | tail -n 1 > "$out/$name.json"
+  [ -s "$out/$name.json" ] || die "wrk printed no figures for $name; see $out/$name.txt"
+}
+access_lines() { wc -l < "$work/nginx-access.log"; }
+
+# One unmeasured pass each fills the caches; then the ceilings, then the
+# lookups, shoal and groupcache in turn so drift hits both alike.
+wrk_run warm-shoal "$shoal_front" shoal 3 "$per_node"
+wrk_run warm-groupcache "$gc_front" groupcache 3 "$per_node"
+wrk_run noop-shoal "$shoal_front" shoal noop
+wrk_run noop-groupcache "$gc_front" groupcache noop
+gc_stats before
+for i in $(seq 1 "$rounds"); do
+  from=$(access_lines)
+  wrk_run "shoal-$i" "$shoal_front" shoal 3 "$per_node"
+  tail -n +"$((from + 1))" "$work/nginx-access.log" | grep -o 'path=[a-z-]*' >> "$out/shoal.paths" || true
+  wrk_run "groupcache-$i" "$gc_front" groupcache 3 "$per_node"
+done
+gc_stats after
+
+python3 - "$out" "$rounds" "$secs" "$threads" "$conns" "$per_node" "$shoal_bytes" "$value_bytes" <<'PY'
+import json, statistics, subprocess, sys
+out, rounds, secs, threads, conns, per_node, shoal_bytes, value_bytes = sys.argv[1:]
+rounds = int(rounds)
+def load(n):
+    x = json.load(open(f"{out}/{n}.json"))
+    x["cpu_us"] = int(open(f"{out}/{n}.ticks").read()) * 10000 / max(x["requests"], 1)
+    return x
+def sh(cmd): return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+runs = [(load(f"shoal-{i}"), load(f"groupcache-{i}")) for i in range(1, rounds + 1)]
+noop = {"shoal": load("noop-shoal"), "groupcache": load("noop-groupcache")}
+ratios = [s["throughput"] / max(g["throughput"], 1) for s, g in runs]
+p99 = {"shoal": statistics.median(s["latency_us"]["p99"] for s, _ in runs),
+       "groupcache": statistics.median(g["latency_us"]["p99"] for _, g in runs)}
+thr = {"shoal": statistics.median(s["throughput"] for s, _ in runs),
+       "groupcache": statistics.median(g["throughput"] for _, g in runs)}
+paths = {}
+try:
+    for line in open(f"{out}/shoal.paths"):
+        # "-": no answer, a connection wrk closed as its run ended (nginx's 499).
+        p = line.strip().split("=", 1)[1]
+        p = "none" if p in ("", "-") else p
+        paths[p] = paths.get(p, 0) + 1
+except FileNotFoundError:
+    pass
+def stats(n):
+    total = {}
+    for line in open(f"{out}/{n}.gcstats"):
+        for k, v in json.loads(line).items(): total[k] = total.get(k, 0) + v
+    return total
+b, a = stats("before"), stats("after")
+gc = {k: a[k] - b[k] for k in ("gets", "cache_hits", "peer_loads", "local_loads", "peer_errors")}
+gc["hot_items"], gc["main_items"] = a["hot_items"], a["main_items"]
+front = {"rounds": [{"shoal": s, "groupcache": g} for s, g in runs], "noop": noop,
+         "ratio_each": ratios, "ratio_median": statistics.median(ratios), "throughput_median": thr,
+         "p99_median_us": p99, "answer_bytes": {"shoal": int(shoal_bytes), "groupcache": int(value_bytes)},
+         "shoal_paths": paths, "groupcache_counters": gc}
+json.dump(front, open(f"{out}/../front.json", "w"), indent=1)
+
+def row(name, x, base=None):
+    l, e = x["latency_us"], x["errors"]
+    errs = sum(e.values())
+    vs = ""
+    if base:
+        vs = f"{x['throughput']/max(base['throughput'],1):.2f}× / {l['p99']/max(base['latency_us']['p99'],1):.2f}×"
+    return (f"| {name} | {x['throughput']:.0f} | {l['p50']} | {l['p90']} | {l['p99']} | {l['p999']} | {l['max']} "
+            f"| {errs} | {x['bytes_per_answer']:.0f} | {x['cpu_us']:.0f} | {vs} |")
+rows = [row("nginx → shoal `/v1/noop` (ceiling)", noop["shoal"]),
+        row("nginx → groupcache peers' `/v1/noop`", noop["groupcache"])]
+for i, (s, g) in enumerate(runs, 1):
+    rows += [row(f"shoal, round {i}", s, g), row(f"groupcache, round {i}", g)]
+path_text = ", ".join(f"{k} {v}" for k, v in sorted(paths.items(), key=lambda kv: -kv[1])) or "not logged"
+wrk_version = sh("wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2")
+served_here = gc["cache_hits"] + gc["local_loads"]
+lines = f"""## Through nginx with wrk: shoal against a groupcache deployment
+
+The same job done by another distributed cache on the same machine in the
+same run: three [groupcache](https://github.com/golang/groupcache) peers
+(`bench/groupcache`, Go {sh("go env GOVERSION")}, groupcache {sh("dpkg-query -W -f='${Version}' golang-github-golang-groupcache-dev")} from Debian)
+behind nginx rendered from the same template as shoal's, beside shoal's
+three nodes behind theirs. Each groupcache peer answers `GET
+/v1/containers/{{name}}` from one group whose getter makes a JSON value for
+the names `n1-0` … `n3-{int(per_node)-1}` (the synthetic engines' names), padded to
+{value_bytes} bytes: shoal's answers to 200 of the names averaged {shoal_bytes}
+bytes. Peers are wired with groupcache's `HTTPPool` (one owner per
+key, 64 MB of cache per peer of which the hot cache is groupcache's
+default eighth, 64 idle keep-alive connections per peer instead of Go's
+default 2); shoal runs two owners per key and a hot cache with a 1 s TTL.
+
+Every run ({wrk_version}): `wrk -t{threads} -c{conns} -d{secs}s --timeout 5s -s bench/wrk-lookups.lua
+http://127.0.0.1:PORT -- 3 {per_node}` (names uniform over all {3*int(per_node)}; the
+script's `done` hook prints wrk's percentiles as JSON). One unmeasured pass
+of each first, then the no-op ceilings, then {rounds} rounds of shoal then
+groupcache. Latencies in µs; bytes per answer as wrk counts them (headers
+included); CPU: the three servers' CPU time over the run per request
+(nginx's and wrk's not counted). wrk, nginx and the servers share the
+machine's cores.
+
+| run | req/s | p50 | p90 | p99 | p99.9 | max | errors | bytes/answer | server CPU µs/req | throughput / p99 vs groupcache, same round |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Median of the rounds: shoal {thr['shoal']:.0f} req/s at p99 {p99['shoal']/1000:.2f} ms,
+groupcache {thr['groupcache']:.0f} req/s at p99 {p99['groupcache']/1000:.2f} ms: a throughput ratio
+of **{statistics.median(ratios):.2f}** (rounds: {", ".join(f"{r:.2f}" for r in ratios)}). shoal's lookups reached
+{thr['shoal']/max(noop['shoal']['throughput'],1)*100:.0f}% of nginx's no-op throughput through its front.
+
+How they were answered during the measured rounds: shoal, by the
+`x-shoal-path` nginx logged: {path_text}. groupcache, by its counters:
+{gc['gets']} gets, {served_here} answered by the peer asked ({gc['cache_hits']} from its main or
+hot cache, {gc['local_loads']} made by its getter), {gc['peer_loads']} fetched from the owner ({gc['peer_errors']} failed);
+{gc['hot_items']} values in the hot caches and {gc['main_items']} in the main caches at the end.
+The comparison is not quite like for like: groupcache's values never
+change, so its hot cache never expires (it keeps filling for as long as
+the load runs), and its getter makes a value from the name; shoal answers
+live records, holds a forwarded answer for 1 s, and signs peer requests.
+"""
+open(f"{out}/../front.md", "w").write(lines)
+PY
+say "wrote $work/front.md and $work/front.json"
