@@ -7,13 +7,16 @@
 # its nodes and nginx are up:
 #   scripts/bench-front.sh WORK SHOAL_NGINX_PORT COUNT SHOAL_NODE_PID...
 # writes WORK/front.json (the figures) and WORK/front.md (BENCHMARKS.md's
-# section). BENCH_FRONT_SECONDS (default 5) per run, BENCH_FRONT_ROUNDS
-# (default 3) alternating shoal/groupcache runs, BENCH_FRONT_THREADS (2) and
-# BENCH_FRONT_CONNECTIONS (32) for wrk, BENCH_GC_PORTS ("17181 17182 17183")
-# and BENCH_GC_NGINX_PORT (18091) for the peers and their nginx, BENCH_GC_VALUE_BYTES (default: the
-# mean size of shoal's answers, measured first). Loopback only; every run
-# bounded by wrk's duration and a timeout; the peers and nginx it starts
-# are stopped by PID on exit. Needs no Docker.
+# section). Settings, from the environment:
+#   BENCH_FRONT_SECONDS (5) per run, BENCH_FRONT_ROUNDS (3) alternating
+#   shoal/groupcache runs, BENCH_FRONT_THREADS (2) and
+#   BENCH_FRONT_CONNECTIONS (32) for wrk; BENCH_GC_PORTS ("17181 17182
+#   17183") and BENCH_GC_NGINX_PORT (18091) for the peers and their nginx;
+#   BENCH_GC_VALUE_BYTES (the mean size of shoal's answers, measured first);
+#   BENCH_GC_PEER_IDLE_CONNS (64, as nginx keeps per upstream; Go's default
+#   is 2).
+# Loopback only; every run bounded by wrk's duration and a timeout; the
+# peers and nginx it starts are stopped by PID on exit. Needs no Docker.
 set -euo pipefail
 
 me=bench-front
@@ -76,12 +79,13 @@ print(round(sum(sizes) / len(sizes)))
 PY
 ) || die "shoal's front did not answer the sample names"
 value_bytes=${BENCH_GC_VALUE_BYTES:-$shoal_bytes}
+gc_idle=${BENCH_GC_PEER_IDLE_CONNS:-64}
 say "shoal's answers: $shoal_bytes bytes on average; groupcache's values: $value_bytes bytes"
 
 gc_peers=$(printf '127.0.0.1:%s,' "${gc_ports[@]}"); gc_peers=${gc_peers%,}
 for p in "${gc_ports[@]}"; do
   "$out/groupcache-bench" -listen "127.0.0.1:$p" -peers "$gc_peers" -count "$per_node" \
-    -value-bytes "$value_bytes" > "$out/gc-$p.log" 2>&1 &
+    -value-bytes "$value_bytes" -peer-idle-conns "$gc_idle" > "$out/gc-$p.log" 2>&1 &
   gc_pids+=("$!")
 done
 for p in "${gc_ports[@]}"; do
@@ -134,9 +138,9 @@ for i in $(seq 1 "$rounds"); do
 done
 gc_stats after
 
-python3 - "$out" "$rounds" "$secs" "$threads" "$conns" "$per_node" "$shoal_bytes" "$value_bytes" <<'PY'
+python3 - "$out" "$rounds" "$secs" "$threads" "$conns" "$per_node" "$shoal_bytes" "$value_bytes" "$gc_idle" <<'PY'
 import json, statistics, subprocess, sys
-out, rounds, secs, threads, conns, per_node, shoal_bytes, value_bytes = sys.argv[1:]
+out, rounds, secs, threads, conns, per_node, shoal_bytes, value_bytes, gc_idle = sys.argv[1:]
 rounds = int(rounds)
 def load(n):
     x = json.load(open(f"{out}/{n}.json"))
@@ -200,8 +204,8 @@ the names `n1-0` … `n3-{int(per_node)-1}` (the synthetic engines' names), padd
 {value_bytes} bytes: shoal's answers to 200 of the names averaged {shoal_bytes}
 bytes. Peers are wired with groupcache's `HTTPPool` (one owner per
 key, 64 MB of cache per peer of which the hot cache is groupcache's
-default eighth, 64 idle keep-alive connections per peer instead of Go's
-default 2); shoal runs two owners per key and a hot cache with a 1 s TTL.
+default eighth, {gc_idle} idle keep-alive connections per peer, where Go's
+default is 2); shoal runs two owners per key and a hot cache with a 1 s TTL.
 
 Every run ({wrk_version}): `wrk -t{threads} -c{conns} -d{secs}s --timeout 5s -s bench/wrk-lookups.lua
 http://127.0.0.1:PORT -- 3 {per_node}` (names uniform over all {3*int(per_node)}; the

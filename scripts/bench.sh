@@ -127,7 +127,12 @@ done
 bench nginx-noop "$conc" --target "$front" --path /v1/noop
 bench nginx-lookup "$conc" --target "$front" --keys "$work/all.keys"
 # The front door as a user checks it: wrk through nginx, beside groupcache.
-bash "$root/scripts/bench-front.sh" "$work" "$nginx_port" "$per_node" "${pids[@]}"
+# Without it (no Go or wrk to be had) the rest still runs; the file says so.
+if ! bash "$root/scripts/bench-front.sh" "$work" "$nginx_port" "$per_node" "${pids[@]}"; then
+  say "the groupcache comparison failed; see the lines above"
+  echo '{"error": "scripts/bench-front.sh failed"}' > "$work/front.json"
+  printf '## Through nginx with wrk: shoal against a groupcache deployment\n\n**Not measured in this run: scripts/bench-front.sh failed** (`make bench-front` runs it alone).\n' > "$work/front.md"
+fi
 
 # The simulations start their own nodes: stop these first.
 cleanup; pids=(); rm -f "$work/nginx.pid"
@@ -182,6 +187,13 @@ nl, nn = r["nginx-lookup"], r["nginx-noop"]
 thr = nl["throughput"] / max(nn["throughput"], 1)
 p99 = nl["latency_us"]["p99"] / max(nn["latency_us"]["p99"], 1)
 def verdict(ok): return "met" if ok else "**missed**"
+front_target = "| through nginx with wrk: ≥ 2× a groupcache deployment's throughput, lower p99 | "
+if "error" in front:
+    front_target += "not measured | |\n"
+else:
+    fp = front["p99_median_us"]
+    front_target += (f"{front['ratio_median']:.2f}× (median of {len(front['ratio_each'])} rounds); p99 {fp['shoal']/1000:.2f} ms "
+                     f"vs {fp['groupcache']/1000:.2f} ms | {verdict(front['ratio_median'] >= 2 and fp['shoal'] < fp['groupcache'])} |\n")
 def lat(l): return f"{l['p50_us']/1000:.2f} | {l['p90_us']/1000:.2f} | {l['p99_us']/1000:.2f} | {l['max_us']/1000:.2f} | {l['n']}"
 per_path = ""
 for c in ("1", conc):
@@ -364,8 +376,7 @@ nodes each, `--dead-after {sc['dead_after_ms']/1000:g}s`.
 | forwarded lookup: p50 ≤ 2× a no-op round trip | {ratio("node-forwarded-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-forwarded-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-forwarded-c1", "node-noop-c1") <= 2.0)} |
 | owned lookup: p50 ≤ 1.2× | {ratio("node-owned-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-owned-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-owned-c1", "node-noop-c1") <= 1.2)} |
 | hot lookup: p50 ≤ 1.2× | {ratio("node-hot-c1", "node-noop-c1"):.2f}× (under load: {ratio(f"node-hot-c{conc}", f"node-noop-c{conc}"):.2f}×) | {verdict(ratio("node-hot-c1", "node-noop-c1") <= 1.2)} |
-| through nginx with wrk: ≥ 2× a groupcache deployment's throughput, lower p99 | {front['ratio_median']:.2f}× (median of {len(front['ratio_each'])} rounds); p99 {front['p99_median_us']['shoal']/1000:.2f} ms vs {front['p99_median_us']['groupcache']/1000:.2f} ms | {verdict(front['ratio_median'] >= 2 and front['p99_median_us']['shoal'] < front['p99_median_us']['groupcache'])} |
-| an engine event visible fleet-wide within 10 ms at p99, no-cache (worst of the one-at-a-time rows) | {worst_fresh:.1f} ms | {verdict(worst_fresh <= 10)} |
+{front_target}| an engine event visible fleet-wide within 10 ms at p99, no-cache (worst of the one-at-a-time rows) | {worst_fresh:.1f} ms | {verdict(worst_fresh <= 10)} |
 {plain_target}| ≤ 2 KB of memory per record copy | {m['directory_bytes_per_copy']:.0f} bytes | {verdict(m['directory_bytes_per_copy'] <= 2048)} |
 | a join moves ≤ 1.3/N of the keys | {j['key_copies_moved']*100:.2f}% of key copies | {verdict(j['key_copies_moved'] <= j['bound'])} |
 
