@@ -109,15 +109,26 @@ gc_stats() { # name: every peer's groupcache counters
   local p
   for p in "${gc_ports[@]}"; do curl -fs "http://127.0.0.1:$p/v1/stats"; done > "$out/$1.gcstats"
 }
+children_ticks() { # clock ticks this shell's waited-for children have used, into $ticks
+  # Called as is, not in $(...): a subshell's children are its own.
+  times > "$out/times"
+  ticks=$(tail -n 1 "$out/times" | awk '{t = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%d\n", t * 100 + 0.5}')
+}
 wrk_run() { # name url side arg...: one wrk run, its done hook's JSON kept
   local name=$1 url=$2 side=$3; shift 3
-  local pids before
-  if [ "$side" = shoal ]; then pids=("${shoal_pids[@]}"); else pids=("${gc_pids[@]}"); fi
+  local pids master nginx_pids=() servers nginx wrk_cpu
+  if [ "$side" = shoal ]; then pids=("${shoal_pids[@]}"); master="$work/nginx.pid"
+  else pids=("${gc_pids[@]}"); master="$out/gc-nginx/nginx.pid"; fi
+  # nginx's workers, where this script can see them (not in a container).
+  [ -f "$master" ] && read -r -a nginx_pids <<< "$(pgrep -P "$(cat "$master")" | tr '\n' ' ')"
   say "run: $name"
-  before=$(cpu_ticks "${pids[@]}")
+  servers=$(cpu_ticks "${pids[@]}"); nginx=$(cpu_ticks "${nginx_pids[@]}"); children_ticks; wrk_cpu=$ticks
   timeout $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s -s "$lua" "$url" -- "$@" \
     > "$out/$name.txt" 2>&1 || die "wrk failed on $name; see $out/$name.txt"
-  echo $(( $(cpu_ticks "${pids[@]}") - before )) > "$out/$name.ticks"
+  servers=$(( $(cpu_ticks "${pids[@]}") - servers ))
+  if [ ${#nginx_pids[@]} -gt 0 ]; then nginx=$(( $(cpu_ticks "${nginx_pids[@]}") - nginx )); else nginx=null; fi
+  children_ticks; wrk_cpu=$((ticks - wrk_cpu))
+  echo "{\"servers\": $servers, \"nginx\": $nginx, \"wrk\": $wrk_cpu}" > "$out/$name.ticks"
   grep '^{' "$out/$name.txt" | tail -n 1 > "$out/$name.json"
   [ -s "$out/$name.json" ] || die "wrk printed no figures for $name; see $out/$name.txt"
 }
@@ -144,7 +155,12 @@ out, rounds, secs, threads, conns, per_node, shoal_bytes, value_bytes, gc_idle =
 rounds = int(rounds)
 def load(n):
     x = json.load(open(f"{out}/{n}.json"))
-    x["cpu_us"] = int(open(f"{out}/{n}.ticks").read()) * 10000 / max(x["requests"], 1)
+    # CPU µs per request: the three servers, nginx's workers, wrk; and all.
+    t = json.load(open(f"{out}/{n}.ticks"))
+    per = lambda ticks: None if ticks is None else ticks * 10000 / max(x["requests"], 1)
+    x["cpu_us"] = per(t["servers"])
+    x["nginx_cpu_us"], x["wrk_cpu_us"] = per(t["nginx"]), per(t["wrk"])
+    x["all_cpu_us"] = None if t["nginx"] is None else x["cpu_us"] + x["nginx_cpu_us"] + x["wrk_cpu_us"]
     return x
 def sh(cmd): return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
 runs = [(load(f"shoal-{i}"), load(f"groupcache-{i}")) for i in range(1, rounds + 1)]
@@ -154,6 +170,12 @@ p99 = {"shoal": statistics.median(s["latency_us"]["p99"] for s, _ in runs),
        "groupcache": statistics.median(g["latency_us"]["p99"] for _, g in runs)}
 thr = {"shoal": statistics.median(s["throughput"] for s, _ in runs),
        "groupcache": statistics.median(g["throughput"] for _, g in runs)}
+# CPU per request is what other work on the machine disturbs least: the
+# servers' alone, and everything the run needs (servers, nginx, wrk).
+def med(side, key):
+    v = [x[side][key] for x in ({"shoal": s, "groupcache": g} for s, g in runs)]
+    return None if None in v else statistics.median(v)
+cpu = {side: {k: med(side, k) for k in ("cpu_us", "all_cpu_us")} for side in ("shoal", "groupcache")}
 paths = {}
 try:
     for line in open(f"{out}/shoal.paths"):
@@ -173,7 +195,7 @@ gc = {k: a[k] - b[k] for k in ("gets", "cache_hits", "peer_loads", "local_loads"
 gc["hot_items"], gc["main_items"] = a["hot_items"], a["main_items"]
 front = {"rounds": [{"shoal": s, "groupcache": g} for s, g in runs], "noop": noop,
          "ratio_each": ratios, "ratio_median": statistics.median(ratios), "throughput_median": thr,
-         "p99_median_us": p99, "answer_bytes": {"shoal": int(shoal_bytes), "groupcache": int(value_bytes)},
+         "p99_median_us": p99, "cpu_median_us": cpu, "answer_bytes": {"shoal": int(shoal_bytes), "groupcache": int(value_bytes)},
          "shoal_paths": paths, "groupcache_counters": gc}
 json.dump(front, open(f"{out}/../front.json", "w"), indent=1)
 
@@ -184,12 +206,21 @@ def row(name, x, base=None):
     if base:
         vs = f"{x['throughput']/max(base['throughput'],1):.2f}× / {l['p99']/max(base['latency_us']['p99'],1):.2f}×"
     return (f"| {name} | {x['throughput']:.0f} | {l['p50']} | {l['p90']} | {l['p99']} | {l['p999']} | {l['max']} "
-            f"| {errs} | {x['bytes_per_answer']:.0f} | {x['cpu_us']:.0f} | {vs} |")
+            f"| {errs} | {x['bytes_per_answer']:.0f} | {us(x['cpu_us'])} / {us(x['nginx_cpu_us'])} / {us(x['wrk_cpu_us'])} | {vs} |")
+def us(v): return "-" if v is None else f"{v:.0f}"
 rows = [row("nginx → shoal `/v1/noop` (ceiling)", noop["shoal"]),
         row("nginx → groupcache peers' `/v1/noop`", noop["groupcache"])]
 for i, (s, g) in enumerate(runs, 1):
     rows += [row(f"shoal, round {i}", s, g), row(f"groupcache, round {i}", g)]
 path_text = ", ".join(f"{k} {v}" for k, v in sorted(paths.items(), key=lambda kv: -kv[1])) or "not logged"
+cs, cg = cpu["shoal"], cpu["groupcache"]
+cpu_text = f"""Server CPU per lookup (median): shoal {cs['cpu_us']:.0f} µs, groupcache {cg['cpu_us']:.0f} µs."""
+if cs["all_cpu_us"] and cg["all_cpu_us"]:
+    cpu_text += f""" Everything a
+lookup costs (servers, nginx, wrk): shoal {cs['all_cpu_us']:.0f} µs, groupcache {cg['all_cpu_us']:.0f} µs, so
+with CPU the only limit and nothing else running the throughput ratio
+would be {cg['all_cpu_us']/cs['all_cpu_us']:.2f}; less noisy than req/s on a shared machine."""
+cpu_text += "\n"
 wrk_version = sh("wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2")
 served_here = gc["cache_hits"] + gc["local_loads"]
 lines = f"""## Through nginx with wrk: shoal against a groupcache deployment
@@ -212,11 +243,11 @@ http://127.0.0.1:PORT -- 3 {per_node}` (names uniform over all {3*int(per_node)}
 script's `done` hook prints wrk's percentiles as JSON). One unmeasured pass
 of each first, then the no-op ceilings, then {rounds} rounds of shoal then
 groupcache. Latencies in µs; bytes per answer as wrk counts them (headers
-included); CPU: the three servers' CPU time over the run per request
-(nginx's and wrk's not counted). wrk, nginx and the servers share the
-machine's cores.
+included); CPU: the CPU time the three servers, nginx's workers and wrk
+used over the run, per request. wrk, nginx and the servers share the
+machine's cores with whatever else runs on it.
 
-| run | req/s | p50 | p90 | p99 | p99.9 | max | errors | bytes/answer | server CPU µs/req | throughput / p99 vs groupcache, same round |
+| run | req/s | p50 | p90 | p99 | p99.9 | max | errors | bytes/answer | CPU µs/req: servers / nginx / wrk | throughput / p99 vs groupcache, same round |
 |---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
@@ -224,7 +255,7 @@ Median of the rounds: shoal {thr['shoal']:.0f} req/s at p99 {p99['shoal']/1000:.
 groupcache {thr['groupcache']:.0f} req/s at p99 {p99['groupcache']/1000:.2f} ms: a throughput ratio
 of **{statistics.median(ratios):.2f}** (rounds: {", ".join(f"{r:.2f}" for r in ratios)}). shoal's lookups reached
 {thr['shoal']/max(noop['shoal']['throughput'],1)*100:.0f}% of nginx's no-op throughput through its front.
-
+{cpu_text}
 How they were answered during the measured rounds: shoal, by the
 `x-shoal-path` nginx logged: {path_text}. groupcache, by its counters:
 {gc['gets']} gets, {served_here} answered by the peer asked ({gc['cache_hits']} from its main or
