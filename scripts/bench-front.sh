@@ -17,6 +17,11 @@
 #   is 2).
 # Loopback only; every run bounded by wrk's duration and a timeout; the
 # peers and nginx it starts are stopped by PID on exit. Needs no Docker.
+# Against the compose stack instead (bench/compose-synthetic.yml gives it
+# the same names), with the nodes' PIDs as Docker sees them:
+#   scripts/bench-front.sh /tmp/front 8080 10000 $(docker inspect -f '{{.State.Pid}}' \
+#     shoal_node1_1 shoal_node2_1 shoal_node3_1)
+# (nginx's CPU and the answers' paths are then not counted).
 set -euo pipefail
 
 me=bench-front
@@ -132,7 +137,9 @@ wrk_run() { # name url side arg...: one wrk run, its done hook's JSON kept
   grep '^{' "$out/$name.txt" | tail -n 1 > "$out/$name.json"
   [ -s "$out/$name.json" ] || die "wrk printed no figures for $name; see $out/$name.txt"
 }
-access_lines() { wc -l < "$work/nginx-access.log"; }
+# shoal's nginx access log, when it is bench.sh's (not a container's stdout).
+access_log="$work/nginx-access.log"
+access_lines() { if [ -f "$access_log" ]; then wc -l < "$access_log"; else echo 0; fi; }
 
 # One unmeasured pass each fills the caches; then the ceilings, then the
 # lookups, shoal and groupcache in turn so drift hits both alike.
@@ -144,7 +151,9 @@ gc_stats before
 for i in $(seq 1 "$rounds"); do
   from=$(access_lines)
   wrk_run "shoal-$i" "$shoal_front" shoal 3 "$per_node"
-  tail -n +"$((from + 1))" "$work/nginx-access.log" | grep -o 'path=[a-z-]*' >> "$out/shoal.paths" || true
+  if [ -f "$access_log" ]; then
+    tail -n +"$((from + 1))" "$access_log" | grep -o 'path=[a-z-]*' >> "$out/shoal.paths" || true
+  fi
   wrk_run "groupcache-$i" "$gc_front" groupcache 3 "$per_node"
 done
 gc_stats after
