@@ -158,9 +158,16 @@ fn lookup_kind(raw: &Option<String>) -> Result<Option<KeyKind>, ApiError> {
     Ok(by)
 }
 
-fn lookup_response(answer: LookupAnswer) -> Response {
+fn lookup_response(service: &NodeService, answer: LookupAnswer) -> Response {
     let path = HeaderValue::from_static(answer.path.as_str());
-    let mut response = Json(answer).into_response();
+    let mut response = match service.lookup_json(&answer) {
+        Some(bytes) => (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response(),
+        None => Json(answer).into_response(),
+    };
     response.headers_mut().insert(PATH_HEADER, path);
     response
 }
@@ -184,7 +191,10 @@ async fn get_container(
             }),
         hop: headers.contains_key(HOP_HEADER),
     };
-    Ok(lookup_response(service.lookup(&key, options).await?))
+    Ok(lookup_response(
+        &service,
+        service.lookup(&key, options).await?,
+    ))
 }
 
 async fn list_containers(

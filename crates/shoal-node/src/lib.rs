@@ -17,6 +17,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod encoded;
 pub mod error;
 pub mod gossip;
 pub mod guard;

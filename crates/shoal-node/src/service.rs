@@ -57,6 +57,8 @@ pub struct NodeService {
     peer_guard: Option<crate::auth::PeerGuard>,
     /// Gossip packets dropped by the secret check.
     gossip_refusals: Arc<crate::gossip::GossipRefusals>,
+    /// Records' JSON, encoded once each.
+    record_json: crate::encoded::RecordJson,
 }
 
 /// Resync requests waiting for the publisher; more are refused (the owner
@@ -132,6 +134,7 @@ impl NodeService {
             peers,
             publisher,
             lookups,
+            record_json: crate::encoded::RecordJson::new(crate::encoded::DEFAULT_BYTES),
         }
     }
 
@@ -268,6 +271,11 @@ impl NodeService {
         let mut answer = self.lookups.lookup(key, options).await?;
         self.mark_stale(&mut answer.containers);
         Ok(answer)
+    }
+
+    /// A lookup's answer as JSON bytes, from records encoded once.
+    pub fn lookup_json(&self, answer: &LookupAnswer) -> Option<Vec<u8>> {
+        self.record_json.lookup_answer(answer)
     }
 
     /// Marks the records whose engine has been lost longer than
