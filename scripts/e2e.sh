@@ -133,8 +133,9 @@ for probe in "${probes[@]}"; do
   [ "$(cat "$tmp/b")" = "$nginx_body" ] || fail "$probe: not nginx's answer: $(cat "$tmp/b")"
   grep -qi '^x-shoal-node:' "$tmp/h" && fail "$probe: a node answered ($(grep -i '^x-shoal-node:' "$tmp/h"))"
 done
-# The access log names the upstream of each request: none for these.
-sleep 0.5
+# The access log names the upstream of each request: none for these. It
+# is buffered for up to a second.
+sleep 1.5
 nginx_log=$($compose -p "$project" -f "$root/docker-compose.yml" logs --no-color nginx 2>/dev/null | grep -E '"(GET|POST) /+(v1/\.\./)?(_|%5F)shoal/' || true)
 [ "$(grep -c . <<<"$nginx_log")" -ge "${#probes[@]}" ] || fail "nginx logged fewer peer-API probes than sent: $nginx_log"
 grep -v 'upstream=- ' <<<"$nginx_log" && fail "nginx passed a peer-API request to a node"
