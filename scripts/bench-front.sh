@@ -245,7 +245,8 @@ the names `n1-0` … `n3-{int(per_node)-1}` (the synthetic engines' names), padd
 bytes. Peers are wired with groupcache's `HTTPPool` (one owner per
 key, 64 MB of cache per peer of which the hot cache is groupcache's
 default eighth, {gc_idle} idle keep-alive connections per peer, where Go's
-default is 2); shoal runs two owners per key and a hot cache with a 1 s TTL.
+default is 2); shoal runs two owners per key and its hot cache as shipped
+(kept by the owners' invalidations, bounded by memory).
 
 Every run ({wrk_version}): `wrk -t{threads} -c{conns} -d{secs}s --timeout 5s -s bench/wrk-lookups.lua
 http://127.0.0.1:PORT -- 3 {per_node}` (names uniform over all {3*int(per_node)}; the
@@ -271,9 +272,9 @@ How they were answered during the measured rounds: shoal, by the
 hot cache, {gc['local_loads']} made by its getter), {gc['peer_loads']} fetched from the owner ({gc['peer_errors']} failed);
 {gc['hot_items']} values in the hot caches and {gc['main_items']} in the main caches at the end.
 The comparison is not quite like for like: groupcache's values never
-change, so its hot cache never expires (it keeps filling for as long as
-the load runs), and its getter makes a value from the name; shoal answers
-live records, holds a forwarded answer for 1 s, and signs peer requests.
+change, so its caches need no invalidation, and its getter makes a value
+from the name; shoal answers live records, keeps a forwarded answer hot
+only while its owner has not said it changed, and signs peer requests.
 """
 open(f"{out}/../front.md", "w").write(lines)
 PY
