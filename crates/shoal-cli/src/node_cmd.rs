@@ -92,6 +92,10 @@ pub struct NodeArgs {
     /// invalidate it as soon as it changes [default: 5m].
     #[arg(long, env = "SHOAL_HOT_TTL", value_parser = parse_duration)]
     pub hot_ttl: Option<Duration>,
+    /// Records the hot cache holds, about 1.5 KB each; the oldest unused
+    /// go first [default: 100000].
+    #[arg(long, env = "SHOAL_HOT_CAPACITY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub hot_capacity: Option<u64>,
     /// How long a peer may take to answer [default: 250ms].
     #[arg(long, env = "SHOAL_PEER_TIMEOUT", value_parser = parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -191,6 +195,7 @@ pub struct FileConfig {
     vnodes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     hot_ttl: Option<Duration>,
+    hot_capacity: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     peer_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -306,6 +311,10 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
         replicas: args.replicas.or(file.replicas).unwrap_or(d.replicas),
         vnodes: args.vnodes.or(file.vnodes).unwrap_or(d.vnodes),
         hot_ttl: args.hot_ttl.or(file.hot_ttl).unwrap_or(d.hot_ttl),
+        hot_capacity: args
+            .hot_capacity
+            .or(file.hot_capacity)
+            .unwrap_or(d.hot_capacity),
         peer_timeout: args
             .peer_timeout
             .or(file.peer_timeout)
@@ -506,7 +515,7 @@ mod tests {
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let f = file(
-            "node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nreplicas: 3\nengine-lost-after: 2m\nmax-scatters: 4\npeer-request-timeout: 45s\n",
+            "node-id: from-file\nlisten: 127.0.0.1:9000\nhot-ttl: 3s\nhot-capacity: 5000\nreplicas: 3\nengine-lost-after: 2m\nmax-scatters: 4\npeer-request-timeout: 45s\n",
         );
         let args = NodeArgs {
             config: Some(f.path().to_owned()),
@@ -517,6 +526,7 @@ mod tests {
         assert_eq!(r.node.node_id.0, "from-flag");
         assert_eq!(r.node.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(r.node.hot_ttl, Duration::from_secs(3));
+        assert_eq!(r.node.hot_capacity, 5000);
         assert_eq!(r.node.replicas, 3);
         assert_eq!(r.node.vnodes, 64);
         assert_eq!(r.node.engine_lost_after, Duration::from_secs(120));

@@ -63,7 +63,9 @@ pub struct NodeConfig {
     /// Shared secret of the peer API: peer requests carry an HMAC of it
     /// (default: none; peer routes then trust the network).
     pub cluster_secret: Option<String>,
-    /// Records the hot cache may hold (default 100 000).
+    /// Records the hot cache may hold (default 100 000, about 150 MB at
+    /// most): with owners' invalidations keeping it coherent, this, not
+    /// the TTL, is what bounds it.
     pub hot_capacity: u64,
     /// Reconcile with a full engine list this often (default 60 s).
     pub resync_interval: Duration,
@@ -175,6 +177,11 @@ impl NodeConfig {
         }
         if self.vnodes == 0 {
             return Err("vnodes must be at least 1".into());
+        }
+        if self.hot_capacity == 0 {
+            return Err(
+                "hot-capacity must be at least 1 (hot-ttl: 0s turns the hot cache off)".into(),
+            );
         }
         if self.max_body_bytes < 1024 {
             return Err("max-body-bytes must be at least 1024".into());
