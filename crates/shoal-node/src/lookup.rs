@@ -251,7 +251,7 @@ impl Lookups {
                     }
                     None => self.cached_forward(hot, &canon, &view).await?,
                 },
-                _ => self.remote_lookup(&canon, &view).await?,
+                _ => self.remote_lookup(&canon, &view, false).await?,
             };
             Arc::new(Found {
                 containers: found
@@ -300,7 +300,7 @@ impl Lookups {
         let found = hot
             .try_get_with(canon.clone(), async {
                 let found = self
-                    .remote_lookup(canon, view)
+                    .remote_lookup(canon, view, true)
                     .await
                     .map_err(Uncached::Failed)?;
                 if found.path == LookupPath::Forwarded
@@ -363,10 +363,14 @@ impl Lookups {
         dropped
     }
 
+    /// Forwards to the key's owners in turn. With `cache`, the owner is
+    /// asked to tell this node when the answer changes (it is kept hot
+    /// here); without, it is not, and has nothing to remember.
     async fn remote_lookup(
         &self,
         key: &LookupKey,
         view: &ClusterView,
+        cache: bool,
     ) -> Result<Arc<Found>, ApiError> {
         for owner in view.ring.owners(key) {
             let Some(addr) = view.api_of(owner) else {
@@ -375,7 +379,13 @@ impl Lookups {
             let started = std::time::Instant::now();
             match self
                 .peers
-                .lookup(owner, addr, key, &self.me, self.peer_timeout)
+                .lookup(
+                    owner,
+                    addr,
+                    key,
+                    cache.then_some(&self.me),
+                    self.peer_timeout,
+                )
                 .await
             {
                 Ok(reply) => {

@@ -386,10 +386,13 @@ impl PeerClient {
         to: &NodeId,
         addr: &str,
         key: &LookupKey,
-        from: &NodeId,
+        from: Option<&NodeId>,
         timeout: Duration,
     ) -> Result<LookupReply, PeerError> {
-        let path = format!("{}?from={}", lookup_path(key), from.0);
+        let path = match from {
+            Some(from) => format!("{}?from={}", lookup_path(key), from.0),
+            None => lookup_path(key),
+        };
         self.typed::<(), _>((to, addr), &path, None, timeout).await
     }
 
