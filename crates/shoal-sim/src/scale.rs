@@ -16,6 +16,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use shoal_core::directory::OwnerDirectory;
+use shoal_core::placement::{owners_of, owns_any};
 use shoal_core::ring::Ring;
 use shoal_core::wire::{self, Publish, PublishBody, SourceClock};
 use shoal_core::{ContainerRecord, EngineId, Inventory, LookupKey, NodeId, record_keys};
@@ -49,11 +50,11 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 200)]
     events: usize,
     /// Events per second in the burst.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     burst_rate: u32,
-    /// How long the burst lasts.
-    #[arg(long, value_parser = crate::duration, default_value = "2s")]
-    burst: Duration,
+    /// Events in the burst (at `--burst-rate`, 4000 last 2 s).
+    #[arg(long, default_value_t = 4000)]
+    burst_events: usize,
     /// Lookups made to count engine calls.
     #[arg(long, default_value_t = 2000)]
     lookups: usize,
@@ -142,6 +143,8 @@ pub struct Live {
     pub fresh_burst: Latency,
     /// Events per second the burst asked for.
     pub burst_rate: u32,
+    /// Events the burst made.
+    pub burst_events: usize,
     /// Events the burst made that never showed (within 10 s).
     pub burst_lost: usize,
     /// From a node stopping to its containers gone from every reader.
@@ -152,6 +155,14 @@ pub struct Live {
     pub join_ms: u64,
     /// Publish bytes the join caused, fleet-wide.
     pub join_publish_bytes: u64,
+    /// The joiner's gains: the bytes (bincode, as a publish carries them)
+    /// of the other nodes' records with a key the joiner owns on the new
+    /// ring, once each. What it must be sent.
+    pub join_gains_bytes: u64,
+    /// The joiner's own records, once per owner other than itself: what it
+    /// must send. The publish bytes of a join cannot be less than this plus
+    /// its gains.
+    pub join_own_bytes: u64,
 }
 
 /// The report of `shoal-sim scale`.
@@ -233,6 +244,36 @@ pub fn moves(
         keys_changed: changed as f64 / keys.len().max(1) as f64,
         bound: 1.3 / n as f64,
     }
+}
+
+/// What a join must move at least: the bytes of the records of the other
+/// `live` nodes that `joiner` owns a key of on the ring of `live` (its
+/// gains), and the bytes of the joiner's own records once per owner other
+/// than itself.
+fn join_floor(args: &ScaleArgs, per_node: usize, live: &[usize], joiner: usize) -> (u64, u64) {
+    let ring = Ring::new(
+        live.iter().map(|&k| NodeId(node_name(k))),
+        args.vnodes,
+        args.replicas,
+    );
+    let me = NodeId(node_name(joiner));
+    let (mut gains, mut own) = (0u64, 0u64);
+    let mut owners = Vec::new();
+    for &k in live {
+        for i in 0..per_node {
+            let mut r = synthetic_record(&prefix(k), i, &engine_id(k));
+            r.node = NodeId(node_name(k));
+            let bytes = (wire::encode(&r).len() - wire::encode(&()).len()) as u64;
+            if k == joiner {
+                owners.clear();
+                owners_of(&ring, &r, &mut owners);
+                own += bytes * owners.iter().filter(|o| ***o != me).count() as u64;
+            } else if owns_any(&ring, &me, &r) {
+                gains += bytes;
+            }
+        }
+    }
+    (gains, own)
 }
 
 /// Bytes per record copy, counted by the global allocator.
@@ -505,6 +546,7 @@ impl Fleet {
 async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     let mut report = Live {
         burst_rate: args.burst_rate,
+        burst_events: args.burst_events,
         ..Live::default()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -648,7 +690,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     report.fresh_remove = Latency::of(&removes);
 
     // Freshness in a burst: every event polled by its own task.
-    let total = (f64::from(args.burst_rate) * args.burst.as_secs_f64()) as usize;
+    let total = args.burst_events;
     say(format!(
         "freshness: a burst of {total} starts at {}/s",
         args.burst_rate
@@ -743,6 +785,8 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     report.join_ms = t0.elapsed().as_millis() as u64;
     let bytes_after = fleet.quiesce().await?;
     report.join_publish_bytes = (bytes_after - bytes_before).max(0.0) as u64;
+    let live: Vec<usize> = (0..=args.nodes).filter(|&k| k != victim).collect();
+    (report.join_gains_bytes, report.join_own_bytes) = join_floor(args, per_node, &live, newcomer);
 
     say("stopping the fleet");
     let mut stops = JoinSet::new();
