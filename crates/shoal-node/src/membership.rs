@@ -17,7 +17,9 @@
 //! The detector: a node is dead when no newer heartbeat has reached us for
 //! `phi_threshold` times the mean interval between heartbeats. Gossip every
 //! `dead_after / 15` with a threshold of 8 declares a stopped node dead in
-//! about half of `dead_after`, leaving the rest for the news to spread. A
+//! about half of `dead_after`, leaving the rest for the news to spread.
+//! Past a `dead_after` of 3 s the interval stays at 200 ms and the
+//! threshold grows instead, so deaths take as long and joins no longer. A
 //! lower threshold or a faster gossip finds deaths sooner but mistakes a
 //! node that is only slow (a pause, a loaded machine) for a dead one more
 //! often; the gossip traffic grows with the rate.
@@ -208,13 +210,24 @@ pub struct Membership {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The gossip interval and detector for a `dead_after`.
+/// The longest gossip interval. A joiner is live to a member only after
+/// two of its heartbeats reached it, so joins take a few intervals
+/// whatever `dead_after` is: a long `dead_after` (a crowded host) must not
+/// make them slow.
+pub const GOSSIP_MAX_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The gossip interval and detector for a `dead_after`: gossip every
+/// `dead_after / 15`, at most [`GOSSIP_MAX_INTERVAL`], and a phi threshold
+/// that declares a silent node dead after about `8 * dead_after / 15`
+/// whatever the interval (phi is the time since the last heartbeat over the
+/// mean interval between heartbeats).
 pub fn detector(dead_after: Duration) -> (Duration, FailureDetectorConfig) {
-    let gossip = (dead_after / 15).max(Duration::from_millis(20));
+    let slow = dead_after / 15;
+    let gossip = slow.clamp(Duration::from_millis(20), GOSSIP_MAX_INTERVAL);
     (
         gossip,
         FailureDetectorConfig {
-            phi_threshold: 8.0,
+            phi_threshold: 8.0 * (slow.as_secs_f64() / gossip.as_secs_f64()).max(1.0),
             sampling_window_size: 100,
             max_interval: dead_after,
             initial_interval: gossip,
