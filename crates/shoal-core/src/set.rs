@@ -1,7 +1,11 @@
-//! A sorted set for index entries: a plain vector while small (almost
-//! every key names one container), a persistent `OrdSet` once large (a
-//! project of hundreds). An `OrdSet` of one element costs a whole B-tree
-//! leaf; this was most of a directory's memory per record.
+//! A sorted set for index entries: the entry itself when it is alone
+//! (almost every key names one container), a plain vector while small, a
+//! persistent `OrdSet` once large (a project of hundreds). An `OrdSet` of
+//! one element costs a whole B-tree leaf; this was most of a directory's
+//! memory per record. A lone entry needs no allocation at all: the
+//! directory's index is a persistent map whose leaves are copied on the
+//! first write after every snapshot, and copying a leaf of 64 one-entry
+//! vectors was 64 allocations, most of an owner's cost per publish.
 
 use std::borrow::Borrow;
 
@@ -14,7 +18,9 @@ const FEW: usize = 32;
 /// A sorted set of index entries.
 #[derive(Clone, Debug)]
 pub(crate) enum IndexSet<T: Ord + Clone> {
-    /// Sorted, without duplicates.
+    /// Exactly one entry.
+    One(T),
+    /// Sorted, without duplicates; never exactly one entry.
     Few(Vec<T>),
     /// Many entries.
     Many(OrdSet<T>),
@@ -30,6 +36,12 @@ impl<T: Ord + Clone> IndexSet<T> {
     /// Adds `value` (no-op when present).
     pub(crate) fn insert(&mut self, value: T) {
         match self {
+            IndexSet::One(held) => match value.cmp(held) {
+                std::cmp::Ordering::Equal => {}
+                std::cmp::Ordering::Less => *self = IndexSet::Few(vec![value, held.clone()]),
+                std::cmp::Ordering::Greater => *self = IndexSet::Few(vec![held.clone(), value]),
+            },
+            IndexSet::Few(v) if v.is_empty() => *self = IndexSet::One(value),
             IndexSet::Few(v) => {
                 if let Err(at) = v.binary_search(&value) {
                     if v.len() < FEW {
@@ -54,9 +66,17 @@ impl<T: Ord + Clone> IndexSet<T> {
         T: Borrow<Q>,
     {
         match self {
+            IndexSet::One(held) => {
+                if Borrow::<Q>::borrow(&*held) == value {
+                    *self = IndexSet::Few(Vec::new());
+                }
+            }
             IndexSet::Few(v) => {
                 if let Ok(at) = v.binary_search_by(|e| e.borrow().cmp(value)) {
                     v.remove(at);
+                    if v.len() == 1 {
+                        *self = IndexSet::One(v.remove(0));
+                    }
                 }
             }
             IndexSet::Many(set) => {
@@ -71,6 +91,7 @@ impl<T: Ord + Clone> IndexSet<T> {
     /// True when empty.
     pub(crate) fn is_empty(&self) -> bool {
         match self {
+            IndexSet::One(_) => false,
             IndexSet::Few(v) => v.is_empty(),
             IndexSet::Many(set) => set.is_empty(),
         }
@@ -79,6 +100,7 @@ impl<T: Ord + Clone> IndexSet<T> {
     /// The entries, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         let (few, many) = match self {
+            IndexSet::One(held) => (Some(std::slice::from_ref(held).iter()), None),
             IndexSet::Few(v) => (Some(v.iter()), None),
             IndexSet::Many(set) => (None, Some(set.iter())),
         };
@@ -127,6 +149,11 @@ mod tests {
         for v in 0..FEW as u32 {
             s.remove(&v);
         }
-        assert!(matches!(s, IndexSet::Few(ref v) if v == &[FEW as u32]));
+        assert!(matches!(s, IndexSet::One(v) if v == FEW as u32));
+        s.remove(&(FEW as u32));
+        assert!(s.is_empty());
+        s.insert(7);
+        s.insert(3);
+        assert!(matches!(s, IndexSet::Few(ref v) if v == &[3, 7]));
     }
 }
