@@ -5,7 +5,8 @@
 //! deltas, a changed view, an owner's resync request, a failed delivery,
 //! the answers of a digest round and the anti-entropy tick. This task
 //! feeds it those inputs and hands each message to its owner's queue. A
-//! queue delivers in order, one message at a time, so a slow or hung owner
+//! queue delivers in order, one publish at a time (deltas that queued up
+//! behind one another go as one), so a slow or hung owner
 //! delays only itself; a queue that overflows drops what it holds and its
 //! owner gets a snapshot instead. Publishes to this node itself skip HTTP.
 //! An engine lost for `engine_lost_after` has its containers withdrawn
@@ -40,7 +41,8 @@ pub struct PublisherCounters {
     /// From the watcher reading a change to an owner having it, per
     /// delivery.
     pub lag: Histogram,
-    /// Publish requests sent (deltas and snapshots), self included.
+    /// Publish requests sent (deltas, batched, and snapshots), self
+    /// included.
     pub publishes: AtomicU64,
     /// Messages that could not be delivered (their owner gets a snapshot).
     pub failures: AtomicU64,
@@ -91,6 +93,11 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the publisher lets a changed view settle before it acts on it.
 const VIEW_SETTLE: Duration = Duration::from_millis(300);
+
+/// A queue batches the deltas waiting behind one another into a publish
+/// of up to about this many records (an owner applies a publish this small
+/// at once, without the blocking pool).
+const BATCH_RECORDS: usize = LARGE_DELTA;
 
 /// Messages one owner's queue holds before it overflows.
 const QUEUE_BOUND: usize = 1024;
@@ -342,11 +349,8 @@ impl Queues<'_> {
     fn dispatch(&mut self, core: &Core, out: Vec<Out>, newest_ms: Option<u64>) {
         for (owner, message) in out {
             let counters = &self.publisher.counters;
-            if let Message::Publish(_) = message {
-                counters.publishes.fetch_add(1, Ordering::Relaxed);
-                if message.is_snapshot() {
-                    counters.snapshots.fetch_add(1, Ordering::Relaxed);
-                }
+            if message.is_snapshot() {
+                counters.snapshots.fetch_add(1, Ordering::Relaxed);
             }
             let envelope = Envelope {
                 newest_ms: newest_ms.filter(|_| !message.is_snapshot()),
@@ -402,7 +406,35 @@ struct OwnerQueue {
 
 impl OwnerQueue {
     async fn run(self, mut rx: mpsc::Receiver<Envelope>) {
-        while let Some(Envelope { message, newest_ms }) = rx.recv().await {
+        let mut held: Option<Envelope> = None;
+        loop {
+            let next = match held.take() {
+                Some(envelope) => envelope,
+                None => match rx.recv().await {
+                    Some(envelope) => envelope,
+                    None => break,
+                },
+            };
+            let Envelope {
+                mut message,
+                mut newest_ms,
+            } = next;
+            // The deltas that queued up while the last publish was in
+            // flight go with this one: under load an owner gets fewer,
+            // larger publishes; an idle queue sends at once.
+            while message.size() < BATCH_RECORDS {
+                let Ok(more) = rx.try_recv() else { break };
+                match message.absorb(more.message) {
+                    Ok(()) => newest_ms = newest_ms.max(more.newest_ms),
+                    Err(other) => {
+                        held = Some(Envelope {
+                            message: other,
+                            newest_ms: more.newest_ms,
+                        });
+                        break;
+                    }
+                }
+            }
             let delivered = self.deliver(message).await;
             if delivered && let Some(newest) = newest_ms {
                 let lag_ms = now_ms().saturating_sub(newest);
@@ -424,6 +456,9 @@ impl OwnerQueue {
     }
 
     async fn deliver(&self, message: Message) -> bool {
+        if let Message::Publish(_) = message {
+            self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+        }
         let view = self.view.load_full();
         let digest = matches!(message, Message::Digest(_));
         let owner = self.owner.clone();
