@@ -55,6 +55,9 @@ pub struct ScaleArgs {
     /// Events in the burst (at `--burst-rate`, 4000 last 2 s).
     #[arg(long, default_value_t = 4000)]
     burst_events: usize,
+    /// How long each burst poller rests between two polls of its event.
+    #[arg(long, value_parser = crate::duration, default_value = "2ms")]
+    burst_poll: Duration,
     /// Lookups made to count engine calls.
     #[arg(long, default_value_t = 2000)]
     lookups: usize,
@@ -138,13 +141,18 @@ pub struct Live {
     /// own histogram, fleet-wide): the part of freshness that is shoal's
     /// publishing, without the engine and the reader's polling.
     pub publish_lag_mean_us: u64,
-    /// Starts in a burst, each timed the same way but polled every 2 ms
+    /// Starts in a burst, each timed the same way but polled every `--burst-poll` (2 ms)
     /// (within 2 ms of when it showed).
     pub fresh_burst: Latency,
     /// Events per second the burst asked for.
     pub burst_rate: u32,
     /// Events the burst made.
     pub burst_events: usize,
+    /// Mean publish lag over the burst (as `publish_lag_mean_us`): the
+    /// part of the burst's freshness that is publishing.
+    pub burst_publish_lag_mean_us: u64,
+    /// Publish requests per event in the burst, fleet-wide.
+    pub burst_publishes_per_event: f64,
     /// Events the burst made that never showed (within 10 s).
     pub burst_lost: usize,
     /// From a node stopping to its containers gone from every reader.
@@ -695,6 +703,11 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         "freshness: a burst of {total} starts at {}/s",
         args.burst_rate
     ));
+    let lag_before = (
+        fleet.metric("shoal_publish_lag_seconds_sum").await?,
+        fleet.metric("shoal_publish_lag_seconds_count").await?,
+        fleet.metric("shoal_publishes_total").await?,
+    );
     let mut pollers = JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / f64::from(args.burst_rate.max(1)));
     let burst_started = Instant::now();
@@ -709,16 +722,10 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         let name = record.names[0].clone();
         let t0 = Instant::now();
         fleet.engines[k].run(record);
-        let client = fleet.client.clone();
+        let (client, poll) = (fleet.client.clone(), args.burst_poll);
         pollers.spawn(async move {
             client
-                .poll(
-                    &reader,
-                    &name,
-                    true,
-                    Duration::from_secs(10),
-                    Duration::from_millis(2),
-                )
+                .poll(&reader, &name, true, Duration::from_secs(10), poll)
                 .await
                 .map(|_| t0.elapsed())
         });
@@ -732,6 +739,14 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     }
     report.fresh_burst = Latency::of(&burst);
     fleet.quiesce().await?;
+    let lag_after = (
+        fleet.metric("shoal_publish_lag_seconds_sum").await?,
+        fleet.metric("shoal_publish_lag_seconds_count").await?,
+        fleet.metric("shoal_publishes_total").await?,
+    );
+    report.burst_publish_lag_mean_us =
+        ((lag_after.0 - lag_before.0) * 1e6 / (lag_after.1 - lag_before.1).max(1.0)) as u64;
+    report.burst_publishes_per_event = (lag_after.2 - lag_before.2) / total.max(1) as f64;
 
     // A node dies: its containers leave every reader.
     let victim = args.nodes - 1;
