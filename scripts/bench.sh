@@ -332,7 +332,7 @@ between polls. The 50 nodes share two cores with the pollers.
 |---|---|---|---|---|---|
 {docker_rows}| synthetic start, {sc['nodes']} nodes, one at a time | {lat(live['fresh_start'])} |
 | synthetic removal, {sc['nodes']} nodes, one at a time | {lat(live['fresh_remove'])} |
-| synthetic starts, {sc['nodes']} nodes, a burst at {live['burst_rate']}/s ({live['burst_lost']} never seen) | {lat(live['fresh_burst'])} |
+| synthetic starts, {sc['nodes']} nodes, a burst of {live.get('burst_events', '?')} at {live['burst_rate']}/s ({live['burst_lost']} never seen; publish lag {live.get('burst_publish_lag_mean_us', float('nan'))/1000:.1f} ms mean, {live.get('burst_publishes_per_event', float('nan')):.2f} requests per event) | {lat(live['fresh_burst'])} |
 
 The publisher's own view (its histogram, fleet-wide): a change took
 {live['publish_lag_mean_us']/1000:.2f} ms on average from the watcher reading it to every
@@ -366,7 +366,7 @@ nodes each, `--dead-after {sc['dead_after_ms']/1000:g}s`.
 | a join: key copies moved (keys whose owner set changed) | {j['key_copies_moved']*100:.2f}% ({j['keys_changed']*100:.2f}%), bound 1.3/N = {j['bound']*100:.2f}% |
 | a leave: key copies moved (keys whose owner set changed) | {lv['key_copies_moved']*100:.2f}% ({lv['keys_changed']*100:.2f}%), bound {lv['bound']*100:.2f}% |
 | a node stops: its containers gone from 5 readers | {live['death_ms']/1000:.2f} s (noticed dead by them: {live['death_noticed_ms']/1000:.2f} s) |
-| a node joins: its containers answer at 5 readers | {live['join_ms']/1000:.2f} s, {live['join_publish_bytes']/1e6:.1f} MB of publishes |
+| a node joins: its containers answer at 5 readers | {live['join_ms']/1000:.2f} s, {live['join_publish_bytes']/1e6:.1f} MB of publishes; its gains {live.get('join_gains_bytes', float('nan'))/1e6:.1f} MB, its own records to their owners {live.get('join_own_bytes', float('nan'))/1e6:.1f} MB |
 
 ## Against the targets
 
