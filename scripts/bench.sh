@@ -428,6 +428,13 @@ unless the hot cache keeps them), `memset` 2.8%, SipHash 2.0%.
   forwards multiplexed) was not tried: it needs the nodes' listener to
   speak h2c beside HTTP/1, and the overload limits (header timeouts,
   connection caps) are HTTP/1's.
+- One request in flight, the latency on this virtual machine is bimodal:
+  about 20-30 µs when the cores stay awake between requests, about
+  80-100 µs when they idle and must be woken. A run's p50 lands in one
+  mode or the other, so the one-connection p50 ratios swing with it (compare
+  each run's p50 with its p90). Under load the cores do not
+  idle, and the ratios there (8 connections) are the steadier measure of
+  what a lookup costs beside the no-op.
 - What closes the gap is fewer forwards rather than a faster one: the hot
   cache now keeps a forwarded answer until its owner says it changed (or a
   ring change), bounded by memory, so through nginx a key is forwarded
