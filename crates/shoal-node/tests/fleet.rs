@@ -1050,44 +1050,14 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
         ..test_config()
     };
     let fleet = Fleet::start_configured(4, None, base).await;
-    let ring = fleet.ring();
     // For two containers of f1, a node that owns neither its name nor its
     // ID asks by plain GETs, as a script polls: the second answer is hot.
     for (i, change) in [(5, "remove"), (6, "rename")] {
         let name = format!("f1-{i}");
         let id = full_id("f1", i);
-        let owners: HashSet<String> = [LookupKey::Name(name.clone()), LookupKey::id_key(&id)]
-            .iter()
-            .flat_map(|k| ring.owners(k).into_iter().map(|o| o.0.clone()))
-            .collect();
-        let asker = fleet
-            .nodes
-            .iter()
-            .find(|n| !owners.contains(&n.name))
-            .expect("with 4 nodes and 2 owners per key, some node owns neither");
+        let asker = &fleet.nodes[owning_neither(&fleet, &name, &id)];
         for reference in [name.as_str(), &id[..20]] {
-            // Only an answer from owners complete for every source is
-            // kept; on a loaded machine a publish can time out and leave
-            // an owner incomplete for a moment, so ask until it is kept.
-            let asked = Instant::now();
-            loop {
-                assert_eq!(fleet.plain_lookup(&asker.addr, reference).await, 200);
-                let r = fleet
-                    .http
-                    .get(format!("http://{}/v1/containers/{reference}", asker.addr))
-                    .send()
-                    .await
-                    .unwrap();
-                if r.headers()["x-shoal-path"] == "hot" {
-                    break;
-                }
-                assert!(
-                    asked.elapsed() < Duration::from_secs(10),
-                    "{reference} is never cached: {:?}",
-                    r.headers()["x-shoal-path"]
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            ask_until_hot(&fleet, &asker.addr, reference).await;
         }
         if change == "remove" {
             assert!(fleet.nodes[1].engine.remove(&id));
@@ -1116,40 +1086,55 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
     }
 }
 
-/// A name of f1's, and a node that owns neither its name nor its ID: its
-/// lookups are forwarded. Asked until its answer is hot there.
-async fn cached_at_a_non_owner(fleet: &Fleet, i: usize) -> (String, String, usize) {
+/// A node other than f1 that owns neither `name` nor `id`: its lookups of
+/// them are forwarded.
+fn owning_neither(fleet: &Fleet, name: &str, id: &str) -> usize {
     let ring = fleet.ring();
-    let name = format!("f1-{i}");
-    let id = full_id("f1", i);
-    let owners: HashSet<String> = [LookupKey::Name(name.clone()), LookupKey::id_key(&id)]
+    let owners: HashSet<String> = [LookupKey::Name(name.to_owned()), LookupKey::id_key(id)]
         .iter()
         .flat_map(|k| ring.owners(k).into_iter().map(|o| o.0.clone()))
         .collect();
-    let asker = fleet
+    fleet
         .nodes
         .iter()
         .position(|n| !owners.contains(&n.name) && n.name != "f1")
-        .expect("with 5 nodes and 2 owners per key, some node owns neither");
-    let addr = &fleet.nodes[asker].addr;
+        .expect("with 4 or more nodes and 2 owners per key, some node owns neither")
+}
+
+/// Asks `addr` for `reference` by plain GETs until the answer comes from
+/// its hot cache. Only an answer from owners complete for every source is
+/// kept; on a loaded machine a publish can time out and leave an owner
+/// incomplete for a moment, so it asks until the answer is kept.
+async fn ask_until_hot(fleet: &Fleet, addr: &str, reference: &str) {
     let asked = Instant::now();
     loop {
-        assert_eq!(fleet.plain_lookup(addr, &name).await, 200);
+        assert_eq!(fleet.plain_lookup(addr, reference).await, 200);
         let r = fleet
             .http
-            .get(format!("http://{addr}/v1/containers/{name}"))
+            .get(format!("http://{addr}/v1/containers/{reference}"))
             .send()
             .await
             .unwrap();
         if r.headers()["x-shoal-path"] == "hot" {
-            return (name, id, asker);
+            return;
         }
         assert!(
             asked.elapsed() < Duration::from_secs(10),
-            "{name} is never cached"
+            "{reference} is never cached: {:?}",
+            r.headers()["x-shoal-path"]
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// f1's container `i`, cached at a node that owns neither its name nor its
+/// ID: its name, its ID and that node.
+async fn cached_at_a_non_owner(fleet: &Fleet, i: usize) -> (String, String, usize) {
+    let name = format!("f1-{i}");
+    let id = full_id("f1", i);
+    let asker = owning_neither(fleet, &name, &id);
+    ask_until_hot(fleet, &fleet.nodes[asker].addr, &name).await;
+    (name, id, asker)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
