@@ -351,6 +351,9 @@ impl DirectoryService {
             .missing(view.sources(), view.ring.fingerprint());
         // A source that could not deliver here says so in gossip, which
         // reaches this node even when the source itself cannot.
+        if !view.behind.contains(&view.me) {
+            return missing;
+        }
         for (source, _) in view.sources() {
             if !missing.contains(source) && view.is_behind(source, &view.me) {
                 missing.push(source.clone());

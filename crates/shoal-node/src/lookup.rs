@@ -216,8 +216,9 @@ impl Lookups {
                 self.local_inventory().map_err(ApiError::Unavailable)?;
             }
             let containers = self.directory.lookup(key);
-            let complete_for = self.directory.complete_for(&view, key);
-            let missing = missing(&view, me, &complete_for);
+            // What `missing(view, me, complete_for(view, key))` names,
+            // without copying the complete sources: this node owns the key.
+            let missing = self.directory.missing(&view);
             if missing.is_empty() {
                 Arc::new(Found {
                     containers,
@@ -517,12 +518,13 @@ impl Lookups {
 /// decides, so an owner whose view lacks a member never passes for
 /// complete.
 fn missing(view: &ClusterView, owner: &NodeId, complete_for: &[(NodeId, u64)]) -> Vec<NodeId> {
+    let behind = view.behind.contains(owner);
     view.sources()
         .filter(|(source, incarnation)| {
             !complete_for
                 .iter()
                 .any(|(n, i)| n == *source && i == incarnation)
-                || view.is_behind(source, owner)
+                || (behind && view.is_behind(source, owner))
         })
         .map(|(source, _)| source.clone())
         .collect()

@@ -283,23 +283,31 @@ impl NodeService {
     /// gossip for the others. After the hot cache, so that a cached answer
     /// is marked as of now.
     fn mark_stale(&self, containers: &mut [AnsweredRecord]) {
+        if containers.is_empty() {
+            return;
+        }
         let now = now_ms();
         let view = self.view.load();
-        let mut lost_at: BTreeMap<NodeId, Option<u64>> = BTreeMap::new();
+        // An answer names few nodes: a short list, no map.
+        let mut lost_at: Vec<(&NodeId, Option<u64>)> = Vec::new();
         for c in containers {
             let node = &c.record.node;
-            if !lost_at.contains_key(node) {
-                let at = if node == self.node_id() {
-                    self.watcher.status().lost_at_ms
-                } else {
-                    view.members
-                        .get(node)
-                        .and_then(|m| m.value(KEY_ENGINE_LOST))
-                        .and_then(|v| v.parse().ok())
-                };
-                lost_at.insert(node.clone(), at);
-            }
-            if let Some(at) = lost_at[node]
+            let at = match lost_at.iter().find(|(n, _)| *n == node) {
+                Some((_, at)) => *at,
+                None => {
+                    let at = if node == self.node_id() {
+                        self.watcher.status().lost_at_ms
+                    } else {
+                        view.members
+                            .get(node)
+                            .and_then(|m| m.value(KEY_ENGINE_LOST))
+                            .and_then(|v| v.parse().ok())
+                    };
+                    lost_at.push((node, at));
+                    at
+                }
+            };
+            if let Some(at) = at
                 && Duration::from_millis(now.saturating_sub(at)) > self.config.stale_after
             {
                 c.stale = true;
