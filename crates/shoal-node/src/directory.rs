@@ -180,9 +180,17 @@ impl Fetchers {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Puts back what could not be sent (after what was queued since).
+    /// Puts back what could not be sent yet, merged with what was queued
+    /// since (a flush put back is not counted again).
     fn put_back(&self, node: NodeId, p: Pending) {
-        queue(&self.pending, &self.flushes, node, p.keys, p.everything);
+        if p.everything {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let held = pending.entry(node).or_default();
+            held.everything = true;
+            held.keys.clear();
+        } else {
+            queue(&self.pending, &self.flushes, node, p.keys, false);
+        }
     }
 }
 
@@ -340,6 +348,15 @@ impl DirectoryService {
             return Vec::new();
         }
         self.snapshot.load().complete_for(view.ring.fingerprint())
+    }
+
+    /// True when this directory is complete for `source` at `incarnation`
+    /// on the view's ring.
+    pub fn is_complete_for(&self, view: &ClusterView, source: &NodeId, incarnation: u64) -> bool {
+        self.snapshot
+            .load()
+            .missing([(source, incarnation)], view.ring.fingerprint())
+            .is_empty()
     }
 
     /// The live, ready sources this directory is not complete for on the
@@ -668,6 +685,45 @@ mod tests {
         ring: 0,
         live: None,
     };
+
+    #[test]
+    fn a_flush_is_counted_once_even_when_it_waits_for_a_retry() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fetchers = Fetchers::new(Duration::from_secs(60));
+        let n1 = NodeId::from("n1");
+        fetchers.fetched(LookupKey::Name("web".into()), n1.clone());
+        fetchers.flush_all();
+        assert_eq!(fetchers.flushes.load(Relaxed), 1);
+        let p = fetchers.take().remove(&n1).expect("n1 fetched");
+        assert!(p.everything && p.keys.is_empty());
+        // The delivery failed: put back, then more keys change.
+        fetchers.put_back(n1.clone(), p);
+        fetchers.fetched(LookupKey::Name("api".into()), n1.clone());
+        fetchers.changed(&[LookupKey::Name("api".into())]);
+        assert_eq!(fetchers.flushes.load(Relaxed), 1);
+        let p = fetchers.take().remove(&n1).expect("still pending");
+        assert!(p.everything && p.keys.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn too_many_keys_for_one_node_become_one_flush() {
+        let fetchers = Fetchers::new(Duration::from_secs(60));
+        let n1 = NodeId::from("n1");
+        let keys: Vec<LookupKey> = (0..=INVALIDATION_QUEUE)
+            .map(|i| LookupKey::Name(format!("c{i}")))
+            .collect();
+        for k in &keys {
+            fetchers.fetched(k.clone(), n1.clone());
+        }
+        fetchers.changed(&keys[..INVALIDATION_QUEUE]);
+        assert!(!fetchers.take()[&n1].everything, "at the bound: keys");
+        for k in &keys {
+            fetchers.fetched(k.clone(), n1.clone());
+        }
+        fetchers.changed(&keys);
+        let p = fetchers.take().remove(&n1).unwrap();
+        assert!(p.everything && p.keys.is_empty(), "past the bound: a flush");
+    }
 
     #[test]
     fn an_edit_that_panics_half_way_is_undone_and_the_next_one_starts_whole() {

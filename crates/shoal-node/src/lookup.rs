@@ -20,7 +20,7 @@ use tracing::debug;
 use crate::answers::{AnsweredRecord, FailedNode, LookupAnswer, LookupPath, NodesCovered};
 use crate::directory::DirectoryService;
 use crate::error::ApiError;
-use crate::membership::ClusterView;
+use crate::membership::{ClusterView, KEY_READY};
 use crate::metrics::Metrics;
 use crate::peer::PeerClient;
 
@@ -171,6 +171,22 @@ impl Lookups {
         Ok(self.watcher.inventory())
     }
 
+    /// True once gossip carries this node's readiness (then its own
+    /// completeness is among the sources' like any other's).
+    fn gossiped_ready(&self, view: &ClusterView) -> bool {
+        view.members
+            .get(&self.me)
+            .is_some_and(|m| matches!(m.value(KEY_READY), Some("true" | "stale")))
+    }
+
+    /// True when this node's engine has been read but its own directory
+    /// is not yet complete for it.
+    fn own_unpublished(&self, view: &ClusterView) -> bool {
+        let incarnation = view.members.get(&self.me).map(|m| m.incarnation);
+        self.watcher.status().ready
+            && incarnation.is_some_and(|i| !self.directory.is_complete_for(view, &self.me, i))
+    }
+
     /// This node's own containers that match a query (the peer `local`
     /// route and the local part of every scatter-gather).
     pub fn local_matches(&self, query: &LocalQuery) -> Result<Vec<Arc<ContainerRecord>>, String> {
@@ -218,7 +234,13 @@ impl Lookups {
             let containers = self.directory.lookup(key);
             // What `missing(view, me, complete_for(view, key))` names,
             // without copying the complete sources: this node owns the key.
-            let missing = self.directory.missing(&view);
+            let mut missing = self.directory.missing(&view);
+            // This node's own records: gossip says it is ready up to a
+            // gossip tick after its engine was read. Until then its own
+            // directory may not hold them yet, and nothing else says so.
+            if !missing.contains(me) && !self.gossiped_ready(&view) && self.own_unpublished(&view) {
+                missing.push(me.clone());
+            }
             if missing.is_empty() {
                 Arc::new(Found {
                     containers,
