@@ -47,8 +47,8 @@ pub struct DirectoryService {
 /// is told to drop everything it fetched from here instead.
 const INVALIDATION_QUEUE: usize = 4096;
 
-/// The most keys one node's fetches are remembered for; past it, the
-/// oldest are forgotten and their fetchers told to drop them, so that a
+/// The most keys this owner remembers fetchers for; past it, the least
+/// used are forgotten and their fetchers told to drop them, so that a
 /// cached answer never outlives the owner's memory of it.
 const FETCHED_KEYS: u64 = 250_000;
 
