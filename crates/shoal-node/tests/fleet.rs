@@ -292,6 +292,25 @@ impl Fleet {
             .unwrap_or(0)
     }
 
+    /// Plain GETs of `reference` at `addr` until it answers `status`,
+    /// within `since` + `bound`; `what` says what is late otherwise.
+    /// Answers how long it took since `since`.
+    async fn poll_until(
+        &self,
+        addr: &str,
+        reference: &str,
+        status: u16,
+        since: Instant,
+        bound: Duration,
+        what: &str,
+    ) -> Duration {
+        while self.plain_lookup(addr, reference).await != status {
+            assert!(since.elapsed() < bound, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        since.elapsed()
+    }
+
     async fn kill(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.stop.cancel();
@@ -794,14 +813,17 @@ async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
     fleet.nodes[1].engine.run(record);
     let started = Instant::now();
     for n in &fleet.nodes {
-        while fleet.plain_lookup(&n.addr, "late-comer").await != 200 {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{} still denies the new container",
-                n.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let late = format!("{} still denies the new container", n.name);
+        fleet
+            .poll_until(
+                &n.addr,
+                "late-comer",
+                200,
+                started,
+                Duration::from_secs(5),
+                &late,
+            )
+            .await;
     }
 }
 
@@ -1067,14 +1089,20 @@ async fn the_hot_cache_drops_what_the_owner_says_changed() {
                 .modify(&id, "rename", |r| r.names = vec![format!("renamed-{i}")]);
         }
         let started = Instant::now();
-        while fleet.plain_lookup(&asker.addr, &name).await != 404 {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "{} still answers {name} from its hot cache after the {change}",
-                asker.name
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let late = format!(
+            "{} still answers {name} from its hot cache after the {change}",
+            asker.name
+        );
+        fleet
+            .poll_until(
+                &asker.addr,
+                &name,
+                404,
+                started,
+                Duration::from_secs(3),
+                &late,
+            )
+            .await;
         let by_id = fleet.plain_lookup(&asker.addr, &id[..20]).await;
         let expected = if change == "remove" { 404 } else { 200 };
         assert_eq!(by_id, expected, "by ID after the {change}");
@@ -1156,18 +1184,20 @@ async fn an_invalidation_that_cannot_be_delivered_is_sent_again() {
     for n in &fleet.nodes {
         n.peers.heal(&asker_addr);
     }
-    let healed = Instant::now();
-    while fleet.plain_lookup(&asker_addr, &name).await != 404 {
-        assert!(
-            healed.elapsed() < Duration::from_secs(8),
-            "the asker still answers {name} from its hot cache after its owners could reach it again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "the invalidation landed {:?} after the link healed",
-        healed.elapsed()
+    let late = format!(
+        "the asker still answers {name} from its hot cache after its owners could reach it again"
     );
+    let took = fleet
+        .poll_until(
+            &asker_addr,
+            &name,
+            404,
+            Instant::now(),
+            Duration::from_secs(8),
+            &late,
+        )
+        .await;
+    println!("the invalidation landed {took:?} after the link healed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1199,19 +1229,20 @@ async fn an_answer_from_an_owner_that_missed_a_change_is_not_served_hot() {
             .set(addr, Some(CallKind::Publish), Fault::Cut);
     }
     assert!(fleet.nodes[1].engine.remove(&id));
-    let removed = Instant::now();
-    while fleet.plain_lookup(&asker_addr, &name).await != 404 {
-        assert!(
-            // Gossip carries "behind" once f1's deliveries gave up.
-            removed.elapsed() < Duration::from_secs(15),
-            "the asker still answers {name} from its hot cache although its owners are behind"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "gone at the asker {:?} after the removal",
-        removed.elapsed()
-    );
+    // Gossip carries "behind" once f1's deliveries gave up.
+    let late =
+        format!("the asker still answers {name} from its hot cache although its owners are behind");
+    let took = fleet
+        .poll_until(
+            &asker_addr,
+            &name,
+            404,
+            Instant::now(),
+            Duration::from_secs(15),
+            &late,
+        )
+        .await;
+    println!("gone at the asker {took:?} after the removal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
