@@ -52,6 +52,11 @@ impl RecordJson {
             return Some(e.json);
         }
         let json = Bytes::from(serde_json::to_vec(&**record).ok()?);
+        // Held by nothing but this answer (a forward's fresh decode that
+        // no hot cache keeps): it is freed after it, never asked again.
+        if Arc::strong_count(record) == 1 {
+            return Some(json);
+        }
         self.cache.insert(
             at as usize,
             Entry {
@@ -151,14 +156,35 @@ mod tests {
     fn a_changed_record_is_a_new_record_and_encoded_anew() {
         let json = RecordJson::new(DEFAULT_BYTES);
         let first = record("web");
+        // Held elsewhere too (a directory would), so its bytes are kept.
+        let also = first.clone();
         let before = json.of(&first).unwrap();
         let mut changed = ContainerRecord::clone(&first);
         changed.names = vec!["renamed".into()];
-        drop(first);
+        drop((first, also));
         // Whatever address the new record gets, its JSON is its own.
         let changed = Arc::new(changed);
+        let held = changed.clone();
         let after = json.of(&changed).unwrap();
         assert_ne!(before, after);
         assert_eq!(after, serde_json::to_vec(&*changed).unwrap());
+        drop(held);
+    }
+
+    #[test]
+    fn a_record_nothing_else_holds_is_encoded_but_not_kept() {
+        let json = RecordJson::new(DEFAULT_BYTES);
+        let fresh = record("fresh");
+        assert_eq!(
+            json.of(&fresh).unwrap(),
+            serde_json::to_vec(&*fresh).unwrap()
+        );
+        json.cache.run_pending_tasks();
+        assert_eq!(json.cache.entry_count(), 0);
+        let kept = fresh.clone();
+        json.of(&fresh).unwrap();
+        json.cache.run_pending_tasks();
+        assert_eq!(json.cache.entry_count(), 1);
+        drop(kept);
     }
 }
