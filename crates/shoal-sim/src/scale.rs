@@ -524,28 +524,27 @@ impl Fleet {
     /// Waits until the fleet's directory copies stop changing for two
     /// seconds (the owners' prunes are done), at most a minute.
     async fn settle_copies(&self) -> Result<f64> {
-        let mut last = -1.0;
-        for _ in 0..30 {
-            let now = self.metric("shoal_directory_record_copies").await?;
-            if now == last {
-                return Ok(now);
-            }
-            last = now;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        Ok(last)
+        self.steady("shoal_directory_record_copies", Duration::from_secs(2), 30)
+            .await
     }
 
     /// Waits until the fleet's publish counters stop moving for a second.
     async fn quiesce(&self) -> Result<f64> {
+        self.steady("shoal_publish_bytes_total", Duration::from_secs(1), 60)
+            .await
+    }
+
+    /// Reads a fleet-wide metric every `every` until two readings in a
+    /// row agree, at most `tries` times; answers the last reading.
+    async fn steady(&self, name: &str, every: Duration, tries: usize) -> Result<f64> {
         let mut last = -1.0;
-        for _ in 0..60 {
-            let now = self.metric("shoal_publish_bytes_total").await?;
+        for _ in 0..tries {
+            let now = self.metric(name).await?;
             if now == last {
                 return Ok(now);
             }
             last = now;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(every).await;
         }
         Ok(last)
     }
