@@ -196,6 +196,14 @@ pub struct Live {
     pub join_ms: u64,
     /// Publish bytes the join caused, fleet-wide.
     pub join_publish_bytes: u64,
+    /// CPU the process used from the join's start until its containers
+    /// answered at every reader, in core-seconds, and the cores that is
+    /// over that time (2 is all of this machine): a join that takes as
+    /// long as its CPU on two cores is waiting for CPU, not for the
+    /// protocol.
+    pub join_cpu_s: f64,
+    /// See `join_cpu_s`.
+    pub join_cores: f64,
     /// The joiner's gains: the bytes (bincode, as a publish carries them)
     /// of the other nodes' records with a key the joiner owns on the new
     /// ring, once each. What it must be sent.
@@ -888,6 +896,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
     let listener = listeners(1).await?.remove(0);
     let config = fleet.config(args, newcomer);
     let t0 = Instant::now();
+    let cpu_before = crate::cpu_time();
     let node = SimNode::start(
         listener,
         config,
@@ -903,6 +912,10 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         .all_see(&readers, &names, true, Duration::from_secs(120))
         .await?;
     report.join_ms = t0.elapsed().as_millis() as u64;
+    if let (Some(after), Some(before)) = (crate::cpu_time(), cpu_before) {
+        report.join_cpu_s = (after - before).as_secs_f64();
+        report.join_cores = report.join_cpu_s / t0.elapsed().as_secs_f64();
+    }
     let bytes_after = fleet.quiesce().await?;
     report.join_publish_bytes = (bytes_after - bytes_before).max(0.0) as u64;
     let live: Vec<usize> = (0..=args.nodes).filter(|&k| k != victim).collect();
