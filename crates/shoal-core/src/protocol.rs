@@ -349,7 +349,17 @@ impl Source {
         let repaired = self.repair();
         let skip: BTreeSet<NodeId> = repaired.iter().map(|(o, _)| o.clone()).collect();
         out.extend(repaired);
-        out.extend(self.digests(None, &skip));
+        // After joins only, the owners this source had stay complete
+        // ([`crate::directory::OwnerDirectory::ring_changed`]): only the new members
+        // need a digest. One that missed the change asks for a resync.
+        let joined: Option<BTreeSet<NodeId>> = ring.grew_from(&before).then(|| {
+            ring.members()
+                .iter()
+                .filter(|m| before.members().binary_search(m).is_err())
+                .cloned()
+                .collect()
+        });
+        out.extend(self.digests(joined.as_ref(), &skip));
         out
     }
 
@@ -747,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_change_sends_gains_then_digests_that_complete_the_owners() {
+    fn a_join_sends_gains_and_digests_to_the_joiners_and_the_owners_stay_complete() {
         let small = view(3);
         let mut s = Source::new("n0".into(), 1);
         let mut dirs = BTreeMap::new();
@@ -756,11 +766,22 @@ mod tests {
         let out = s.view_changed(&big);
         let joiners = [NodeId::from("n3"), NodeId::from("n4")];
         for (owner, m) in &out {
+            assert!(joiners.contains(owner), "only joiners hear: {owner} {m:?}");
             if let Message::Publish(p) = m {
-                assert!(joiners.contains(owner), "only joiners gain");
                 assert!(!m.is_snapshot(), "gains are deltas");
                 assert_eq!(p.source.ring, big.ring.fingerprint());
             }
+        }
+        // The owners from before move to the grown ring as their upkeep
+        // does; the joiners get there by the digests.
+        assert!(big.ring.grew_from(&small.ring));
+        for d in dirs.values_mut() {
+            d.ring_changed(
+                big.ring.fingerprint(),
+                Some(small.ring.fingerprint()),
+                |_| Some(1),
+                |_| true,
+            );
         }
         deliver(&mut dirs, out, &big.ring);
         let me = NodeId::from("n0");
@@ -773,5 +794,26 @@ mod tests {
         for i in 0..60 {
             assert!(found(&dirs, &big.ring, &format!("c{i}")));
         }
+    }
+
+    #[test]
+    fn a_ring_that_lost_a_member_sends_digests_to_every_owner() {
+        let big = view(5);
+        let mut s = Source::new("n0".into(), 1);
+        let mut dirs = BTreeMap::new();
+        deliver(&mut dirs, s.start(inventory(60), &big), &big.ring);
+        let small = view(4);
+        assert!(!small.ring.grew_from(&big.ring));
+        let out = s.view_changed(&small);
+        let digested: BTreeSet<&NodeId> = out
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::Digest(_)))
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(
+            digested.len(),
+            4,
+            "every member of the new ring: {digested:?}"
+        );
     }
 }

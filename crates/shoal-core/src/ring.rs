@@ -148,6 +148,24 @@ impl Ring {
         &self.nodes
     }
 
+    /// True when this ring is `before` with members added and nothing
+    /// else changed. Virtual nodes sit where their own node's name puts
+    /// them, so added members only insert points: clockwise from any key,
+    /// the distinct nodes met are the old sequence with new ones in
+    /// between. A member of `before` then owns on this ring a subset of
+    /// what it owned there, and an owner that held everything it owned
+    /// there still does. (When `before` had fewer members than replicas,
+    /// each of them owned every key, so that holds too.)
+    pub fn grew_from(&self, before: &Ring) -> bool {
+        self.nodes.len() > before.nodes.len()
+            && self.vnodes == before.vnodes
+            && (self.replicas == before.replicas || before.replicas == before.nodes.len())
+            && before
+                .nodes
+                .iter()
+                .all(|n| self.nodes.binary_search(n).is_ok())
+    }
+
     /// True when the ring has no members.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
@@ -368,7 +386,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_added_members_make_a_ring_grown() {
+        let small = Ring::new(members(4), 16, 2);
+        assert!(Ring::new(members(6), 16, 2).grew_from(&small));
+        assert!(!small.grew_from(&small), "the same ring did not grow");
+        assert!(!Ring::new(members(3), 16, 2).grew_from(&small), "one left");
+        let swapped = members(5).into_iter().skip(1);
+        assert!(
+            !Ring::new(swapped, 16, 2).grew_from(&small),
+            "one left, one came"
+        );
+        assert!(
+            !Ring::new(members(6), 32, 2).grew_from(&small),
+            "other vnodes"
+        );
+        assert!(
+            !Ring::new(members(6), 16, 3).grew_from(&small),
+            "other replicas"
+        );
+        // One member owned every key: replicas capped at 1 grow to 2.
+        assert!(Ring::new(members(2), 16, 2).grew_from(&Ring::new(members(1), 16, 2)));
+    }
+
     proptest! {
+        /// What `grew_from` promises: after joins, a member from before
+        /// owns no key it did not own before.
+        #[test]
+        fn after_joins_an_old_member_owns_a_subset_of_what_it_owned(
+            n in 1usize..10,
+            added in 1usize..6,
+            replicas in 1usize..4,
+            k in 0usize..400,
+        ) {
+            let small = Ring::new(members(n), 16, replicas);
+            let big = Ring::new(members(n + added), 16, replicas);
+            prop_assert!(big.grew_from(&small));
+            for key in keys(k + 50).into_iter().skip(k) {
+                let before = small.owners(&key);
+                for o in big.owners(&key) {
+                    if small.members().contains(o) {
+                        prop_assert!(before.contains(&o), "{o} gained {key:?}");
+                    }
+                }
+            }
+        }
+
         /// For every record and every accepted spelling of each of its
         /// keys, the owners a lookup computes are the owners the record was
         /// published to.

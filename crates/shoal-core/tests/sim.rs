@@ -870,6 +870,7 @@ impl World {
                 .collect();
             if live.as_slice() != n.ring.members() {
                 let ring = Arc::new(Ring::new(live, 16, 2));
+                let grew_from = ring.grew_from(&n.ring).then(|| n.ring.fingerprint());
                 n.ring = ring.clone();
                 n.ring_since = now;
                 n.pruned_at = None;
@@ -879,6 +880,7 @@ impl World {
                 let view = n.view.clone();
                 n.dir.ring_changed(
                     ring.fingerprint(),
+                    grew_from,
                     |s| {
                         view.get(&index(s))
                             .filter(|m| m.live)

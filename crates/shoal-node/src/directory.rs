@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use shoal_core::directory::{Here, OwnerDirectory};
 use shoal_core::placement::owns_any;
+use shoal_core::ring::Ring;
 use shoal_core::wire::{
     DigestReply, DigestRequest, Invalidate, Publish, PublishAck, PublishBody, ResyncRequest,
 };
@@ -304,14 +305,19 @@ impl DirectoryService {
             .unwrap_or(PublishAck::Stale)
     }
 
-    /// This node's ring changed: digests that arrived placed on it before
-    /// this node had it are checked now. Returns how many sources that
-    /// made the directory complete for.
-    pub fn ring_changed(&self, view: &ClusterView) -> usize {
+    /// This node's ring changed from `before`: after joins only, the
+    /// sources it was complete for stay complete; digests that arrived
+    /// placed on the new ring before this node had it are checked now.
+    /// Returns how many sources those digests made it complete for.
+    pub fn ring_changed(&self, view: &ClusterView, before: Option<&Ring>) -> usize {
         let (ring, me) = (&view.ring, &view.me);
+        let grew_from = before
+            .filter(|b| ring.grew_from(b))
+            .map(|b| b.fingerprint());
         self.edit(|dir| {
             dir.ring_changed(
                 ring.fingerprint(),
+                grew_from,
                 |source| here(view, source).live,
                 |r| owns_any(ring, me, r),
             )
@@ -461,7 +467,7 @@ impl Upkeep {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.every);
         let mut ring_members: Vec<NodeId> = Vec::new();
-        let mut checked_ring = None;
+        let mut checked_ring: Option<Arc<Ring>> = None;
         let mut stable_since = Instant::now();
         let mut pruned_at: Option<Instant> = None;
         let mut asked: BTreeMap<NodeId, (Instant, Duration)> = BTreeMap::new();
@@ -477,9 +483,9 @@ impl Upkeep {
             let v = self.view.load_full();
             // At once on a ring change, before any resync is asked: most
             // sources saw the change first and their digests are here.
-            if checked_ring != Some(v.ring.fingerprint()) {
-                checked_ring = Some(v.ring.fingerprint());
-                let completed = self.directory.ring_changed(&v);
+            if checked_ring.as_ref().map(|r| r.fingerprint()) != Some(v.ring.fingerprint()) {
+                let before = checked_ring.replace(v.ring.clone());
+                let completed = self.directory.ring_changed(&v, before.as_deref());
                 if completed > 0 {
                     debug!(
                         completed,
