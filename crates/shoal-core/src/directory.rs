@@ -297,7 +297,21 @@ impl OwnerDirectory {
             return DigestReply { matches: true };
         }
         self.pending.remove(&d.source.node);
-        let held = self.summary_where(&d.source.node, owned);
+        // Everything held from the source is what it says this owner
+        // should hold (the usual case: each source digests to every owner
+        // every sync interval): no walk through the ring needed to set
+        // aside records this owner no longer owns. Those exist between a
+        // ring change and the prune; then the walk decides.
+        let held = match self.summary(&d.source.node) {
+            Some(all)
+                if all.incarnation == d.source.incarnation
+                    && all.count == d.count
+                    && all.digest == d.digest =>
+            {
+                Some(all)
+            }
+            _ => self.summary_where(&d.source.node, owned),
+        };
         let matches = match held {
             Some(SourceSummary {
                 incarnation,
@@ -900,6 +914,37 @@ mod tests {
         assert!(missing(&d, &[("a", 2)], RING).is_empty());
         d.remove_source(&NodeId::from("a"));
         assert_eq!(missing(&d, &[("a", 2)], RING), ["a"]);
+    }
+
+    #[test]
+    fn a_digest_walks_the_ring_only_when_more_is_held_than_it_names() {
+        let mut d = OwnerDirectory::new();
+        let kept = on("a", "e", record(1, "web", "10.0.0.1", None));
+        let moved = on("a", "e", record(2, "db", "10.0.0.2", None));
+        d.apply(
+            &delta(clock("a", 1, 1), vec![kept.clone(), moved.clone()], vec![]),
+            HERE,
+        );
+        let ask = |(count, digest)| DigestRequest {
+            source: clock("a", 1, 1),
+            count,
+            digest,
+        };
+        // Holds exactly what the digest names: no record goes through
+        // the ring.
+        let both = ask(digest_of([&kept, &moved]));
+        assert!(d.check(&both, HERE, |_| panic!("walked")).matches);
+        // After a ring change `db` is no longer owned here but not pruned
+        // yet: the walk sets it aside, and the digest matches.
+        let after = ask(digest_of([&kept]));
+        assert!(d.check(&after, HERE, |r| r.id == kept.id).matches);
+        assert!(missing(&d, &[("a", 1)], RING).is_empty());
+        // Something else than what is held: no match either way.
+        let other = ask(digest_of([
+            &moved,
+            &on("a", "e", record(3, "x", "10.0.0.3", None)),
+        ]));
+        assert!(!d.check(&other, HERE, |_| true).matches);
     }
 
     #[test]
