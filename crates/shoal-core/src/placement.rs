@@ -3,7 +3,7 @@
 //! publisher ([`crate::protocol::Source`]) and the owner directory's upkeep
 //! both place by these, so they cannot disagree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::directory::digest_of;
 use crate::key::record_keys;
@@ -75,13 +75,33 @@ pub fn digests<'r>(
     ring: &Ring,
     records: impl IntoIterator<Item = &'r ContainerRecord>,
 ) -> BTreeMap<NodeId, (u64, u64)> {
-    let mut per_owner: BTreeMap<NodeId, (u64, u64)> =
-        ring.members().iter().map(|m| (m.clone(), (0, 0))).collect();
+    digests_for(ring, records, None)
+}
+
+/// [`digests`] of `only` those members (every member when `None`). A
+/// record none of them owns is not hashed: after a join only the new
+/// members get a digest, and they own a small share of the records.
+pub fn digests_for<'r>(
+    ring: &Ring,
+    records: impl IntoIterator<Item = &'r ContainerRecord>,
+    only: Option<&BTreeSet<NodeId>>,
+) -> BTreeMap<NodeId, (u64, u64)> {
+    let wanted = |m: &NodeId| only.is_none_or(|o| o.contains(m));
+    let mut per_owner: BTreeMap<NodeId, (u64, u64)> = ring
+        .members()
+        .iter()
+        .filter(|m| wanted(m))
+        .map(|m| (m.clone(), (0, 0)))
+        .collect();
     let mut owners = Vec::new();
     for r in records {
-        let digest = record_digest(r);
         owners.clear();
         owners_of(ring, r, &mut owners);
+        owners.retain(|o| wanted(o));
+        if owners.is_empty() {
+            continue;
+        }
+        let digest = record_digest(r);
         for o in &owners {
             let (n, d) = per_owner.entry((*o).clone()).or_default();
             *n += 1;
@@ -144,6 +164,21 @@ mod tests {
             assert_eq!(d[owner], *digest);
             assert_eq!(digest_of(held), *digest);
             assert!(held.iter().all(|r| owns_any(&ring, owner, r)));
+        }
+    }
+
+    #[test]
+    fn digests_of_some_members_are_theirs_of_all() {
+        let (ring, records) = (ring(5), records(200));
+        let all = digests(&ring, &records);
+        let only = BTreeSet::from([NodeId::from("n1"), NodeId::from("n3")]);
+        let some = digests_for(&ring, &records, Some(&only));
+        assert_eq!(
+            some.keys().collect::<Vec<_>>(),
+            only.iter().collect::<Vec<_>>()
+        );
+        for (owner, digest) in &some {
+            assert_eq!(all[owner], *digest);
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::inventory::{Delta, Inventory};
 use crate::model::{ContainerRecord, NodeId};
-use crate::placement::{assignments_to, digests, gains, owners_of};
+use crate::placement::{assignments_to, digests_for, gains, owners_of};
 use crate::ring::Ring;
 use crate::wire::{DigestRequest, Publish, PublishBody, RecordId, SourceClock};
 
@@ -395,8 +395,10 @@ impl Source {
         };
         let ring = &*ring;
         let mut out = Vec::new();
-        for (owner, (count, digest)) in digests(ring, self.published.records().map(|r| &**r)) {
-            if only.is_some_and(|o| !o.contains(&owner)) || skip.contains(&owner) {
+        for (owner, (count, digest)) in
+            digests_for(ring, self.published.records().map(|r| &**r), only)
+        {
+            if skip.contains(&owner) {
                 continue;
             }
             // A digest is a message in the owner's order like any other:
