@@ -457,8 +457,9 @@ unless the hot cache keeps them), `memset` 2.8%, SipHash 2.0%.
   to 2.2 s in fifteen runs of five builds, with 640 to 1070 µs per
   event); on a fleet of hosts the same work is that CPU divided by 50
   per host. Every event of the burst used to have its own poller every
-  2 ms: those lookups, each a forward, were most of the load (p99 6 s, and
-  the process ran out of file descriptors). Polling one event in 20 every
+  2 ms: those lookups, each a forward, took about a fifth of the CPU and
+  more as the fleet slowed (p99 6 s, and the process ran out of file
+  descriptors). Polling one event in 20 every
   5 ms, with every event still checked, leaves the load to the fleet.
 - A join was CPU: at 3.16 s it had used 6.0 s of CPU, 1.90 of the 2
   cores (one run before the changes below). perf over it: owners checking
