@@ -31,6 +31,16 @@ fn test_config() -> NodeConfig {
     }
 }
 
+/// [`test_config`] with a hot TTL far longer than any test, whatever the
+/// default: only owners' invalidations and ring changes can take a cached
+/// answer out, and a cached miss would deny for the whole test.
+fn hot_config() -> NodeConfig {
+    NodeConfig {
+        hot_ttl: Duration::from_secs(600),
+        ..test_config()
+    }
+}
+
 struct FleetNode {
     name: String,
     addr: String,
@@ -799,11 +809,7 @@ async fn an_owner_restarted_at_once_denies_none_of_the_other_nodes_containers() 
 async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
     // A long hot TTL: a cached miss would deny the container for its
     // whole length.
-    let base = NodeConfig {
-        hot_ttl: Duration::from_secs(60),
-        ..test_config()
-    };
-    let fleet = Fleet::start_configured(4, None, base).await;
+    let fleet = Fleet::start_configured(4, None, hot_config()).await;
     for n in &fleet.nodes {
         assert_eq!(fleet.plain_lookup(&n.addr, "late-comer").await, 404);
         assert_eq!(fleet.plain_lookup(&n.addr, "late-comer").await, 404);
@@ -1067,11 +1073,7 @@ async fn a_lost_engine_is_marked_stale_then_withdrawn_and_served_again_when_back
 async fn the_hot_cache_drops_what_the_owner_says_changed() {
     // A hot TTL far longer than the test: only the owners' invalidations
     // can take a cached answer out.
-    let base = NodeConfig {
-        hot_ttl: Duration::from_secs(60),
-        ..test_config()
-    };
-    let fleet = Fleet::start_configured(4, None, base).await;
+    let fleet = Fleet::start_configured(4, None, hot_config()).await;
     // For two containers of f1, a node that owns neither its name nor its
     // ID asks by plain GETs, as a script polls: the second answer is hot.
     for (i, change) in [(5, "remove"), (6, "rename")] {
@@ -1167,11 +1169,7 @@ async fn cached_at_a_non_owner(fleet: &Fleet, i: usize) -> (String, String, usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_that_cannot_be_delivered_is_sent_again() {
-    let base = NodeConfig {
-        hot_ttl: Duration::from_secs(600),
-        ..test_config()
-    };
-    let fleet = Fleet::start_configured(5, None, base).await;
+    let fleet = Fleet::start_configured(5, None, hot_config()).await;
     let (name, id, asker) = cached_at_a_non_owner(&fleet, 8).await;
     let asker_addr = fleet.nodes[asker].addr.clone();
     // Every owner's invalidations to the asker fail for a while.
@@ -1202,11 +1200,7 @@ async fn an_invalidation_that_cannot_be_delivered_is_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_from_an_owner_that_missed_a_change_is_not_served_hot() {
-    let base = NodeConfig {
-        hot_ttl: Duration::from_secs(600),
-        ..test_config()
-    };
-    let fleet = Fleet::start_configured(5, None, base).await;
+    let fleet = Fleet::start_configured(5, None, hot_config()).await;
     let ring = fleet.ring();
     // A name f1 does not own itself: its owners hear of it only by HTTP.
     let i = (0..PER_NODE)
