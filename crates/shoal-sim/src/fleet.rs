@@ -280,16 +280,20 @@ impl Client {
 
     /// A metric summed over nodes.
     pub async fn fleet_metric(&self, nodes: &[&SimNode], name: &str) -> Result<f64> {
-        let mut total = 0.0;
+        Ok(self.fleet_metrics(nodes, &[name]).await?[0])
+    }
+
+    /// Metrics summed over nodes, in the order of `names`, from one
+    /// scrape of each node.
+    pub async fn fleet_metrics(&self, nodes: &[&SimNode], names: &[&str]) -> Result<Vec<f64>> {
+        let mut totals = vec![0.0; names.len()];
         for n in nodes {
-            total += self
-                .metrics(&n.addr)
-                .await?
-                .get(name)
-                .copied()
-                .unwrap_or(0.0);
+            let scraped = self.metrics(&n.addr).await?;
+            for (total, name) in totals.iter_mut().zip(names) {
+                *total += scraped.get(*name).copied().unwrap_or(0.0);
+            }
         }
-        Ok(total)
+        Ok(totals)
     }
 
     /// Polls `reference` at `addr` back to back until it is found (`true`)

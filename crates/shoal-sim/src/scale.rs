@@ -562,6 +562,11 @@ impl Fleet {
         self.client.fleet_metric(&self.live_nodes(), name).await
     }
 
+    /// Metrics summed over the running nodes, from one scrape of each.
+    async fn metrics(&self, names: &[&str]) -> Result<Vec<f64>> {
+        self.client.fleet_metrics(&self.live_nodes(), names).await
+    }
+
     /// Waits until the fleet's directory copies stop changing for two
     /// seconds (the owners' prunes are done), at most a minute.
     async fn settle_copies(&self) -> Result<f64> {
@@ -757,10 +762,7 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         "shoal_publish_overflows_total",
         "shoal_publish_snapshots_total",
     ];
-    let mut trouble_before = Vec::new();
-    for name in trouble {
-        trouble_before.push(fleet.metric(name).await?);
-    }
+    let trouble_before = fleet.metrics(&trouble).await?;
     let rest = Duration::from_secs(3);
     let cpu_before = crate::cpu_time();
     tokio::time::sleep(rest).await;
@@ -815,10 +817,13 @@ async fn live(args: &ScaleArgs, per_node: usize) -> Result<Live> {
         }
         _ => f64::NAN,
     };
-    let mut counts = Vec::new();
-    for (name, before) in trouble.iter().zip(&trouble_before) {
-        counts.push((fleet.metric(name).await? - before).max(0.0) as u64);
-    }
+    let counts: Vec<u64> = fleet
+        .metrics(&trouble)
+        .await?
+        .iter()
+        .zip(&trouble_before)
+        .map(|(after, before)| (after - before).max(0.0) as u64)
+        .collect();
     if let [failures, stale, overflows, snapshots] = counts[..] {
         report.burst_failures = failures;
         report.burst_stale = stale;
