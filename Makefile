@@ -92,6 +92,10 @@ bench: build ## run the benchmark scenarios and write BENCHMARKS.md (about 15 mi
 bench-front: build ## only make bench's front-door part: shoal vs groupcache through nginx with wrk (about 1 minute, no Docker; BENCHMARKS.md untouched)
 	bash scripts/bench.sh --only front
 
+.PHONY: bench-node
+bench-node: build ## only make bench's lookups sent to one node (about 2 minutes; BENCH_SHOAL=path measures another build; BENCHMARKS.md untouched)
+	bash scripts/bench.sh --only node
+
 SOAK_SECONDS ?= 1800
 .PHONY: soak
 soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): RSS and fds must stay flat

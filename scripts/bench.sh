@@ -11,18 +11,22 @@
 #   scripts/bench.sh --only front   runs only the front-door comparison
 #   (shoal and groupcache through nginx with wrk, scripts/bench-front.sh)
 #   and prints its section; BENCHMARKS.md is left as it is.
+#   scripts/bench.sh --only node    runs only the lookups sent to one node
+#   (no-op, owned, forwarded and hot, at one connection and under load) and
+#   prints them; BENCHMARKS.md is left as it is. With BENCH_SHOAL=/path/to/shoal
+#   it measures that build, so two builds can be compared run by run.
 set -euo pipefail
 
 only=
 case "${1:-}" in
   "") ;;
-  --only) [ "${2:-}" = front ] || { echo "bench: --only takes: front" >&2; exit 2; }; only=front ;;
-  *) echo "usage: $0 [--only front]" >&2; exit 2 ;;
+  --only) case "${2:-}" in front | node) only=$2 ;; *) echo "bench: --only takes: front, node" >&2; exit 2 ;; esac ;;
+  *) echo "usage: $0 [--only front|node]" >&2; exit 2 ;;
 esac
 
 me=bench
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin="$root/target/release/shoal"
+bin=${BENCH_SHOAL:-$root/target/release/shoal}
 sim="$root/target/release/shoal-sim"
 secs=${BENCH_SECONDS:-10}
 conc=${BENCH_CONCURRENCY:-8}
@@ -35,7 +39,7 @@ say() { echo "$me: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 [ -x "$bin" ] && [ -x "$sim" ] || die "build first: make build"
-command -v nginx >/dev/null || {
+[ "$only" = node ] || command -v nginx >/dev/null || {
   say "installing nginx (Debian package)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq nginx-light >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
@@ -73,12 +77,14 @@ for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "a node exited (its po
 say "three nodes up, $per_node synthetic containers each"
 
 # The nginx configuration that ships (the template's), on loopback.
+if [ "$only" != node ]; then
 servers=(); for p in "${ports[@]}"; do servers+=("127.0.0.1:$p"); done
 bash "$root/scripts/nginx-conf.sh" render "This rendering: the benchmarks (scripts/bench.sh)." \
   "127.0.0.1:$nginx_port" "$work" "$work/nginx-error.log" "$work/nginx-access.log" "${servers[@]}" \
   > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;' || die "nginx failed"
 bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$nginx_port/readyz" 10 || die "nginx does not answer"
+fi
 
 if [ "$only" = front ]; then
   bash "$root/scripts/bench-front.sh" "$work" "$nginx_port" "$per_node" "${pids[@]}"
@@ -124,6 +130,27 @@ for c in 1 "$conc"; do
   bench "node-forwarded-c$c" "$c" --target "$node1" --keys "$work/forwarded.keys" --no-cache
   bench "node-hot-c$c" "$c" --target "$node1" --keys "$work/forwarded.keys"
 done
+if [ "$only" = node ]; then
+  echo "# $bin (checkout $(git -C "$root" rev-parse --short HEAD)), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+  python3 - "$work" "$secs" "$conc" <<'PY'
+import json, sys
+work, secs, conc = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def load(n): return json.load(open(f"{work}/{n}.json"))
+def cpu_us(n): # node CPU over the run, warm-up (1 s) included, per request
+    return int(open(f"{work}/{n}.ticks").read()) * 10000 / max(load(n)["requests"] * (secs + 1) / secs, 1)
+print("| run | req/s | p50 µs | p99 µs | p50 vs no-op | node CPU µs/req | errors |")
+print("|---|---|---|---|---|---|---|")
+for c in ("1", conc):
+    base = load(f"node-noop-c{c}")["latency_us"]["p50"]
+    for p in ("noop", "owned", "forwarded", "hot"):
+        n = f"node-{p}-c{c}"; x = load(n); l = x["latency_us"]
+        print(f"| {n} | {x['throughput']:.0f} | {l['p50']} | {l['p99']} | {l['p50'] / max(base, 1):.2f}× | {cpu_us(n):.0f} | {x['errors']} |")
+print(f"\nnode CPU per forwarded lookup against an owned one ({conc} connections): "
+      f"{cpu_us(f'node-forwarded-c{conc}') / max(cpu_us(f'node-owned-c{conc}'), 1):.2f}×")
+PY
+  say "BENCHMARKS.md left as it is"
+  exit 0
+fi
 bench nginx-noop "$conc" --target "$front" --path /v1/noop
 bench nginx-lookup "$conc" --target "$front" --keys "$work/all.keys"
 # The front door as a user checks it: wrk through nginx, beside groupcache.
@@ -427,10 +454,23 @@ unless the hot cache keeps them), `memset` 2.8%, SipHash 2.0%.
   installs) costs more than shoal's code for the whole request. At one
   connection, with the machine otherwise quiet, a no-op round trip takes
   about 20 µs and a forward about 100-200 µs; the extra hop's wake-ups
-  are most of the difference. HTTP/2 to peers (one connection per peer,
-  forwards multiplexed) was not tried: it needs the nodes' listener to
-  speak h2c beside HTTP/1, and the overload limits (header timeouts,
-  connection caps) are HTTP/1's.
+  are most of the difference.
+- Two leaner peer transports were measured and dropped, each against
+  the kept one in alternating runs of `scripts/bench.sh --only node`
+  (`BENCH_SHOAL` names the build; two rounds each, at 1540028):
+  - HTTP/2 to peers (the listener taking h2c beside HTTP/1, one
+    connection per peer multiplexing every call): a forward at one
+    connection took 282-302 µs at p50 against 239-240 µs; under load it
+    cost 144-151 µs of node CPU against 105-122 µs, at 9.3k-9.9k
+    forwards/s against 12.1k-14.1k. On loopback, h2's framing, flow
+    control and per-connection task cost more than the connections and
+    handshakes it saves.
+  - HTTP/1 connections driven by the task that calls (hyper's
+    `client::conn` halves polled together, no connection task and no
+    channel between them): no gain beside the noise (p50 280-290 µs
+    against 237-313 µs at one connection), and `perf stat` over the
+    three nodes counted 6.7 context switches per forward against 3.9: a
+    task that wakes itself makes tokio wake another worker to steal it.
 - One request in flight, the latency on this virtual machine is bimodal:
   about 20-30 µs when the cores stay awake between requests, about
   80-100 µs when they idle and must be woken. A run's p50 lands in one
