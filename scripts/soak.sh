@@ -9,13 +9,14 @@
 # 5, whichever is more), for every node, and no lookup of a live container
 # was denied.
 #   SOAK_SECONDS=180 bash scripts/soak.sh     a short pass
+#   SOAK_SHOAL=/path/to/shoal bash scripts/soak.sh   soaks another build
 # Traffic goes to loopback only; the churn keeps at most SOAK_LIVE (default
 # 40) containers of its own, all named soak-*, and removes them at the end.
 set -euo pipefail
 
 me=soak
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin="$root/target/release/shoal"
+bin=${SOAK_SHOAL:-$root/target/release/shoal}
 secs=${SOAK_SECONDS:-1800}
 warmup=${SOAK_WARMUP:-$((secs / 5))}
 live_max=${SOAK_LIVE:-40}
@@ -33,6 +34,7 @@ rm -rf "$work" && mkdir -p "$work"
 # The commit the binary was built from (make soak builds it first).
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$root" diff --quiet HEAD 2>/dev/null || commit+=" with uncommitted changes"
+[ -z "${SOAK_SHOAL:-}" ] || commit="the build at $bin"
 bash "$root/scripts/cluster-secret.sh" "$work/cluster-secret"
 
 pids=()
@@ -158,7 +160,8 @@ done < "$work/flatness"
 [ "$denied" -eq 0 ] || { say "$denied lookups of live containers were denied"; verdict=1; }
 
 # The figures as a section of BENCHMARKS.md; a full-length run (30 minutes
-# or more) writes it there, a shorter one only to target/soak/.
+# or more) of this checkout's build writes it there, a shorter one or
+# another build's only to target/soak/.
 {
   echo "## Soak: five nodes under churn, $((secs / 60)) minutes"
   echo
@@ -178,7 +181,7 @@ done < "$work/flatness"
   echo "- machine: $(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), $(nproc) cores"
 } > "$work/summary.md"
 cat "$work/summary.md" >&2
-if [ "$secs" -ge 1800 ]; then
+if [ "$secs" -ge 1800 ] && [ -z "${SOAK_SHOAL:-}" ]; then
   python3 - "$root/BENCHMARKS.md" "$work/summary.md" <<'PY'
 import sys
 path, summary = sys.argv[1], open(sys.argv[2]).read()
