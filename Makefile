@@ -11,17 +11,23 @@ export CARGO_TERM_COLOR ?= never
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+.PHONY: build-deps
+build-deps: ## install protoc (Debian's protobuf-compiler) when missing: the containerd client needs it to build
+	bash scripts/build-deps.sh
+
 .PHONY: build
-build: ## build the release binaries target/release/shoal and shoal-sim
+build: build-deps ## build the release binaries target/release/shoal and shoal-sim
 	$(CARGO) build --release --locked -p shoal-cli -p shoal-sim
 
 .PHONY: test-deps
-test-deps: ## install and start what the tests need (dockerd, the busybox test image)
+test-deps: build-deps ## install and start what the tests need (protoc, dockerd, containerd, the busybox test image)
 	bash scripts/ensure-docker.sh
+	bash scripts/ensure-containerd.sh
 	bash scripts/test-image.sh
+	bash scripts/oci-image.sh >/dev/null
 
 .PHONY: test
-test: test-deps ## run every test: unit, property, router, fleet, real-Docker, manifests, e2e
+test: test-deps ## run every test: unit, property, router, fleet, real-Docker, real-containerd, manifests, e2e
 	$(CARGO) test --workspace --locked -- --include-ignored
 	bash scripts/fuzz.sh 20
 	$(MAKE) k8s-validate
@@ -29,7 +35,7 @@ test: test-deps ## run every test: unit, property, router, fleet, real-Docker, m
 	$(MAKE) e2e
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: build-deps ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use shoal_core::{EngineId, NodeId};
-use shoal_engine::{DockerEngine, Engine, SyntheticEngine, SyntheticSpec};
+use shoal_engine::{ContainerdEngine, DockerEngine, Engine, SyntheticEngine, SyntheticSpec};
 use shoal_node::NodeConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -22,6 +22,9 @@ use tracing::{info, warn};
 pub enum EngineKind {
     /// The Docker engine at --docker-host.
     Docker,
+    /// containerd at --containerd-address (Kubernetes nodes, nerdctl and
+    /// ctr hosts).
+    Containerd,
     /// Generated containers in memory (tests, demos, benchmarks).
     Synthetic,
 }
@@ -75,6 +78,14 @@ pub struct NodeArgs {
     /// [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
     #[arg(long, env = "SHOAL_DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// containerd's socket, for --engine containerd
+    /// [default: /run/containerd/containerd.sock].
+    #[arg(long, env = "SHOAL_CONTAINERD_ADDRESS")]
+    pub containerd_address: Option<String>,
+    /// containerd namespaces to watch, comma-separated [default: every
+    /// namespace].
+    #[arg(long, env = "SHOAL_CONTAINERD_NAMESPACES", value_delimiter = ',')]
+    pub containerd_namespaces: Option<Vec<String>>,
     /// How many containers the synthetic engine holds [default: 100].
     #[arg(long, env = "SHOAL_SYNTHETIC_COUNT")]
     pub synthetic_count: Option<usize>,
@@ -189,6 +200,8 @@ pub struct FileConfig {
     gossip_listen: Option<SocketAddr>,
     engine: Option<EngineKind>,
     docker_host: Option<String>,
+    containerd_address: Option<String>,
+    containerd_namespaces: Option<Vec<String>>,
     synthetic_count: Option<usize>,
     synthetic_prefix: Option<String>,
     replicas: Option<usize>,
@@ -251,6 +264,10 @@ pub struct Resolved {
     pub engine: EngineKind,
     /// The Docker host, for the docker engine.
     pub docker_host: String,
+    /// containerd's socket, for the containerd engine.
+    pub containerd_address: String,
+    /// containerd namespaces to watch; `None` for every one.
+    pub containerd_namespaces: Option<Vec<String>>,
     /// Synthetic containers.
     pub synthetic_count: usize,
     /// Synthetic name prefix.
@@ -399,9 +416,29 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
         .or(file.docker_host)
         .or(docker_host_env.filter(|h| !h.is_empty()))
         .unwrap_or_else(|| shoal_engine::docker::DEFAULT_DOCKER_HOST.to_owned());
+    let containerd_namespaces = args
+        .containerd_namespaces
+        .or(file.containerd_namespaces)
+        .map(|given| {
+            let given: Vec<String> = given
+                .into_iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if given.is_empty() {
+                bail!("invalid setting: containerd-namespaces names no namespace");
+            }
+            Ok(given)
+        })
+        .transpose()?;
     Ok(Resolved {
         engine: args.engine.or(file.engine).unwrap_or(EngineKind::Docker),
         docker_host,
+        containerd_address: args
+            .containerd_address
+            .or(file.containerd_address)
+            .unwrap_or_else(|| shoal_engine::containerd::DEFAULT_CONTAINERD_ADDRESS.to_owned()),
+        containerd_namespaces,
         synthetic_count: args.synthetic_count.or(file.synthetic_count).unwrap_or(100),
         synthetic_prefix: args
             .synthetic_prefix
@@ -443,6 +480,17 @@ fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
             Arc::new(DockerEngine::connect(&resolved.docker_host).map_err(|e| {
                 anyhow::anyhow!("{e}: --docker-host takes unix:///path or tcp://host:port")
             })?)
+        }
+        EngineKind::Containerd => {
+            let address = &resolved.containerd_address;
+            if let Some(msg) = ContainerdEngine::missing_socket(address) {
+                bail!(msg);
+            }
+            Arc::new(ContainerdEngine::connect(
+                address,
+                resolved.containerd_namespaces.clone(),
+                Vec::new(),
+            )?)
         }
         EngineKind::Synthetic => Arc::new(SyntheticEngine::new(SyntheticSpec {
             count: resolved.synthetic_count,
@@ -560,6 +608,47 @@ mod tests {
         assert_eq!(r.docker_host, "tcp://127.0.0.1:2375");
         let r = resolve(NodeArgs::default(), None).unwrap();
         assert_eq!(r.docker_host, "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn containerd_settings_come_from_flags_or_the_file() {
+        let r = resolve(NodeArgs::default(), None).unwrap();
+        assert_eq!(r.containerd_address, "/run/containerd/containerd.sock");
+        assert_eq!(r.containerd_namespaces, None, "every namespace");
+        let f = file(
+            "engine: containerd\ncontainerd-address: /run/k3s/containerd.sock\n\
+             containerd-namespaces: [k8s.io, default]\n",
+        );
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        assert_eq!(r.engine, EngineKind::Containerd);
+        assert_eq!(r.containerd_address, "/run/k3s/containerd.sock");
+        assert_eq!(
+            r.containerd_namespaces,
+            Some(vec!["k8s.io".to_owned(), "default".to_owned()])
+        );
+        let args = NodeArgs {
+            containerd_namespaces: Some(vec![" ".into(), String::new()]),
+            ..Default::default()
+        };
+        let msg = resolve(args, None).unwrap_err().to_string();
+        assert!(msg.contains("containerd-namespaces"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_containerd_socket_is_a_clear_error() {
+        let args = NodeArgs {
+            engine: Some(EngineKind::Containerd),
+            containerd_address: Some("/nonexistent/containerd.sock".into()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        let msg = engine(&r).err().unwrap().to_string();
+        assert!(msg.contains("/nonexistent/containerd.sock"), "{msg}");
+        assert!(msg.contains("--containerd-address"), "{msg}");
     }
 
     #[test]

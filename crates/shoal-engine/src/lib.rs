@@ -2,17 +2,20 @@
 //!
 //! [`Engine`] is the small trait the rest of shoal needs from an engine:
 //! identity, an event subscription, a list of live containers and an
-//! inspect. [`DockerEngine`] implements it over bollard; [`SyntheticEngine`]
+//! inspect. [`DockerEngine`] implements it over bollard,
+//! [`ContainerdEngine`] over containerd's gRPC API; [`SyntheticEngine`]
 //! holds generated containers in memory for tests, simulations and
 //! benchmarks. The [`Watcher`] turns either into a live, correct
 //! [`shoal_core::Inventory`] and a stream of deltas; it knows nothing of
 //! peers or HTTP.
 
+pub mod containerd;
 pub mod docker;
 pub mod engine;
 pub mod synthetic;
 pub mod watcher;
 
+pub use containerd::ContainerdEngine;
 pub use docker::DockerEngine;
 pub use engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
 pub use synthetic::{SyntheticEngine, SyntheticSpec, synthetic_id, synthetic_record};

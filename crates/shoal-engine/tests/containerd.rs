@@ -1,0 +1,471 @@
+//! The watcher against a real containerd (Debian's `containerd` package),
+//! started by each test with its own root, state and socket in a temporary
+//! directory and stopped by PID. Containers are made with `ctr` from the
+//! OCI tarball `scripts/oci-image.sh` builds, so no registry is needed.
+//!
+//! They need root, containerd, runc and `ip`, so they are ignored by a
+//! plain `cargo test`; `make test` installs what they need and runs them
+//! with `--include-ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_core::{ContainerState, Inventory, LookupKey, NodeId, parse_ref};
+use shoal_engine::containerd::record_id;
+use shoal_engine::{ContainerdEngine, Engine, Watcher, WatcherConfig, WatcherHandle};
+use tokio_util::sync::CancellationToken;
+
+const IMAGE: &str = "shoal-test/busybox:latest";
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} did not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The test image as an OCI tarball, built once per test process.
+fn oci_image() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| run(Command::new("bash").arg(repo_root().join("scripts/oci-image.sh"))))
+}
+
+/// A containerd of the test's own, with the test image imported into the
+/// namespaces the test uses. Stopped by PID when dropped, after its
+/// containers are removed (their shims outlive containerd otherwise).
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    namespaces: Vec<String>,
+}
+
+impl Containerd {
+    fn start(namespaces: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-containerd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
+            ),
+        )
+        .unwrap();
+        let mut c = Containerd {
+            dir,
+            child: None,
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        };
+        c.launch();
+        for ns in namespaces {
+            c.ctr(
+                ns,
+                &["images", "import", "--snapshotter", "native", oci_image()],
+            );
+        }
+        c
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts (Debian package containerd)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < CONVERGE {
+            let up = Command::new("ctr")
+                .args(["-a", &self.socket(), "version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("containerd did not answer; see {}", self.log());
+    }
+
+    /// Stops containerd by its PID; its containers keep running.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn socket(&self) -> String {
+        self.dir
+            .path()
+            .join("containerd.sock")
+            .display()
+            .to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, namespace: &str, args: &[&str]) -> String {
+        run(Command::new("ctr")
+            .args(["-a", &self.socket(), "-n", namespace])
+            .args(args))
+    }
+
+    /// `ctr run -d` of the test image: `sleep 600` as `id`.
+    fn run_container(&self, namespace: &str, id: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--snapshotter", "native"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
+        self.ctr(namespace, &args);
+    }
+
+    /// Kills and deletes the task and the container `id`.
+    fn remove(&self, namespace: &str, id: &str) {
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .args(["-a", &self.socket(), "-n", namespace])
+                .args(args)
+                .output()
+        };
+        let _ = ctr(&["tasks", "delete", "--force", id]);
+        let _ = ctr(&["containers", "delete", id]);
+    }
+
+    fn task_pid(&self, namespace: &str, id: &str) -> u32 {
+        let tasks = self.ctr(namespace, &["tasks", "list"]);
+        tasks
+            .lines()
+            .find_map(|l| {
+                let f: Vec<_> = l.split_whitespace().collect();
+                (f.first() == Some(&id)).then(|| f[1].parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no task {id}: {tasks}"))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            for ns in self.namespaces.clone() {
+                let ids = Command::new("ctr")
+                    .args(["-a", &self.socket(), "-n", &ns, "containers", "list", "-q"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                for id in ids.split_whitespace() {
+                    self.remove(&ns, id);
+                }
+            }
+        }
+        self.stop();
+    }
+}
+
+/// A network namespace with one veth to the host: `10.213.<n>.2/24`
+/// inside (as `eth0`), `.1` outside. Deleted when dropped.
+struct NetNs {
+    name: String,
+    host_if: String,
+    ip: String,
+}
+
+impl NetNs {
+    fn new(n: u8) -> Self {
+        let tag = format!("{}{n}", std::process::id() % 10_000);
+        let name = format!("shoal-ctrd-{tag}");
+        let host_if = format!("shc{tag}");
+        let peer = format!("shp{tag}");
+        let ip = format!("10.213.{n}.2");
+        let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &host_if])
+            .output();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]));
+        run(Command::new("ip").args(["link", "set", &peer, "netns", &name]));
+        let inside = |args: &[&str]| {
+            run(Command::new("ip")
+                .args(["netns", "exec", &name, "ip"])
+                .args(args));
+        };
+        inside(&["link", "set", &peer, "name", "eth0"]);
+        inside(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        run(Command::new("ip").args(["addr", "add", &format!("10.213.{n}.1/24"), "dev", &host_if]));
+        run(Command::new("ip").args(["link", "set", &host_if, "up"]));
+        NetNs { name, host_if, ip }
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+fn watch(engine: Arc<dyn Engine>) -> (WatcherHandle, CancellationToken) {
+    let stop = CancellationToken::new();
+    let (handle, _task) = Watcher::spawn(
+        engine,
+        WatcherConfig {
+            node: NodeId::from("test-node"),
+            resync_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        stop.clone(),
+    );
+    (handle, stop)
+}
+
+async fn ready(handle: &WatcherHandle) {
+    tokio::time::timeout(CONVERGE, handle.ready())
+        .await
+        .unwrap_or_else(|_| panic!("no first sync: {:?}", handle.status()));
+}
+
+async fn eventually(handle: &WatcherHandle, what: &str, f: impl Fn(&Inventory) -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < CONVERGE {
+        if f(&handle.inventory()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let names: Vec<_> = handle
+        .inventory()
+        .records()
+        .map(|r| format!("{} {:?}", r.primary_name(), r.state))
+        .collect();
+    panic!(
+        "timed out waiting for: {what}; inventory: {names:?}; status: {:?}",
+        handle.status()
+    );
+}
+
+fn by(inv: &Inventory, reference: &str) -> Vec<Arc<shoal_core::ContainerRecord>> {
+    inv.lookup(&parse_ref(reference, None).unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs root, containerd, runc and ip: make test runs it"]
+async fn containers_of_two_namespaces_by_name_label_project_address_and_id() {
+    let ctrd = Containerd::start(&["shoaltest", "other"]);
+    let netns = NetNs::new(1);
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let identity = engine.identity().await.unwrap();
+    assert_eq!(identity.kind, "containerd");
+    assert!(identity.id.0.starts_with("containerd-"), "{}", identity.id);
+    let (handle, stop) = watch(engine);
+    ready(&handle).await;
+
+    ctrd.run_container(
+        "shoaltest",
+        "web-ctr",
+        &[
+            "--label",
+            "nerdctl/name=shop-web-1",
+            "--label",
+            "com.docker.compose.project=shop",
+            "--label",
+            "com.docker.compose.service=web",
+            "--label",
+            "nerdctl/networks=[\"shop_default\"]",
+            "--with-ns",
+            &format!("network:{}", netns.path()),
+        ],
+    );
+    let hex_id = "5ca1ab1e".repeat(8);
+    ctrd.run_container("other", &hex_id, &[]);
+
+    eventually(&handle, "both containers are in", |inv| {
+        !by(inv, "shop-web-1").is_empty() && !by(inv, &hex_id[..12]).is_empty()
+    })
+    .await;
+    let inv = handle.inventory();
+    let web = by(&inv, "shop-web-1").pop().unwrap();
+    assert_eq!(web.id, record_id("shoaltest", "web-ctr"));
+    assert_eq!(web.project.as_deref(), Some("shop"));
+    assert_eq!(web.service.as_deref(), Some("web"));
+    assert_eq!(web.image, IMAGE);
+    assert_eq!(web.state, ContainerState::Running);
+    assert_eq!(web.engine_id, identity.id);
+    assert_eq!(
+        web.labels.get("nerdctl/name").map(String::as_str),
+        Some("shop-web-1")
+    );
+    let shop = web
+        .networks
+        .get("shop_default")
+        .expect("the nerdctl network");
+    assert_eq!(shop.ip.map(|ip| ip.to_string()), Some(netns.ip.clone()));
+    // Name -> address -> the same container; its ID prefix too.
+    assert_eq!(
+        by(&inv, &netns.ip).pop().map(|r| r.id.clone()),
+        Some(web.id.clone())
+    );
+    assert_eq!(
+        by(&inv, &web.id[..20]).pop().map(|r| r.id.clone()),
+        Some(web.id.clone())
+    );
+    let project = inv.lookup(&LookupKey::Project("shop".into()));
+    assert_eq!(project.len(), 1, "the project lists it");
+    let other = by(&inv, &hex_id).pop().unwrap();
+    assert_eq!(other.id, hex_id, "a hex ID is the record's ID");
+    assert_eq!(other.primary_name(), hex_id, "no name label: the ID");
+
+    // Pause and resume.
+    ctrd.ctr("other", &["tasks", "pause", &hex_id]);
+    eventually(&handle, "the paused one is paused", |inv| {
+        by(inv, &hex_id)
+            .first()
+            .is_some_and(|r| r.state == ContainerState::Paused)
+    })
+    .await;
+    ctrd.ctr("other", &["tasks", "resume", &hex_id]);
+    eventually(&handle, "the resumed one runs", |inv| {
+        by(inv, &hex_id)
+            .first()
+            .is_some_and(|r| r.state == ContainerState::Running)
+    })
+    .await;
+
+    // A killed task leaves the inventory; so does a deleted container.
+    ctrd.ctr("shoaltest", &["tasks", "kill", "-s", "SIGKILL", "web-ctr"]);
+    eventually(&handle, "the killed one is gone", |inv| {
+        by(inv, "shop-web-1").is_empty() && by(inv, &netns.ip).is_empty()
+    })
+    .await;
+    ctrd.remove("other", &hex_id);
+    eventually(&handle, "the deleted one is gone", |inv| {
+        by(inv, &hex_id).is_empty()
+    })
+    .await;
+    assert_eq!(handle.inventory().len(), 0);
+    stop.cancel();
+}
+
+#[tokio::test]
+#[ignore = "needs root, containerd, runc and ip: make test runs it"]
+async fn a_containerd_restart_converges_with_nothing_stale() {
+    let mut ctrd = Containerd::start(&["default"]);
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let (handle, stop) = watch(engine);
+    ready(&handle).await;
+    ctrd.run_container("default", "stays", &[]);
+    ctrd.run_container("default", "dies-meanwhile", &[]);
+    eventually(&handle, "both run", |inv| {
+        !by(inv, "stays").is_empty() && !by(inv, "dies-meanwhile").is_empty()
+    })
+    .await;
+
+    // containerd goes away; one container's process dies while it is
+    // down, so no event will ever say so.
+    let pid = ctrd.task_pid("default", "dies-meanwhile");
+    ctrd.stop();
+    run(Command::new("kill").args(["-9", &pid.to_string()]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctrd.launch();
+
+    ctrd.run_container("default", "new-after", &[]);
+    eventually(
+        &handle,
+        "after the restart: the dead one gone, the new one in",
+        |inv| {
+            !by(inv, "stays").is_empty()
+                && by(inv, "dies-meanwhile").is_empty()
+                && !by(inv, "new-after").is_empty()
+        },
+    )
+    .await;
+    assert_eq!(handle.inventory().len(), 2);
+    stop.cancel();
+}
+
+#[tokio::test]
+#[ignore = "needs root, containerd, runc and ip: make test runs it"]
+async fn containers_made_while_the_first_list_runs_are_not_missed() {
+    let ctrd = Arc::new(Containerd::start(&["default"]));
+    let maker = {
+        let ctrd = ctrd.clone();
+        std::thread::spawn(move || {
+            for i in 0..6 {
+                ctrd.run_container("default", &format!("early-{i}"), &[]);
+            }
+        })
+    };
+    // The watcher starts while they are being made.
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let (handle, stop) = watch(engine);
+    ready(&handle).await;
+    maker.join().unwrap();
+    eventually(&handle, "all six are in", |inv| {
+        (0..6).all(|i| !by(inv, &format!("early-{i}")).is_empty())
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test]
+#[ignore = "needs root, containerd, runc and ip: make test runs it"]
+async fn only_the_namespaces_asked_for_are_watched() {
+    let ctrd = Containerd::start(&["shoaltest", "moby"]);
+    ctrd.run_container("moby", "dockers-own", &[]);
+    ctrd.run_container("shoaltest", "mine", &[]);
+    let skip_moby =
+        Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec!["moby".into()]).unwrap());
+    let only = Arc::new(
+        ContainerdEngine::connect(&ctrd.socket(), Some(vec!["moby".into()]), vec![]).unwrap(),
+    );
+    let (a, stop_a) = watch(skip_moby);
+    let (b, stop_b) = watch(only);
+    ready(&a).await;
+    ready(&b).await;
+    eventually(&a, "mine, not Docker's", |inv| {
+        !by(inv, "mine").is_empty() && by(inv, "dockers-own").is_empty()
+    })
+    .await;
+    eventually(&b, "only moby's", |inv| {
+        by(inv, "mine").is_empty() && !by(inv, "dockers-own").is_empty()
+    })
+    .await;
+    // Events of a namespace not watched change nothing.
+    ctrd.run_container("shoaltest", "mine-too", &[]);
+    eventually(&a, "the new one", |inv| !by(inv, "mine-too").is_empty()).await;
+    assert!(by(&b.inventory(), "mine-too").is_empty());
+    stop_a.cancel();
+    stop_b.cancel();
+}
