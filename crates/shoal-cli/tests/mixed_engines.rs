@@ -1,0 +1,238 @@
+//! A fleet of eight `shoal node` processes mixing engines: one watches this
+//! host's Docker, one a containerd the test starts, six are synthetic.
+//! Every node answers the Docker container and the containerd one by every
+//! key kind: name, ID prefixes of 12 and 20 characters and the full ID,
+//! address and compose project, without and with the hot cache.
+//!
+//! Needs Docker, the test image, root, containerd and runc: ignored by a
+//! plain `cargo test`, run by `make test`.
+
+#[path = "../../shoal-engine/tests/support/containerd.rs"]
+mod containerd;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd::{Containerd, IMAGE, NetNs, run};
+use serde_json::Value;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+const BOUND: Duration = Duration::from_secs(30);
+const NODES: usize = 8;
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A container on this host's Docker, removed when the test ends.
+struct DockerContainer(String);
+
+impl Drop for DockerContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET with or without the hot cache; (status, body).
+fn get(port: u16, path: &str, cached: bool) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}"]);
+    if !cached {
+        cmd.args(["-H", "cache-control: no-cache"]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < BOUND {
+        if f() {
+            println!("{what}: {:?}", started.elapsed());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out: {what}");
+}
+
+/// The IDs a lookup answered.
+fn ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+#[ignore = "needs Docker, the test image, root, containerd and runc: make test runs it"]
+fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
+    let ctrd = Containerd::start(&["shoalmix"]);
+    let netns = NetNs::new(9);
+    ctrd.run_container(
+        "shoalmix",
+        "mix-ctr",
+        &[
+            "--label",
+            "nerdctl/name=mix-ctr-web",
+            "--label",
+            "com.docker.compose.project=mixshop",
+            "--with-ns",
+            &format!("network:{}", netns.path()),
+        ],
+    );
+    let docker_name = "mix-docker-web";
+    let _ = Command::new("docker")
+        .args(["rm", "-f", docker_name])
+        .output();
+    let docker = DockerContainer(docker_name.to_owned());
+    run(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        &docker.0,
+        "--label",
+        "com.docker.compose.project=mixshop",
+        IMAGE,
+        "sleep",
+        "600",
+    ]));
+
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut cmd = Command::new(SHOAL);
+            cmd.args(["node", "--node-id", &format!("mix{i}")])
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--peers", &peers])
+                .args(["--log-level", "warn"]);
+            match i {
+                0 => cmd.args(["--engine", "docker"]),
+                1 => cmd.args([
+                    "--engine",
+                    "containerd",
+                    "--containerd-address",
+                    &ctrd.socket(),
+                ]),
+                _ => cmd.args(["--engine", "synthetic", "--synthetic-count", "100"]),
+            };
+            Node(
+                cmd.stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    until("eight nodes ready and alive everywhere", || {
+        ports.iter().all(|p| {
+            let (s, v) = get(*p, "/v1/nodes", false);
+            s == 200
+                && v["nodes"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .filter(|m| m["state"] == "alive" && m["ready"] == true)
+                        .count()
+                        == NODES
+                })
+        })
+    });
+    let (_, nodes) = get(ports[0], "/v1/nodes", false);
+    let kinds: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["engine"]["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"docker") && kinds.contains(&"containerd"),
+        "{kinds:?}"
+    );
+
+    until("both containers known to every node", || {
+        ports.iter().all(|p| {
+            get(*p, "/v1/containers/mix-ctr-web", false).0 == 200
+                && get(*p, &format!("/v1/containers/{docker_name}"), false).0 == 200
+        })
+    });
+    let (_, ctr) = get(ports[2], "/v1/containers/mix-ctr-web", false);
+    let ctr = &ctr["containers"][0];
+    assert_eq!(ctr["node"], "mix1");
+    assert_eq!(ctr["project"], "mixshop");
+    let (_, dock) = get(ports[2], &format!("/v1/containers/{docker_name}"), false);
+    let dock = &dock["containers"][0];
+    assert_eq!(dock["node"], "mix0");
+    let docker_ip = dock["networks"]["bridge"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for (what, record, ip) in [
+        ("containerd", ctr, netns.ip.clone()),
+        ("docker", dock, docker_ip),
+    ] {
+        let id = record["id"].as_str().unwrap();
+        let name = record["names"][0].as_str().unwrap();
+        let refs = [
+            name.to_owned(),
+            id[..12].to_owned(),
+            id[..20].to_owned(),
+            id.to_owned(),
+            ip.clone(),
+        ];
+        for cached in [false, true] {
+            for (i, port) in ports.iter().enumerate() {
+                for r in &refs {
+                    let (status, v) = get(*port, &format!("/v1/containers/{r}"), cached);
+                    assert_eq!(
+                        (status, ids(&v)),
+                        (200, vec![id.to_owned()]),
+                        "the {what} container by {r} at node mix{i} (hot cache {cached})"
+                    );
+                }
+            }
+        }
+    }
+    for port in &ports {
+        let (status, v) = get(*port, "/v1/projects/mixshop", false);
+        assert_eq!(status, 200, "{v}");
+        let in_project = ids(&v);
+        let mut both = vec![
+            ctr["id"].as_str().unwrap().to_owned(),
+            dock["id"].as_str().unwrap().to_owned(),
+        ];
+        both.sort();
+        assert_eq!(in_project, both, "project mixshop at :{port}: {v}");
+    }
+}
