@@ -123,9 +123,9 @@ while [ $((SECONDS - started)) -lt "$secs" ]; do
       done
     done
     curl -s -o /dev/null --max-time 5 "http://127.0.0.1:${ports[0]}/v1/containers?limit=100" || true
-    prev_live=$live
     sleep 1
   done
+  prev_live=$live
 done
 kill "$churn_pid" 2>/dev/null || true
 wait "$churn_pid" 2>/dev/null || true
