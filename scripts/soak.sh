@@ -2,9 +2,12 @@
 # make soak: a five-node fleet of real `shoal node` processes on this host's
 # Docker engine, under container churn (started, renamed, removed) and
 # lookups at every node, for SOAK_SECONDS (default 1800). Every 10 s it
-# samples each node's resident memory and open file descriptors and prints
-# them. It passes when, after the warm-up (SOAK_WARMUP, default a fifth of
-# the run), both stay flat: the mean of the last quarter of the samples is
+# samples each node's anonymous resident memory (RssAnon: the heap,
+# stacks, the allocator's arenas), its whole resident memory (VmRSS, which
+# also counts the pages of the binary's code read in so far) and its open
+# file descriptors, and prints them. It passes when, after the warm-up
+# (SOAK_WARMUP, default a fifth of the run), anonymous memory and file
+# descriptors stay flat: the mean of the last quarter of the samples is
 # within 10 % of the mean of the first quarter (file descriptors: 10 % or
 # 5, whichever is more), for every node, and no lookup of a live container
 # was denied.
@@ -99,9 +102,10 @@ while [ $((SECONDS - started)) -lt "$secs" ]; do
     pid=${pids[$i]}
     kill -0 "$pid" 2>/dev/null || die "node soak$i (pid $pid) died; see $work/node$i.log"
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
     fds=$(ls "/proc/$pid/fd" | wc -l)
-    echo "$t $i $rss $fds" >> "$work/samples"
-    line+=" soak$i=${rss}KiB/${fds}fd"
+    echo "$t $i $anon $fds $rss" >> "$work/samples"
+    line+=" soak$i=${anon}/${rss}KiB/${fds}fd"
   done
   say "$line lookups=$lookups denied=$denied"
   round_end=$((SECONDS + every))
@@ -137,24 +141,24 @@ verdict=0
 # its samples, and whether they are flat (one computation; the verdict and
 # the table below both read it).
 awk -v warmup="$warmup" '
-  $1 >= warmup { n[$2]++; rss[$2, n[$2]] = $3; fd[$2, n[$2]] = $4 }
+  $1 >= warmup { n[$2]++; rss[$2, n[$2]] = $3; fd[$2, n[$2]] = $4; all[$2, n[$2]] = $5 }
   END {
     for (node in n) {
       q = int(n[node] / 4); if (q < 1) { print "too few samples after the warm-up" > "/dev/stderr"; exit 2 }
-      r1 = r2 = f1 = f2 = 0
-      for (k = 1; k <= q; k++) { r1 += rss[node, k]; f1 += fd[node, k] }
-      for (k = n[node] - q + 1; k <= n[node]; k++) { r2 += rss[node, k]; f2 += fd[node, k] }
-      r1 /= q; r2 /= q; f1 /= q; f2 /= q
+      r1 = r2 = f1 = f2 = v1 = v2 = 0
+      for (k = 1; k <= q; k++) { r1 += rss[node, k]; f1 += fd[node, k]; v1 += all[node, k] }
+      for (k = n[node] - q + 1; k <= n[node]; k++) { r2 += rss[node, k]; f2 += fd[node, k]; v2 += all[node, k] }
+      r1 /= q; r2 /= q; f1 /= q; f2 /= q; v1 /= q; v2 /= q
       fslack = f1 * 0.10; if (fslack < 5) fslack = 5
       ok = (r2 <= r1 * 1.10 && r2 >= r1 * 0.90 && f2 <= f1 + fslack && f2 >= f1 - fslack)
-      printf "%s %.1f %.1f %.2f %.2f %d %s\n", node, r1, r2, f1, f2, n[node], ok ? "flat" : "not-flat"
+      printf "%s %.1f %.1f %.2f %.2f %d %s %.1f %.1f\n", node, r1, r2, f1, f2, n[node], ok ? "flat" : "not-flat", v1, v2
     }
   }' "$work/samples" | sort -n > "$work/flatness" || die "the samples cannot be judged"
 [ -s "$work/flatness" ] || die "no samples after the warm-up"
-while read -r node r1 r2 f1 f2 n ok; do
-  say "$(awk -v node="$node" -v r1="$r1" -v r2="$r2" -v f1="$f1" -v f2="$f2" -v n="$n" -v ok="$ok" 'BEGIN {
-    printf "soak%s: rss %.0f -> %.0f KiB (%+.1f%%), fds %.1f -> %.1f, %d samples after warm-up: %s",
-      node, r1, r2, (r2 - r1) * 100 / r1, f1, f2, n, ok == "flat" ? "flat" : "NOT FLAT" }')"
+while read -r node r1 r2 f1 f2 n ok v1 v2; do
+  say "$(awk -v node="$node" -v r1="$r1" -v r2="$r2" -v f1="$f1" -v f2="$f2" -v n="$n" -v ok="$ok" -v v1="$v1" -v v2="$v2" 'BEGIN {
+    printf "soak%s: anonymous %.0f -> %.0f KiB (%+.1f%%), all resident %.0f -> %.0f KiB, fds %.1f -> %.1f, %d samples after warm-up: %s",
+      node, r1, r2, (r2 - r1) * 100 / r1, v1, v2, f1, f2, n, ok == "flat" ? "flat" : "NOT FLAT" }')"
   [ "$ok" = flat ] || verdict=1
 done < "$work/flatness"
 [ "$denied" -eq 0 ] || { say "$denied lookups of live containers were denied"; verdict=1; }
@@ -169,14 +173,16 @@ done < "$work/flatness"
   echo "five \`shoal node\` processes (release build, cluster secret on) watching"
   echo "this host's Docker engine, while containers were started, renamed and"
   echo "removed (at most $live_max at once) and every node was asked for live"
-  echo "ones: $lookups lookups, $denied denied. Resident memory and open file"
-  echo "descriptors, sampled every ${every} s; after a ${warmup} s warm-up, the mean of the"
-  echo "first quarter of the samples against the mean of the last quarter."
+  echo "ones: $lookups lookups, $denied denied. Anonymous resident memory"
+  echo "(RssAnon, judged), all resident memory (VmRSS, which also counts the"
+  echo "binary's code pages read in so far) and open file descriptors, sampled"
+  echo "every ${every} s; after a ${warmup} s warm-up, the mean of the first quarter of"
+  echo "the samples against the mean of the last quarter."
   echo
-  echo "| node | RSS first quarter | RSS last quarter | change | fds first | fds last | verdict |"
-  echo "|---|---|---|---|---|---|---|"
-  awk '{ printf "| soak%d | %.1f MiB | %.1f MiB | %+.1f%% | %.1f | %.1f | %s |\n",
-      $1, $2 / 1024, $3 / 1024, ($3 - $2) * 100 / $2, $4, $5, $7 == "flat" ? "flat" : "**not flat**" }' "$work/flatness"
+  echo "| node | anonymous first quarter | anonymous last quarter | change | all resident, first → last | fds first | fds last | verdict |"
+  echo "|---|---|---|---|---|---|---|---|"
+  awk '{ printf "| soak%d | %.1f MiB | %.1f MiB | %+.1f%% | %.1f → %.1f MiB | %.1f | %.1f | %s |\n",
+      $1, $2 / 1024, $3 / 1024, ($3 - $2) * 100 / $2, $8 / 1024, $9 / 1024, $4, $5, $7 == "flat" ? "flat" : "**not flat**" }' "$work/flatness"
   echo
   echo "- machine: $(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), $(nproc) cores"
 } > "$work/summary.md"
