@@ -7,28 +7,19 @@
 //! Needs Docker, the test image, root, containerd and runc: ignored by a
 //! plain `cargo test`, run by `make test`.
 
+mod common;
 #[path = "../../shoal-engine/tests/support/containerd.rs"]
 mod containerd;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{NodeProcess, free_ports, http_request};
 use containerd::{Containerd, IMAGE, NetNs, run};
 use serde_json::Value;
 
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const BOUND: Duration = Duration::from_secs(30);
 const NODES: usize = 8;
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A container on this host's Docker, removed when the test ends.
 struct DockerContainer(String);
@@ -39,31 +30,21 @@ impl Drop for DockerContainer {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET with or without the hot cache; (status, body).
 fn get(port: u16, path: &str, cached: bool) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}"]);
-    if !cached {
-        cmd.args(["-H", "cache-control: no-cache"]);
-    }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
+    let headers: &[(&str, &str)] = if cached {
+        &[]
+    } else {
+        &[("cache-control", "no-cache")]
+    };
+    let (status, body) = http_request(
+        "GET",
+        &format!("http://127.0.0.1:{port}{path}"),
+        headers,
+        "",
     )
+    .unwrap_or((0, String::new()));
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -124,36 +105,25 @@ fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
         "600",
     ]));
 
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let ports = free_ports(NODES);
     let peers = ports
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    let _nodes: Vec<Node> = ports
+    let socket = ctrd.socket();
+    let _nodes: Vec<NodeProcess> = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            let mut cmd = Command::new(SHOAL);
-            cmd.args(["node", "--node-id", &format!("mix{i}")])
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--peers", &peers])
-                .args(["--log-level", "warn"]);
+            let id = format!("mix{i}");
+            let mut args = vec!["--node-id", &id, "--peers", &peers, "--log-level", "warn"];
             match i {
-                0 => cmd.args(["--engine", "docker"]),
-                1 => cmd.args([
-                    "--engine",
-                    "containerd",
-                    "--containerd-address",
-                    &ctrd.socket(),
-                ]),
-                _ => cmd.args(["--engine", "synthetic", "--synthetic-count", "100"]),
-            };
-            Node(
-                cmd.stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
+                0 => args.extend(["--engine", "docker"]),
+                1 => args.extend(["--engine", "containerd", "--containerd-address", &socket]),
+                _ => args.extend(["--engine", "synthetic", "--synthetic-count", "100"]),
+            }
+            NodeProcess::spawn(*port, &args)
         })
         .collect();
     until("eight nodes ready and alive everywhere", || {

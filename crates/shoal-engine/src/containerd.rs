@@ -207,34 +207,32 @@ impl ContainerdEngine {
         namespace: &str,
         id: &str,
     ) -> Result<Option<ContainerRecord>, EngineError> {
-        let container = match ContainersClient::new(self.channel.clone())
-            .get(in_namespace(
-                GetContainerRequest { id: id.to_owned() },
-                namespace,
-            ))
-            .await
-        {
-            Ok(answer) => answer.into_inner().container,
-            Err(s) if s.code() == Code::NotFound => None,
-            Err(s) => return Err(self.unreachable("reading a container", s)),
-        };
+        let container = found(
+            ContainersClient::new(self.channel.clone())
+                .get(in_namespace(
+                    GetContainerRequest { id: id.to_owned() },
+                    namespace,
+                ))
+                .await,
+        )
+        .map_err(|s| self.unreachable("reading a container", s))?
+        .and_then(|answer| answer.container);
         let Some(container) = container else {
             return Ok(None);
         };
-        let task = match TasksClient::new(self.channel.clone())
-            .get(in_namespace(
-                GetRequest {
-                    container_id: id.to_owned(),
-                    exec_id: String::new(),
-                },
-                namespace,
-            ))
-            .await
-        {
-            Ok(answer) => answer.into_inner().process,
-            Err(s) if s.code() == Code::NotFound => None,
-            Err(s) => return Err(self.unreachable("reading a task", s)),
-        };
+        let task = found(
+            TasksClient::new(self.channel.clone())
+                .get(in_namespace(
+                    GetRequest {
+                        container_id: id.to_owned(),
+                        exec_id: String::new(),
+                    },
+                    namespace,
+                ))
+                .await,
+        )
+        .map_err(|s| self.unreachable("reading a task", s))?
+        .and_then(|answer| answer.process);
         let Some(task) = task else {
             return Ok(None);
         };
@@ -269,6 +267,15 @@ fn remember(known: &Known, namespace: &str, id: &str) -> String {
         .unwrap_or_else(|e| e.into_inner())
         .insert(record_id.clone(), (namespace.to_owned(), id.to_owned()));
     record_id
+}
+
+/// An answer, or `None` when containerd says there is no such thing.
+fn found<T>(answer: Result<tonic::Response<T>, Status>) -> Result<Option<T>, Status> {
+    match answer {
+        Ok(answer) => Ok(Some(answer.into_inner())),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(s),
+    }
 }
 
 /// A request with containerd's namespace header and the call timeout.
