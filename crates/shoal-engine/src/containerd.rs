@@ -63,6 +63,11 @@ const PROBE_NAMESPACE: &str = "shoal";
 const PROBE_TYPE: &str = "shoal.v1.Subscribed";
 /// How often the probe is published until it comes back.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Where CNI plugins' results are cached, one file per attachment.
+pub const CNI_RESULTS: &str = "/var/lib/cni/results";
+/// The most CNI result files read per container, and the largest read.
+const CNI_MAX_FILES: usize = 64;
+const CNI_MAX_BYTES: u64 = 1 << 20;
 /// How long one API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The topics after which a container is re-read. A task event carries
@@ -90,6 +95,8 @@ pub struct ContainerdEngine {
     skip: Vec<String>,
     /// Where `/proc` is: the host's, to read tasks' addresses.
     proc_root: PathBuf,
+    /// Where CNI keeps its results (`/var/lib/cni/results`).
+    cni_results: PathBuf,
     /// Record ID -> (namespace, containerd ID), for every container seen
     /// in a list or an event and not yet found gone.
     known: Known,
@@ -125,6 +132,7 @@ impl ContainerdEngine {
             namespaces,
             skip,
             proc_root: PathBuf::from("/proc"),
+            cni_results: PathBuf::from(CNI_RESULTS),
             known: Known::default(),
         })
     }
@@ -240,14 +248,17 @@ impl ContainerdEngine {
             return Ok(None);
         };
         let mut record = record_from(namespace, container, state, task.pid);
-        record.networks = self.addresses(task.pid, &record.labels);
+        record.networks = self.addresses(id, task.pid, &record.labels);
         Ok(Some(record))
     }
 
-    /// The addresses of the network namespace `pid` lives in, by network.
-    fn addresses(&self, pid: u32, labels: &Labels) -> shoal_core::Networks {
+    /// The addresses of container `id`, by network: what CNI recorded
+    /// for it, then what the network namespace `pid` lives in shows that
+    /// CNI did not name.
+    fn addresses(&self, id: &str, pid: u32, labels: &Labels) -> shoal_core::Networks {
+        let mut networks = cni_networks(&self.cni_results, id);
         if pid == 0 {
-            return Default::default();
+            return networks;
         }
         let net = self.proc_root.join(pid.to_string()).join("net");
         let read = |file: &str| std::fs::read_to_string(net.join(file)).unwrap_or_default();
@@ -255,7 +266,17 @@ impl ContainerdEngine {
             .get(NERDCTL_NETWORKS_LABEL)
             .and_then(|v| serde_json::from_str(v).ok())
             .unwrap_or_default();
-        networks_from(&read("fib_trie"), &read("route"), &read("if_inet6"), &names)
+        let seen = networks_from(&read("fib_trie"), &read("route"), &read("if_inet6"), &names);
+        for (name, attachment) in seen {
+            let known = networks.values().any(|n| {
+                (n.ip.is_some() && n.ip == attachment.ip)
+                    || (n.ipv6.is_some() && n.ipv6 == attachment.ipv6)
+            });
+            if !known {
+                networks.insert(name, attachment);
+            }
+        }
+        networks
     }
 }
 
@@ -490,6 +511,68 @@ pub fn networks_from(
         networks.insert(name, attachment);
     }
     networks
+}
+
+/// The networks CNI attached container `id` to, from its cached results
+/// (`<network>-<container ID>-<interface>` files of libcni's
+/// `cniCacheV1`): each network's name, first IPv4 and IPv6 address and
+/// gateway. Unreadable or foreign files are skipped.
+pub fn cni_networks(dir: &Path, id: &str) -> shoal_core::Networks {
+    let mut networks = shoal_core::Networks::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return networks;
+    };
+    let infix = format!("-{id}-");
+    let files = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(&infix))
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.len() <= CNI_MAX_BYTES)
+        })
+        .take(CNI_MAX_FILES);
+    for entry in files {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some((name, attachment)) = cni_result(&text, id) {
+            networks.insert(name, attachment);
+        }
+    }
+    networks
+}
+
+/// One cached CNI result: its network and addresses, if it is container
+/// `id`'s.
+fn cni_result(text: &str, id: &str) -> Option<(String, NetworkAttachment)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v["containerId"].as_str()? != id {
+        return None;
+    }
+    let name = v["networkName"]
+        .as_str()
+        .filter(|n| !n.is_empty())?
+        .to_owned();
+    let ips = v["result"]["ips"].as_array()?;
+    let address = |want_v4: bool| {
+        ips.iter().find_map(|ip| {
+            let cidr = ip["address"].as_str()?;
+            let addr: IpAddr = cidr.split('/').next()?.parse().ok()?;
+            (addr.is_ipv4() == want_v4).then_some((addr, ip["gateway"].as_str()))
+        })
+    };
+    let v4 = address(true);
+    let v6 = address(false);
+    Some((
+        name,
+        NetworkAttachment {
+            ip: v4.map(|(a, _)| a),
+            ipv6: v6.map(|(a, _)| a),
+            mac: None,
+            aliases: Vec::new(),
+            gateway: v4.or(v6).and_then(|(_, g)| g).and_then(|g| g.parse().ok()),
+        },
+    ))
 }
 
 /// The container an event is about, if its topic changes what the
@@ -747,6 +830,46 @@ fd000000000000000000000000000007 02 40 00 00     eth0
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn cni_results_name_the_networks_of_their_container_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = |network: &str, id: &str, ips: &str| {
+            format!(
+                r#"{{"kind":"cniCacheV1","containerId":"{id}","ifName":"eth0","networkName":"{network}",
+                   "result":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"/var/run/netns/x"}}],
+                   "ips":{ips}}}}}"#
+            )
+        };
+        let web = "0123456789abcdef0123";
+        std::fs::write(
+            dir.path().join(format!("shop_default-{web}-eth0")),
+            result(
+                "shop_default",
+                web,
+                r#"[{"interface":0,"address":"10.4.0.5/24","gateway":"10.4.0.1"},{"interface":0,"address":"fd00:4::5/64"}]"#,
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("other-ffffffffffffffffffff-eth0"),
+            result(
+                "other",
+                "ffffffffffffffffffff",
+                r#"[{"address":"10.9.0.2/24"}]"#,
+            ),
+        )
+        .unwrap();
+        // A file named for this container that is not its result.
+        std::fs::write(dir.path().join(format!("x-{web}-eth1")), "not json").unwrap();
+        let n = cni_networks(dir.path(), web);
+        assert_eq!(n.len(), 1, "{n:?}");
+        let shop = n.get("shop_default").unwrap();
+        assert_eq!(shop.ip, Some("10.4.0.5".parse().unwrap()));
+        assert_eq!(shop.ipv6, Some("fd00:4::5".parse().unwrap()));
+        assert_eq!(shop.gateway, Some("10.4.0.1".parse().unwrap()));
+        assert!(cni_networks(&dir.path().join("missing"), web).is_empty());
     }
 
     #[test]
