@@ -126,7 +126,7 @@ k8s-validate: ## validate k8s/ offline against a pinned Kubernetes schema
 	bash scripts/k8s-validate.sh
 
 .PHONY: minikube
-minikube: build base-images ## build the images into minikube's engine, deploy k8s/, port-forward :8080
+minikube: build base-images ## build the images into minikube, deploy k8s/ (or deploy/k8s-containerd on containerd), port-forward :8080
 	bash scripts/minikube.sh up
 
 .PHONY: minikube-down

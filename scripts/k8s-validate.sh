@@ -97,6 +97,36 @@ PY
   else
     failed=$((failed + 1))
   fi
+  # The overlay for containerd nodes (deploy/k8s-containerd), rendered
+  # over the same copy of k8s/.
+  mkdir -p "$copy/deploy" && cp -r "$root/deploy/k8s-containerd" "$copy/deploy/"
+  rendered_ctrd="$root/target/k8s-rendered-containerd.yaml"
+  if kubectl kustomize "$copy/deploy/k8s-containerd" > "$rendered_ctrd" \
+    && "$venv/bin/kubernetes-validate" -k "$k8s_version" --strict --quiet "$rendered_ctrd" \
+    && "$venv/bin/python" - "$rendered_ctrd" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+ds = [d for d in docs if d["kind"] == "DaemonSet"]
+assert len(ds) == 1, f"{len(ds)} DaemonSets"
+pod = ds[0]["spec"]["template"]["spec"]
+assert pod.get("hostPID") is True, "containerd's tasks' addresses need the host's PID namespace"
+node = pod["containers"][0]
+env = {e["name"]: e.get("value") for e in node["env"]}
+assert env.get("SHOAL_ENGINE") == "containerd", env.get("SHOAL_ENGINE")
+socket = env.get("SHOAL_CONTAINERD_ADDRESS", "")
+mounts = {m["mountPath"]: m for m in node["volumeMounts"]}
+holder = [m for path, m in mounts.items() if socket.startswith(path + "/")]
+assert holder and holder[0].get("readOnly"), f"{socket} is not under a read-only mount"
+assert mounts["/var/lib/cni/results"].get("readOnly"), "CNI results are not read-only"
+assert env.get("SHOAL_CLUSTER_SECRET_FILE"), "the overlay lost the cluster secret"
+PY
+  then
+    say "deploy/k8s-containerd renders: hostPID, --engine containerd, its socket and CNI results read-only"
+    passed=$((passed + 1))
+  else
+    say "deploy/k8s-containerd does not render as expected (see above)"
+    failed=$((failed + 1))
+  fi
 else
   say "kubectl not found: the kustomize rendering is not validated, each manifest is"
 fi

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # shoal on minikube:
-#   scripts/minikube.sh up     build the images into minikube's engine, apply k8s/,
-#                              wait for the rollout, port-forward localhost:8080
-#   scripts/minikube.sh down   stop the port-forward and delete what k8s/ created
-# Needs minikube and kubectl, and minikube's Docker runtime (the default of
-# its docker driver): the DaemonSet watches each host's Docker engine.
+#   scripts/minikube.sh up     build the images into minikube, apply the manifests
+#                              for its runtime, wait for the rollout,
+#                              port-forward localhost:8080
+#   scripts/minikube.sh down   stop the port-forward and delete what was applied
+# Needs minikube and kubectl. A minikube it starts uses MINIKUBE_RUNTIME
+# (docker, the default, or containerd). On the Docker runtime the
+# DaemonSet of k8s/ watches each host's Docker engine; on containerd, the
+# overlay deploy/k8s-containerd watches containerd (hostPID, its socket
+# read-only).
 set -euo pipefail
 
 me=minikube
@@ -12,6 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 state="$root/target/minikube"
 port=${SHOAL_HTTP_PORT:-8080}
 profile=${MINIKUBE_PROFILE:-minikube}
+start_runtime=${MINIKUBE_RUNTIME:-docker}
 
 say() { echo "$me: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -23,13 +28,21 @@ up() {
   need kubectl "install kubectl, or use 'minikube kubectl --'"
   [ -x "$root/target/release/shoal" ] || die "build first: make build"
   if ! minikube -p "$profile" status >/dev/null 2>&1; then
-    say "starting minikube ($profile) with the Docker runtime"
-    minikube -p "$profile" start --container-runtime=docker
+    say "starting minikube ($profile) with the $start_runtime runtime"
+    minikube -p "$profile" start --container-runtime="$start_runtime"
   fi
   runtime=$(kubectl get nodes -o jsonpath='{.items[0].status.nodeInfo.containerRuntimeVersion}')
-  case "$runtime" in docker://*) ;; *) die "minikube runs $runtime; shoal's DaemonSet needs the Docker runtime (minikube start --container-runtime=docker)";; esac
-  say "building the images into minikube's engine"
-  eval "$(minikube -p "$profile" docker-env)"
+  case "$runtime" in
+    docker://*)
+      manifests="$root/k8s"
+      say "building the images into minikube's engine"
+      eval "$(minikube -p "$profile" docker-env)" ;;
+    containerd://*)
+      manifests="$root/deploy/k8s-containerd"
+      say "building the images here, then loading them into minikube's containerd" ;;
+    *) die "minikube runs $runtime; shoal watches Docker or containerd (minikube start --container-runtime=docker or containerd)" ;;
+  esac
+  mkdir -p "$state" && echo "$manifests" > "$state/manifests"
   base=${BASE_IMAGE:-}
   nginx_base=${NGINX_BASE_IMAGE:-}
   if [ -z "$base" ]; then
@@ -39,9 +52,13 @@ up() {
   fi
   docker build -q -f "$root/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" -t shoal/node:latest "$root" >/dev/null
   docker build -q -f "$root/deploy/nginx.Dockerfile" --build-arg BASE_IMAGE="${nginx_base:-$base}" -t shoal/nginx:latest "$root" >/dev/null
+  if [ "$manifests" != "$root/k8s" ]; then
+    minikube -p "$profile" image load shoal/node:latest
+    minikube -p "$profile" image load shoal/nginx:latest
+  fi
   # The Secret's source, written once and kept: see README, "The cluster secret".
   bash "$root/scripts/cluster-secret.sh" "$root/k8s/cluster-secret"
-  kubectl apply -k "$root/k8s"
+  kubectl apply -k "$manifests"
   # A re-run picks up rebuilt images.
   kubectl -n shoal rollout restart daemonset/shoal-node deployment/shoal-nginx >/dev/null
   kubectl -n shoal rollout status daemonset/shoal-node --timeout=180s
@@ -71,7 +88,8 @@ stop_forward() {
 down() {
   stop_forward
   need kubectl "install kubectl, or use 'minikube kubectl --'"
-  kubectl delete -k "$root/k8s" --ignore-not-found
+  # What `up` applied: k8s/, or the overlay for containerd.
+  kubectl delete -k "$(cat "$state/manifests" 2>/dev/null || echo "$root/k8s")" --ignore-not-found
 }
 
 case "${1:-}" in
