@@ -81,8 +81,9 @@ down-local: ## stop what `make up-local` started
 	bash scripts/local-stack.sh down
 
 .PHONY: e2e
-e2e: images ## the compose stack end to end through nginx on :8080, then torn down
+e2e: images ## the compose stack end to end through nginx on :8080 (with a containerd node), then torn down
 	bash scripts/ensure-docker.sh --with-compose
+	bash scripts/ensure-containerd.sh
 	bash scripts/test-image.sh
 	bash scripts/e2e.sh
 

@@ -6,7 +6,9 @@
 # leaves no container, network or volume behind. Needs the images
 # (make images) and the test image (scripts/test-image.sh). Also: the
 # nodes run with the cluster secret of .shoal/cluster-secret (written as
-# `make up` does) and nginx never lets a request through to the peer API.
+# `make up` does) and nginx never lets a request through to the peer API;
+# and deploy/compose-containerd.yml's node4 watching a plain containerd this
+# script starts (its own root, state and socket; stopped by PID).
 set -euo pipefail
 
 me=e2e
@@ -29,8 +31,24 @@ remove_stack() {
   docker rm -f bridge-cnt testnet-cnt >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
 }
+# The plain containerd of the containerd phase, its container and its
+# network namespace.
+ctrd_pid=""
+ctr_netns=shoal-e2e-ctr
+remove_containerd() {
+  if [ -n "$ctrd_pid" ]; then
+    ctr -a "$tmp/containerd/containerd.sock" -n shoale2e tasks delete --force ctr-web >/dev/null 2>&1 || true
+    ctr -a "$tmp/containerd/containerd.sock" -n shoale2e containers delete ctr-web >/dev/null 2>&1 || true
+    kill "$ctrd_pid" 2>/dev/null || true
+    wait "$ctrd_pid" 2>/dev/null || true
+    ctrd_pid=""
+  fi
+  ip link delete shoal-e2e-h >/dev/null 2>&1 || true
+  ip netns delete "$ctr_netns" >/dev/null 2>&1 || true
+}
 teardown() {
   remove_stack
+  remove_containerd
   rm -rf "$tmp"
 }
 
@@ -142,6 +160,51 @@ grep -v 'upstream=- ' <<<"$nginx_log" && fail "nginx passed a peer-API request t
 after=$(node_errors)
 [ "$after" = "$before" ] || fail "the nodes answered $((after - before)) more refusals during the probes"
 ok "${#probes[@]} peer-API requests through :$port: 404 from nginx, no upstream, no node saw one ($before refusals before and after)"
+
+# A host's containerd beside Docker (deploy/compose-containerd.yml): a
+# plain containerd of this run's own, a container made with ctr in a
+# network namespace made here, and node4 joining the stack to watch it.
+# nginx knows node1-3 only: they answer it from node4's publishes.
+mkdir -p "$tmp/containerd"
+cat > "$tmp/containerd/config.toml" <<EOF
+version = 2
+root = "$tmp/containerd/root"
+state = "$tmp/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$tmp/containerd/containerd.sock"
+[ttrpc]
+  address = "$tmp/containerd/containerd.sock.ttrpc"
+EOF
+containerd --config "$tmp/containerd/config.toml" >"$tmp/containerd/log" 2>&1 &
+ctrd_pid=$!
+ctr=(ctr -a "$tmp/containerd/containerd.sock" -n shoale2e)
+for _ in $(seq 1 100); do "${ctr[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+"${ctr[@]}" images import --snapshotter native "$(bash "$root/scripts/oci-image.sh")" >/dev/null \
+  || fail "ctr images import failed: $(tail -3 "$tmp/containerd/log")"
+ip netns add "$ctr_netns"
+ip link add shoal-e2e-h type veth peer name shoal-e2e-c
+ip link set shoal-e2e-c netns "$ctr_netns"
+ip netns exec "$ctr_netns" ip addr add 10.215.0.2/24 dev shoal-e2e-c
+ip netns exec "$ctr_netns" ip link set shoal-e2e-c up
+"${ctr[@]}" run -d --snapshotter native --label nerdctl/name=ctr-web \
+  --with-ns "network:/var/run/netns/$ctr_netns" "$image" ctr-web sleep 600 >/dev/null
+CONTAINERD_SOCKET="$tmp/containerd/containerd.sock" CONTAINERD_NAMESPACES=shoale2e \
+  $compose -p "$project" -f "$root/docker-compose.yml" -f "$root/deploy/compose-containerd.yml" up -d node4 >/dev/null 2>&1 \
+  || fail "node4 (deploy/compose-containerd.yml) did not start"
+found=""
+for _ in $(seq 1 150); do
+  if [ "$(get /v1/containers/ctr-web)" = 200 ] && [ "$(json 'd["containers"][0]["node"]')" = node4 ]; then
+    found=$(json 'd["containers"][0]["id"]'); break
+  fi
+  sleep 0.2
+done
+[ -n "$found" ] || fail "ctr-web never showed up through :$port; node4 says: $($compose -p "$project" -f "$root/docker-compose.yml" -f "$root/deploy/compose-containerd.yml" logs --tail 5 node4 2>&1)"
+code=$(get /v1/containers/10.215.0.2)
+[ "$code" = 200 ] && [ "$(json 'd["containers"][0]["id"]')" = "$found" ] \
+  || fail "10.215.0.2 answered $code, not ctr-web"
+ok "a container of this host's containerd (ctr run, own network namespace) found through :$port by name and address, watched by node4"
+remove_containerd
 
 # Stop one node: lookups through nginx keep succeeding.
 $compose -p "$project" -f "$root/docker-compose.yml" stop -t 1 node2 >/dev/null 2>&1
