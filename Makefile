@@ -105,7 +105,7 @@ bench-node: build ## only make bench's lookups sent to one node (about 2 minutes
 
 SOAK_SECONDS ?= 1800
 .PHONY: soak
-soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): RSS and fds must stay flat
+soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): anonymous memory and fds must stay flat
 	SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak.sh
 
 SEEDS ?= 10000
