@@ -22,13 +22,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    Container, GetContainerRequest, GetRequest, ListNamespacesRequest, ListTasksRequest,
-    PublishRequest, SubscribeRequest,
+    Container, GetContainerRequest, GetImageRequest, GetRequest, ListNamespacesRequest,
+    ListTasksRequest, PublishRequest, SubscribeRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use futures::StreamExt;
@@ -249,7 +250,39 @@ impl ContainerdEngine {
         };
         let mut record = record_from(namespace, container, state, task.pid);
         record.networks = self.addresses(id, task.pid, &record.labels);
+        record.image_id = self.image_digest(namespace, &record.image).await?;
         Ok(Some(record))
+    }
+
+    /// The digest an image name points at (its manifest or index, the ID
+    /// nerdctl shows), or empty when the image is gone or unreadable.
+    async fn image_digest(&self, namespace: &str, image: &str) -> Result<String, EngineError> {
+        if image.is_empty() {
+            return Ok(String::new());
+        }
+        let answer = found(
+            ImagesClient::new(self.channel.clone())
+                .get(in_namespace(
+                    GetImageRequest {
+                        name: image.to_owned(),
+                    },
+                    namespace,
+                ))
+                .await,
+        )
+        .map_err(|s| self.unreachable("reading an image", s));
+        let answer = match answer {
+            Ok(answer) => answer,
+            // An image containerd cannot describe leaves the ID empty; it
+            // must not keep the container out of the inventory.
+            Err(EngineError::Api(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(answer
+            .and_then(|a| a.image)
+            .and_then(|i| i.target)
+            .map(|t| t.digest)
+            .unwrap_or_default())
     }
 
     /// The addresses of container `id`, by network: what CNI recorded

@@ -106,6 +106,12 @@ async fn containers_of_two_namespaces_by_name_label_project_address_and_id() {
     assert_eq!(web.project.as_deref(), Some("shop"));
     assert_eq!(web.service.as_deref(), Some("web"));
     assert_eq!(web.image, IMAGE);
+    let digest = ctrd.ctr("shoaltest", &["images", "list"]);
+    assert!(
+        web.image_id.starts_with("sha256:") && digest.contains(&web.image_id),
+        "image_id {:?} is the image's digest: {digest}",
+        web.image_id
+    );
     assert_eq!(web.state, ContainerState::Running);
     assert_eq!(web.engine_id, identity.id);
     assert_eq!(
