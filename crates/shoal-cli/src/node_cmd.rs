@@ -490,7 +490,7 @@ fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
                 address,
                 resolved.containerd_namespaces.clone(),
                 Vec::new(),
-            )?)
+            ))
         }
         EngineKind::Synthetic => Arc::new(SyntheticEngine::new(SyntheticSpec {
             count: resolved.synthetic_count,

@@ -90,10 +90,8 @@ const TOPICS: &[&str] = &[
 pub struct ContainerdEngine {
     address: PathBuf,
     channel: Channel,
-    /// The namespaces watched; `None` for every one there is.
-    namespaces: Option<Vec<String>>,
-    /// Namespaces never watched, even when listed.
-    skip: Vec<String>,
+    /// Which namespaces are watched.
+    namespaces: Namespaces,
     /// Where `/proc` is: the host's, to read tasks' addresses.
     proc_root: PathBuf,
     /// Where CNI keeps its results (`/var/lib/cni/results`).
@@ -103,18 +101,34 @@ pub struct ContainerdEngine {
     known: Known,
 }
 
+/// Which namespaces an engine watches: the ones given (every one there
+/// is when `None`) but those in `skip`. Lists and the event stream both
+/// ask it.
+#[derive(Clone, Debug)]
+struct Namespaces {
+    given: Option<Vec<String>>,
+    skip: Vec<String>,
+}
+
+impl Namespaces {
+    fn watches(&self, namespace: &str) -> bool {
+        !self.skip.iter().any(|s| s == namespace)
+            && self
+                .given
+                .as_ref()
+                .is_none_or(|given| given.iter().any(|g| g == namespace))
+    }
+}
+
 /// Record ID -> (namespace, containerd ID).
 type Known = Arc<Mutex<HashMap<String, (String, String)>>>;
 
 impl ContainerdEngine {
     /// A client for the socket at `address`, watching `namespaces` (every
     /// one when `None`) except those in `skip`. Nothing is sent until the
-    /// first call, and a lost connection is made again on the next.
-    pub fn connect(
-        address: &str,
-        namespaces: Option<Vec<String>>,
-        skip: Vec<String>,
-    ) -> Result<Self, EngineError> {
+    /// first call, and a lost connection is made again on the next, so
+    /// making the client cannot fail.
+    pub fn connect(address: &str, namespaces: Option<Vec<String>>, skip: Vec<String>) -> Self {
         let path = PathBuf::from(address.strip_prefix("unix://").unwrap_or(address));
         let socket = path.clone();
         // The URI is not used: every connection is the unix socket.
@@ -127,15 +141,17 @@ impl ContainerdEngine {
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             }));
-        Ok(ContainerdEngine {
+        ContainerdEngine {
             address: path,
             channel,
-            namespaces,
-            skip,
+            namespaces: Namespaces {
+                given: namespaces,
+                skip,
+            },
             proc_root: PathBuf::from("/proc"),
             cni_results: PathBuf::from(CNI_RESULTS),
             known: Known::default(),
-        })
+        }
     }
 
     /// When the socket at `address` does not exist, a message a person can
@@ -150,11 +166,6 @@ impl ContainerdEngine {
         })
     }
 
-    /// The socket this client talks to.
-    pub fn address(&self) -> &Path {
-        &self.address
-    }
-
     fn unreachable(&self, what: &str, status: Status) -> EngineError {
         let address = self.address.display();
         match status.code() {
@@ -167,7 +178,7 @@ impl ContainerdEngine {
 
     /// The namespaces to watch now.
     async fn watched_namespaces(&self) -> Result<Vec<String>, EngineError> {
-        let all = match &self.namespaces {
+        let all = match &self.namespaces.given {
             Some(given) => given.clone(),
             None => NamespacesClient::new(self.channel.clone())
                 .list(timed(ListNamespacesRequest::default()))
@@ -179,15 +190,10 @@ impl ContainerdEngine {
                 .map(|n| n.name)
                 .collect(),
         };
-        Ok(all.into_iter().filter(|n| self.watches(n)).collect())
-    }
-
-    fn watches(&self, namespace: &str) -> bool {
-        !self.skip.iter().any(|s| s == namespace)
-            && self
-                .namespaces
-                .as_ref()
-                .is_none_or(|given| given.iter().any(|g| g == namespace))
+        Ok(all
+            .into_iter()
+            .filter(|n| self.namespaces.watches(n))
+            .collect())
     }
 
     fn remember(&self, namespace: &str, id: &str) -> String {
@@ -698,13 +704,8 @@ impl Engine for ContainerdEngine {
             .into_inner();
         let known = self.known.clone();
         let address = self.address.display().to_string();
-        let skip = self.skip.clone();
-        let given = self.namespaces.clone();
+        let namespaces = self.namespaces.clone();
         let events = stream.filter_map(move |item| {
-            let watched = |ns: &str| {
-                !skip.iter().any(|s| s == ns)
-                    && given.as_ref().is_none_or(|g| g.iter().any(|n| n == ns))
-            };
             let out = match item {
                 Err(s) => Some(Err(EngineError::StreamLost(format!(
                     "{address}: {}",
@@ -716,10 +717,12 @@ impl Engine for ContainerdEngine {
                         .as_ref()
                         .and_then(|e| event_container_id(&envelope.topic, e));
                     match id {
-                        Some(id) if watched(&envelope.namespace) => Some(Ok(EngineEvent {
-                            container_id: remember(&known, &envelope.namespace, &id),
-                            action: envelope.topic.trim_start_matches('/').to_owned(),
-                        })),
+                        Some(id) if namespaces.watches(&envelope.namespace) => {
+                            Some(Ok(EngineEvent {
+                                container_id: remember(&known, &envelope.namespace, &id),
+                                action: envelope.topic.trim_start_matches('/').to_owned(),
+                            }))
+                        }
                         _ => None,
                     }
                 }

@@ -70,7 +70,7 @@ fn by(inv: &Inventory, reference: &str) -> Vec<Arc<shoal_core::ContainerRecord>>
 async fn containers_of_two_namespaces_by_name_label_project_address_and_id() {
     let ctrd = Containerd::start(&["shoaltest", "other"]);
     let netns = NetNs::new(1);
-    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]));
     let identity = engine.identity().await.unwrap();
     assert_eq!(identity.kind, "containerd");
     assert!(identity.id.0.starts_with("containerd-"), "{}", identity.id);
@@ -173,7 +173,7 @@ async fn containers_of_two_namespaces_by_name_label_project_address_and_id() {
 #[ignore = "needs root, containerd, runc and ip: make test runs it"]
 async fn a_containerd_restart_converges_with_nothing_stale() {
     let mut ctrd = Containerd::start(&["default"]);
-    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]));
     let (handle, stop) = watch(engine);
     ready(&handle).await;
     ctrd.run_container("default", "stays", &[]);
@@ -219,7 +219,7 @@ async fn containers_made_while_the_first_list_runs_are_not_missed() {
         })
     };
     // The watcher starts while they are being made.
-    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]).unwrap());
+    let engine = Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec![]));
     let (handle, stop) = watch(engine);
     ready(&handle).await;
     maker.join().unwrap();
@@ -236,11 +236,16 @@ async fn only_the_namespaces_asked_for_are_watched() {
     let ctrd = Containerd::start(&["shoaltest", "moby"]);
     ctrd.run_container("moby", "dockers-own", &[]);
     ctrd.run_container("shoaltest", "mine", &[]);
-    let skip_moby =
-        Arc::new(ContainerdEngine::connect(&ctrd.socket(), None, vec!["moby".into()]).unwrap());
-    let only = Arc::new(
-        ContainerdEngine::connect(&ctrd.socket(), Some(vec!["moby".into()]), vec![]).unwrap(),
-    );
+    let skip_moby = Arc::new(ContainerdEngine::connect(
+        &ctrd.socket(),
+        None,
+        vec!["moby".into()],
+    ));
+    let only = Arc::new(ContainerdEngine::connect(
+        &ctrd.socket(),
+        Some(vec!["moby".into()]),
+        vec![],
+    ));
     let (a, stop_a) = watch(skip_moby);
     let (b, stop_b) = watch(only);
     ready(&a).await;
