@@ -9,61 +9,18 @@
 
 #[path = "support/containerd.rs"]
 mod support;
+#[path = "support/watching.rs"]
+mod watching;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shoal_core::{ContainerState, Inventory, LookupKey, NodeId, parse_ref};
+use shoal_core::{ContainerState, LookupKey};
 use shoal_engine::containerd::record_id;
-use shoal_engine::{ContainerdEngine, Engine, Watcher, WatcherConfig, WatcherHandle};
+use shoal_engine::{ContainerdEngine, Engine};
 use support::{Containerd, IMAGE, NetNs, run};
-use tokio_util::sync::CancellationToken;
-
-const CONVERGE: Duration = Duration::from_secs(30);
-
-fn watch(engine: Arc<dyn Engine>) -> (WatcherHandle, CancellationToken) {
-    let stop = CancellationToken::new();
-    let (handle, _task) = Watcher::spawn(
-        engine,
-        WatcherConfig {
-            node: NodeId::from("test-node"),
-            resync_interval: Duration::from_secs(3600),
-            ..Default::default()
-        },
-        stop.clone(),
-    );
-    (handle, stop)
-}
-
-async fn ready(handle: &WatcherHandle) {
-    tokio::time::timeout(CONVERGE, handle.ready())
-        .await
-        .unwrap_or_else(|_| panic!("no first sync: {:?}", handle.status()));
-}
-
-async fn eventually(handle: &WatcherHandle, what: &str, f: impl Fn(&Inventory) -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < CONVERGE {
-        if f(&handle.inventory()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let names: Vec<_> = handle
-        .inventory()
-        .records()
-        .map(|r| format!("{} {:?}", r.primary_name(), r.state))
-        .collect();
-    panic!(
-        "timed out waiting for: {what}; inventory: {names:?}; status: {:?}",
-        handle.status()
-    );
-}
-
-fn by(inv: &Inventory, reference: &str) -> Vec<Arc<shoal_core::ContainerRecord>> {
-    inv.lookup(&parse_ref(reference, None).unwrap())
-}
+use watching::{by, eventually, ready, watch};
 
 #[tokio::test]
 #[ignore = "needs root, containerd, runc and ip: make test runs it"]

@@ -5,20 +5,19 @@
 //! they are ignored by a plain `cargo test`; `make test` installs and
 //! starts what they need and runs them with `--include-ignored`.
 
+#[path = "support/watching.rs"]
+mod watching;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use shoal_core::{ContainerState, Health, Inventory, LookupKey, NodeId, parse_ref};
-use shoal_engine::{
-    DockerEngine, Engine, EngineError, EngineIdentity, EventStream, Watcher, WatcherConfig,
-    WatcherHandle,
-};
-use tokio_util::sync::CancellationToken;
+use shoal_core::{ContainerState, Health, Inventory, LookupKey};
+use shoal_engine::{DockerEngine, Engine, EngineError, EngineIdentity, EventStream};
+use watching::{CONVERGE, by, eventually, ready, watch};
 
 const IMAGE: &str = "shoal-test/busybox:latest";
-const CONVERGE: Duration = Duration::from_secs(30);
 
 fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -108,55 +107,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn watch(engine: Arc<dyn Engine>, resync: Duration) -> (WatcherHandle, CancellationToken) {
-    let stop = CancellationToken::new();
-    let (handle, _task) = Watcher::spawn(
-        engine,
-        WatcherConfig {
-            node: NodeId::from("test-node"),
-            resync_interval: resync,
-            ..Default::default()
-        },
-        stop.clone(),
-    );
-    (handle, stop)
-}
-
-async fn ready(handle: &WatcherHandle) {
-    tokio::time::timeout(CONVERGE, handle.ready())
-        .await
-        .unwrap_or_else(|_| panic!("no first sync: {:?}", handle.status()));
-}
-
-/// Waits until `f` holds for the inventory; panics with `what` after
-/// CONVERGE. Returns how long it took.
-async fn eventually(
-    handle: &WatcherHandle,
-    what: &str,
-    f: impl Fn(&Inventory) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < CONVERGE {
-        if f(&handle.inventory()) {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let names: Vec<_> = handle
-        .inventory()
-        .records()
-        .map(|r| r.primary_name().to_owned())
-        .collect();
-    panic!(
-        "timed out waiting for: {what}; inventory: {names:?}; status: {:?}",
-        handle.status()
-    );
-}
-
-fn by(inv: &Inventory, reference: &str) -> Vec<Arc<shoal_core::ContainerRecord>> {
-    inv.lookup(&parse_ref(reference, None).unwrap())
-}
-
 fn one(inv: &Inventory, name: &str) -> Option<Arc<shoal_core::ContainerRecord>> {
     by(inv, name).into_iter().next()
 }
@@ -177,7 +127,7 @@ async fn cache_inventory_scenario_name_to_ip_to_the_same_container() {
         identity.api_version.is_some(),
         "the API version is negotiated"
     );
-    let (handle, stop) = watch(engine, Duration::from_secs(3600));
+    let (handle, stop) = watch(engine);
     ready(&handle).await;
 
     docker(&["run", "-d", "--name", &bridge, IMAGE, "sleep", "600"]);
@@ -239,7 +189,7 @@ async fn every_event_kind_shows_up_in_the_inventory() {
 
     let engine = Arc::new(DockerEngine::connect(&DockerEngine::default_host()).unwrap());
     // No periodic resync: only events may bring the changes.
-    let (handle, stop) = watch(engine, Duration::from_secs(3600));
+    let (handle, stop) = watch(engine);
     ready(&handle).await;
 
     // start (with a healthcheck, for health_status)
@@ -380,7 +330,7 @@ async fn a_container_created_while_the_first_list_runs_is_not_missed() {
         name: name.clone(),
         created: std::sync::Mutex::new(None),
     });
-    let (handle, stop) = watch(engine.clone(), Duration::from_secs(3600));
+    let (handle, stop) = watch(engine.clone());
     ready(&handle).await;
     let id = engine.created.lock().unwrap().clone().expect("created");
     eventually(&handle, "the racing container arrives by event", |inv| {
@@ -479,7 +429,7 @@ async fn an_engine_restart_converges_with_nothing_stale() {
 
     let engine = Arc::new(DockerEngine::connect(&host).unwrap());
     let identity = engine.identity().await.unwrap();
-    let (handle, stop) = watch(engine, Duration::from_secs(3600));
+    let (handle, stop) = watch(engine);
     ready(&handle).await;
     eventually(&handle, "both containers", |inv| {
         inv.get(&keep).is_some() && inv.get(&gone).is_some()
