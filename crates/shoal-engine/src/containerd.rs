@@ -62,7 +62,7 @@ const K8S_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 const PROBE_TOPIC: &str = "/shoal/subscribed";
 const PROBE_NAMESPACE: &str = "shoal";
 const PROBE_TYPE: &str = "shoal.v1.Subscribed";
-/// How often the probe is published until it comes back.
+/// How often the probe is published until the subscription answers.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Where CNI plugins' results are cached, one file per attachment.
 pub const CNI_RESULTS: &str = "/var/lib/cni/results";
@@ -667,7 +667,9 @@ impl Engine for ContainerdEngine {
         let call = events.subscribe(Request::new(SubscribeRequest { filters }));
         // containerd answers a subscription only with its first event, and
         // says nothing when it has registered it. So a probe is published
-        // until one comes back: from then on, every event is delivered.
+        // until the subscription answers with its first event (a probe or
+        // any other): it is registered by then, and every later event is
+        // delivered.
         let probing = async {
             let mut publisher = EventsClient::new(self.channel.clone());
             loop {
