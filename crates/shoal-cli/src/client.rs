@@ -391,9 +391,26 @@ pub async fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
         "ADDRESS",
     ]);
     for n in a.json["nodes"].as_array().into_iter().flatten() {
-        let engine = match n["engine"].as_object() {
-            Some(e) => format!("{} {}", s(&e["kind"]), s(&e["version"])),
-            None => "-".into(),
+        // One engine per entry: "docker 28.2.2", "containerd (unreachable)".
+        let engines: Vec<String> = n["engines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let mut text = s(&e["kind"]);
+                if let Some(v) = e["version"].as_str() {
+                    text = format!("{text} {v}");
+                }
+                match e["state"].as_str() {
+                    Some("synced") | None => text,
+                    Some(state) => format!("{text} ({state})"),
+                }
+            })
+            .collect();
+        let engine = if engines.is_empty() {
+            "-".to_owned()
+        } else {
+            engines.join(", ")
         };
         let mut state = s(&n["state"]);
         if n["stale"].as_bool() == Some(true) {

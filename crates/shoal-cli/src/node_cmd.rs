@@ -29,6 +29,49 @@ pub enum EngineKind {
     Synthetic,
 }
 
+/// `engine:` in the YAML file: one engine or a list of them
+/// (`engine: docker`, `engine: [docker, containerd]`), each named like the
+/// flag's values.
+fn engines_from_yaml<'de, D>(d: D) -> Result<Option<Vec<EngineKind>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Engines;
+
+    fn kind<E: serde::de::Error>(name: &str) -> Result<EngineKind, E> {
+        EngineKind::from_str(name, true).map_err(|_| {
+            E::custom(format!(
+                "unknown engine {name:?}: expected docker, containerd or synthetic"
+            ))
+        })
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Engines {
+        type Value = Vec<EngineKind>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an engine name or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+            Ok(vec![kind(name)?])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(name) = seq.next_element::<String>()? {
+                out.push(kind(&name)?);
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_any(Engines).map(Some)
+}
+
 /// How logs are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,9 +114,10 @@ pub struct NodeArgs {
     /// UDP address for gossip [default: the listen address and port].
     #[arg(long, env = "SHOAL_GOSSIP_LISTEN")]
     pub gossip_listen: Option<SocketAddr>,
-    /// The engine to watch [default: docker].
-    #[arg(long, env = "SHOAL_ENGINE", value_enum)]
-    pub engine: Option<EngineKind>,
+    /// An engine to watch; repeat it (or separate with commas) to watch
+    /// several, e.g. --engine docker --engine containerd [default: docker].
+    #[arg(long, env = "SHOAL_ENGINE", value_enum, value_delimiter = ',')]
+    pub engine: Option<Vec<EngineKind>>,
     /// The Docker engine's address, unix:///path or tcp://host:port
     /// [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
     #[arg(long, env = "SHOAL_DOCKER_HOST")]
@@ -83,7 +127,7 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_CONTAINERD_ADDRESS")]
     pub containerd_address: Option<String>,
     /// containerd namespaces to watch, comma-separated [default: every
-    /// namespace].
+    /// namespace; `moby` is skipped when the node also watches Docker].
     #[arg(long, env = "SHOAL_CONTAINERD_NAMESPACES", value_delimiter = ',')]
     pub containerd_namespaces: Option<Vec<String>>,
     /// How many containers the synthetic engine holds [default: 100].
@@ -198,7 +242,8 @@ pub struct FileConfig {
     peers: Option<Vec<String>>,
     peers_dns: Option<String>,
     gossip_listen: Option<SocketAddr>,
-    engine: Option<EngineKind>,
+    #[serde(default, deserialize_with = "engines_from_yaml")]
+    engine: Option<Vec<EngineKind>>,
     docker_host: Option<String>,
     containerd_address: Option<String>,
     containerd_namespaces: Option<Vec<String>>,
@@ -260,8 +305,8 @@ impl FileConfig {
 pub struct Resolved {
     /// The node's configuration.
     pub node: NodeConfig,
-    /// The engine to watch.
-    pub engine: EngineKind,
+    /// The engines to watch, in order of precedence, each once.
+    pub engines: Vec<EngineKind>,
     /// The Docker host, for the docker engine.
     pub docker_host: String,
     /// containerd's socket, for the containerd engine.
@@ -431,8 +476,25 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             Ok(given)
         })
         .transpose()?;
+    let engines = args
+        .engine
+        .or(file.engine)
+        .unwrap_or_else(|| vec![EngineKind::Docker]);
+    if engines.is_empty() {
+        bail!("invalid setting: engine names no engine (docker, containerd or synthetic)");
+    }
+    for (i, kind) in engines.iter().enumerate() {
+        if engines[..i].contains(kind) {
+            bail!(
+                "invalid setting: engine {} is given twice; a node watches each engine once",
+                kind.to_possible_value()
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default()
+            );
+        }
+    }
     Ok(Resolved {
-        engine: args.engine.or(file.engine).unwrap_or(EngineKind::Docker),
+        engines,
         docker_host,
         containerd_address: args
             .containerd_address
@@ -470,9 +532,29 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the engine the settings ask for.
-fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
-    Ok(match resolved.engine {
+/// Builds the engines the settings ask for.
+fn engines(resolved: &Resolved) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
+    resolved
+        .engines
+        .iter()
+        .map(|kind| engine(resolved, *kind))
+        .collect()
+}
+
+/// The containerd namespaces a node skips. Docker's own containerd keeps
+/// Docker's containers in `moby`: a node that watches Docker too would
+/// count them twice.
+fn containerd_skip(resolved: &Resolved) -> Vec<String> {
+    if resolved.engines.contains(&EngineKind::Docker) {
+        vec![shoal_engine::containerd::DOCKER_NAMESPACE.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Builds one engine.
+fn engine(resolved: &Resolved, kind: EngineKind) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match kind {
         EngineKind::Docker => {
             if let Some(msg) = DockerEngine::missing_socket(&resolved.docker_host) {
                 bail!(msg);
@@ -486,10 +568,22 @@ fn engine(resolved: &Resolved) -> anyhow::Result<Arc<dyn Engine>> {
             if let Some(msg) = ContainerdEngine::missing_socket(address) {
                 bail!(msg);
             }
+            let skip = containerd_skip(resolved);
+            if !skip.is_empty()
+                && resolved
+                    .containerd_namespaces
+                    .as_ref()
+                    .is_some_and(|n| n.iter().any(|n| skip.contains(n)))
+            {
+                warn!(
+                    "containerd-namespaces names moby, but this node also watches Docker, \
+                     whose containers moby holds: skipping moby"
+                );
+            }
             Arc::new(ContainerdEngine::connect(
                 address,
                 resolved.containerd_namespaces.clone(),
-                Vec::new(),
+                skip,
             ))
         }
         EngineKind::Synthetic => Arc::new(SyntheticEngine::new(SyntheticSpec {
@@ -510,7 +604,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
              (/_shoal/); give every node the same --cluster-secret-file"
         );
     }
-    let engine = engine(&resolved)?;
+    let engines = engines(&resolved)?;
     let listen = resolved.node.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -522,13 +616,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     })?;
     info!(
         node = %resolved.node.node_id,
-        engine = ?resolved.engine,
+        engines = ?resolved.engines,
         "starting shoal {}",
         env!("CARGO_PKG_VERSION")
     );
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-    let result = shoal_node::run(resolved.node, engine, listener, shutdown.clone()).await;
+    let result = shoal_node::run(resolved.node, engines, listener, shutdown.clone()).await;
     signals.abort();
     result.map_err(anyhow::Error::from)
 }
@@ -624,7 +718,8 @@ mod tests {
             ..Default::default()
         };
         let r = resolve(args, None).unwrap();
-        assert_eq!(r.engine, EngineKind::Containerd);
+        assert_eq!(r.engines, vec![EngineKind::Containerd]);
+        assert!(containerd_skip(&r).is_empty(), "no Docker: moby is watched");
         assert_eq!(r.containerd_address, "/run/k3s/containerd.sock");
         assert_eq!(
             r.containerd_namespaces,
@@ -639,14 +734,67 @@ mod tests {
     }
 
     #[test]
+    fn several_engines_come_from_repeated_flags_commas_or_a_yaml_list() {
+        let parse = |argv: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                node: NodeArgs,
+            }
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("shoal").chain(argv.iter().copied()),
+            )
+            .unwrap();
+            resolve(cli.node, None)
+        };
+        let both = vec![EngineKind::Docker, EngineKind::Containerd];
+        let r = parse(&["--engine", "docker", "--engine", "containerd"]).unwrap();
+        assert_eq!(r.engines, both);
+        assert_eq!(containerd_skip(&r), vec!["moby".to_owned()]);
+        assert_eq!(
+            parse(&["--engine", "docker,containerd"]).unwrap().engines,
+            both
+        );
+        let msg = parse(&["--engine", "docker", "--engine", "docker"])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("engine docker is given twice"), "{msg}");
+
+        let yaml = |text: &str| {
+            let f = file(text);
+            resolve(
+                NodeArgs {
+                    config: Some(f.path().to_owned()),
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        assert_eq!(
+            yaml("engine: [docker, containerd]\n").unwrap().engines,
+            both
+        );
+        assert_eq!(
+            yaml("engine: containerd\n").unwrap().engines,
+            vec![EngineKind::Containerd]
+        );
+        let msg = yaml("engine: [docker, dockr]\n").unwrap_err().to_string();
+        assert!(msg.contains("unknown engine \"dockr\""), "{msg}");
+        let msg = yaml("engine: 3\n").unwrap_err().to_string();
+        assert!(msg.contains("an engine name or a list of them"), "{msg}");
+        let msg = yaml("engine: []\n").unwrap_err().to_string();
+        assert!(msg.contains("names no engine"), "{msg}");
+    }
+
+    #[test]
     fn a_missing_containerd_socket_is_a_clear_error() {
         let args = NodeArgs {
-            engine: Some(EngineKind::Containerd),
+            engine: Some(vec![EngineKind::Containerd]),
             containerd_address: Some("/nonexistent/containerd.sock".into()),
             ..Default::default()
         };
         let r = resolve(args, None).unwrap();
-        let msg = engine(&r).err().unwrap().to_string();
+        let msg = engines(&r).err().unwrap().to_string();
         assert!(msg.contains("/nonexistent/containerd.sock"), "{msg}");
         assert!(msg.contains("--containerd-address"), "{msg}");
     }

@@ -4,8 +4,13 @@
 //! key kind: name, ID prefixes of 12 and 20 characters and the full ID,
 //! address and compose project, without and with the hot cache.
 //!
+//! A second fleet of eight has one node that watches both engines
+//! (`--engine docker --engine containerd`): it serves both, skips
+//! containerd's `moby` namespace, and when its containerd stops only the
+//! containerd container leaves the fleet.
+//!
 //! Needs Docker, the test image, root, containerd and runc: ignored by a
-//! plain `cargo test`, run by `make test`.
+//! plain `cargo test`, run by `make test`. The two fleets take turns.
 
 mod common;
 #[path = "../../shoal-engine/tests/support/containerd.rs"]
@@ -20,6 +25,9 @@ use serde_json::Value;
 
 const BOUND: Duration = Duration::from_secs(30);
 const NODES: usize = 8;
+
+/// One fleet of eight processes at a time on two cores.
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A container on this host's Docker, removed when the test ends.
 struct DockerContainer(String);
@@ -74,6 +82,7 @@ fn ids(v: &Value) -> Vec<String> {
 #[test]
 #[ignore = "needs Docker, the test image, root, containerd and runc: make test runs it"]
 fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
+    let _turn = ONE_FLEET.lock().unwrap_or_else(|p| p.into_inner());
     let ctrd = Containerd::start(&["shoalmix"]);
     let netns = NetNs::new(9);
     ctrd.run_container(
@@ -143,7 +152,8 @@ fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|m| m["engine"]["kind"].as_str())
+        .flat_map(|m| m["engines"].as_array().unwrap())
+        .filter_map(|e| e["kind"].as_str())
         .collect();
     assert!(
         kinds.contains(&"docker") && kinds.contains(&"containerd"),
@@ -205,4 +215,168 @@ fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
         both.sort();
         assert_eq!(in_project, both, "project mixshop at :{port}: {v}");
     }
+}
+
+/// The engines `/v1/nodes` at `port` lists for `node`: (kind, state).
+fn engines_of(port: u16, node: &str) -> Vec<(String, String)> {
+    let (_, v) = get(port, "/v1/nodes", false);
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["id"] == node)
+        .flat_map(|m| m["engines"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or("").to_owned(),
+                e["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(kind: &str, state: &str) -> (String, String) {
+    (kind.to_owned(), state.to_owned())
+}
+
+#[test]
+#[ignore = "needs Docker, the test image, root, containerd and runc: make test runs it"]
+fn one_node_watching_docker_and_containerd_serves_both_and_loses_one_alone() {
+    let _turn = ONE_FLEET.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ctrd = Containerd::start(&["shoalboth", "moby"]);
+    let netns = NetNs::new(10);
+    ctrd.run_container(
+        "shoalboth",
+        "both-ctr",
+        &[
+            "--label",
+            "nerdctl/name=both-ctr-web",
+            "--with-ns",
+            &format!("network:{}", netns.path()),
+        ],
+    );
+    // What Docker's own containerd would hold: skipped, since the node
+    // watches Docker itself.
+    ctrd.run_container(
+        "moby",
+        "both-moby",
+        &["--label", "nerdctl/name=both-moby-ghost"],
+    );
+    let docker_name = "both-docker-web";
+    let _ = Command::new("docker")
+        .args(["rm", "-f", docker_name])
+        .output();
+    let docker = DockerContainer(docker_name.to_owned());
+    run(Command::new("docker").args(["run", "-d", "--name", &docker.0, IMAGE, "sleep", "600"]));
+
+    let ports = free_ports(NODES);
+    let peers = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let socket = ctrd.socket();
+    let _nodes: Vec<NodeProcess> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let id = format!("both{i}");
+            let mut args = vec!["--node-id", &id, "--peers", &peers, "--log-level", "warn"];
+            match i {
+                0 => args.extend([
+                    "--engine",
+                    "docker",
+                    "--engine",
+                    "containerd",
+                    "--containerd-address",
+                    &socket,
+                    "--engine-lost-after",
+                    "3s",
+                ]),
+                _ => args.extend(["--engine", "synthetic", "--synthetic-count", "100"]),
+            }
+            NodeProcess::spawn(*port, &args)
+        })
+        .collect();
+    until(
+        "both0's two engines synced, as every node sees them",
+        || {
+            ports.iter().all(|p| {
+                engines_of(*p, "both0")
+                    == vec![pair("docker", "synced"), pair("containerd", "synced")]
+            })
+        },
+    );
+    until("both containers known to every node", || {
+        ports.iter().all(|p| {
+            get(*p, "/v1/containers/both-ctr-web", false).0 == 200
+                && get(*p, &format!("/v1/containers/{docker_name}"), false).0 == 200
+        })
+    });
+    let (_, ctr) = get(ports[5], "/v1/containers/both-ctr-web", false);
+    let ctr = ctr["containers"][0].clone();
+    let (_, dock) = get(ports[5], &format!("/v1/containers/{docker_name}"), false);
+    let dock = dock["containers"][0].clone();
+    assert_eq!(
+        (&ctr["node"], &dock["node"]),
+        (&"both0".into(), &"both0".into())
+    );
+    assert_ne!(
+        ctr["engine_id"], dock["engine_id"],
+        "each record names its own engine"
+    );
+    let docker_ip = dock["networks"]["bridge"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (record, ip) in [(&ctr, netns.ip.clone()), (&dock, docker_ip)] {
+        let id = record["id"].as_str().unwrap();
+        let name = record["names"][0].as_str().unwrap();
+        for cached in [false, true] {
+            for (i, port) in ports.iter().enumerate() {
+                for r in [name, &id[..12], id, &ip] {
+                    let (status, v) = get(*port, &format!("/v1/containers/{r}"), cached);
+                    assert_eq!(
+                        (status, ids(&v)),
+                        (200, vec![id.to_owned()]),
+                        "{r} at node both{i} (hot cache {cached})"
+                    );
+                }
+            }
+        }
+    }
+    for (i, port) in ports.iter().enumerate() {
+        let (status, v) = get(*port, "/v1/containers/both-moby-ghost", false);
+        assert_eq!(status, 404, "moby is skipped, at both{i}: {v}");
+    }
+
+    // containerd stops: after --engine-lost-after its container leaves the
+    // fleet; Docker's stays, fresh.
+    ctrd.stop();
+    until("the containerd container withdrawn everywhere", || {
+        ports
+            .iter()
+            .all(|p| get(*p, "/v1/containers/both-ctr-web", false).0 == 404)
+    });
+    for (i, port) in ports.iter().enumerate() {
+        let (status, v) = get(*port, &format!("/v1/containers/{docker_name}"), true);
+        assert_eq!(status, 200, "Docker's container at both{i}: {v}");
+        assert_ne!(v["containers"][0]["stale"], true, "{v}");
+    }
+    // Gossip carries the engines' states, a round or two behind.
+    until("both0's containerd shown withdrawn everywhere", || {
+        ports.iter().all(|p| {
+            engines_of(*p, "both0")
+                == vec![pair("docker", "synced"), pair("containerd", "withdrawn")]
+        })
+    });
+
+    ctrd.launch();
+    until("the containerd container back everywhere", || {
+        ports.iter().all(|p| {
+            get(*p, "/v1/containers/both-ctr-web", false).0 == 200
+                && engines_of(*p, "both0")
+                    == vec![pair("docker", "synced"), pair("containerd", "synced")]
+        })
+    });
 }

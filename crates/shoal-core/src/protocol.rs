@@ -301,18 +301,6 @@ impl Source {
             .collect()
     }
 
-    /// Takes every record of this source out of the fleet (its engine has
-    /// been lost too long to vouch for them): each owner gets the removal
-    /// of what it holds, as deltas, and the published inventory is empty.
-    /// Digests and snapshots that follow say "nothing", so owners stay
-    /// complete for this source. Other sources' copies of the same
-    /// containers are theirs and stay. [`Source::restart_from`] publishes
-    /// the inventory again.
-    pub fn withdraw(&mut self) -> Vec<Out> {
-        let removals = self.published.diff(&Inventory::new());
-        self.deltas(&removals)
-    }
-
     /// The view changed (ring, or a member's incarnation): gains as deltas,
     /// snapshots to restarted members and to owners behind, then a digest
     /// to every member.
@@ -595,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn withdraw_takes_out_this_sources_records_and_leaves_other_sources_copies() {
+    fn removing_every_record_leaves_other_sources_copies() {
         let v = view(4);
         let ring = &v.ring;
         let here = Here {
@@ -615,7 +603,10 @@ mod tests {
         }));
         deliver(&mut dirs, n1.start(from_n1, &v), ring);
 
-        let out = n0.withdraw();
+        // A node whose engines are all withdrawn publishes every record's
+        // removal (see shoal_engine::engines).
+        let removals = n0.published().diff(&Inventory::new());
+        let out = n0.deltas(&removals);
         assert!(!out.is_empty());
         assert!(
             out.iter().all(|(_, m)| !m.is_snapshot()),

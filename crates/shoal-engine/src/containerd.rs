@@ -637,6 +637,10 @@ fn event_container_id(topic: &str, event: &prost_types::Any) -> Option<String> {
 
 #[async_trait]
 impl Engine for ContainerdEngine {
+    fn kind(&self) -> &'static str {
+        "containerd"
+    }
+
     async fn identity(&self) -> Result<EngineIdentity, EngineError> {
         let version = VersionClient::new(self.channel.clone())
             .version(timed(()))

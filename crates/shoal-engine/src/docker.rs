@@ -278,6 +278,10 @@ fn ports_from(map: HashMap<String, Option<Vec<bollard::models::PortBinding>>>) -
 
 #[async_trait]
 impl Engine for DockerEngine {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
     async fn identity(&self) -> Result<EngineIdentity, EngineError> {
         let docker = self.client().await?;
         let info = docker.info().await.map_err(|e| classify(&self.host, e))?;

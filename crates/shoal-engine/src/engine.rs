@@ -61,6 +61,10 @@ pub type EventStream = BoxStream<'static, Result<EngineEvent, EngineError>>;
 /// A container engine, as the watcher uses it.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
+    /// The kind of engine (`docker`, `containerd`), known before it
+    /// answers; the same word as [`EngineIdentity::kind`].
+    fn kind(&self) -> &'static str;
+
     /// The engine's identity and version.
     async fn identity(&self) -> Result<EngineIdentity, EngineError>;
 

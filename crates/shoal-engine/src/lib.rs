@@ -12,11 +12,15 @@
 pub mod containerd;
 pub mod docker;
 pub mod engine;
+pub mod engines;
 pub mod synthetic;
 pub mod watcher;
 
 pub use containerd::ContainerdEngine;
 pub use docker::DockerEngine;
 pub use engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+pub use engines::{
+    EngineState, Engines, EnginesConfig, EnginesCounters, EnginesHandle, EnginesStatus,
+};
 pub use synthetic::{SyntheticEngine, SyntheticSpec, synthetic_id, synthetic_record};
 pub use watcher::{Watcher, WatcherConfig, WatcherCounters, WatcherHandle, WatcherStatus};

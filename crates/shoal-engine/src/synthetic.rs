@@ -273,6 +273,10 @@ impl SyntheticEngine {
 
 #[async_trait]
 impl Engine for SyntheticEngine {
+    fn kind(&self) -> &'static str {
+        "synthetic"
+    }
+
     async fn identity(&self) -> Result<EngineIdentity, EngineError> {
         self.check_up()?;
         Ok(EngineIdentity {

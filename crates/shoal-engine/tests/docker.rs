@@ -296,6 +296,9 @@ struct ListRacer {
 
 #[async_trait]
 impl Engine for ListRacer {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
     async fn identity(&self) -> Result<EngineIdentity, EngineError> {
         self.inner.identity().await
     }

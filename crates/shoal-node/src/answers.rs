@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_core::{ContainerRecord, NodeId};
 
 /// JSON-RPC `Inventory.Get {ref, by?}`: a lookup.
@@ -155,15 +155,25 @@ pub struct ProjectAnswer {
     pub served_by: NodeId,
 }
 
-/// A member's engine, as `/v1/nodes` shows it.
-#[derive(Clone, Debug, Serialize)]
+/// One of a member's engines, as `/v1/nodes` shows it and gossip carries
+/// it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EngineView {
-    /// docker or synthetic.
+    /// docker, containerd or synthetic.
     pub kind: String,
-    /// The engine's ID.
-    pub id: String,
-    /// The engine's version.
-    pub version: String,
+    /// The engine's ID; `null` until it first answers. Records carry it.
+    pub id: Option<String>,
+    /// The engine's version; `null` until it first answers.
+    pub version: Option<String>,
+    /// `synced`, `stale` (lost; its last inventory is served and marked),
+    /// `withdrawn` (lost longer than `--engine-lost-after`; its containers
+    /// are out of the fleet) or `unreachable` (never answered).
+    pub state: String,
+    /// Its live containers as last read.
+    pub containers: usize,
+    /// Its current error (on the node's own entry only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One member of the fleet.
@@ -175,9 +185,10 @@ pub struct NodeView {
     pub address: String,
     /// alive, suspect or dead.
     pub state: &'static str,
-    /// Its engine, once it answered.
-    pub engine: Option<EngineView>,
-    /// Live containers on its engine.
+    /// Its engines, in the order it was given them (empty until a dead
+    /// or starting member gossiped them).
+    pub engines: Vec<EngineView>,
+    /// Live containers on its engines, as it serves them.
     pub containers: Option<usize>,
     /// Seconds since its engine's last event; `null` before the first.
     pub last_event_age_s: Option<f64>,

@@ -1,11 +1,12 @@
-//! One shoal node: it watches its engine and answers the public API from
+//! One shoal node: it watches its engines and answers the public API from
 //! memory.
 //!
-//! [`run`] is the whole node: it starts the [`shoal_engine::Watcher`], serves
+//! [`run`] is the whole node: it starts [`shoal_engine::Engines`] (a
+//! watcher per engine, merged into one inventory), serves
 //! [`app`] on a bound listener and, when the shutdown token is cancelled,
 //! tells the fleet it is leaving (gossip, for two gossip intervals, still
 //! serving), then stops taking connections, lets requests in flight finish
-//! (up to `shutdown_grace`) and waits for the watcher to stop.
+//! (up to `shutdown_grace`) and waits for the watchers to stop.
 //! [`NodeService`] holds what every request needs and answers lookups,
 //! listings, projects and members the same way for REST ([`api`]) and
 //! JSON-RPC ([`jrpc`]).
@@ -34,7 +35,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use membership::{Membership, MembershipConfig};
-use shoal_engine::{Engine, Watcher, WatcherConfig};
+use shoal_engine::{Engine, Engines, EnginesConfig, WatcherConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -60,14 +61,14 @@ pub enum NodeError {
 /// HTTP, gossip over UDP, both signed if the config has a cluster secret.
 pub async fn run(
     config: NodeConfig,
-    engine: Arc<dyn Engine>,
+    engines: Vec<Arc<dyn Engine>>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let secret = config.cluster_secret.clone();
     run_with(
         config,
-        engine,
+        engines,
         listener,
         Arc::new(peer::HttpPeers::with_secret(secret)),
         Arc::new(gossip::UdpNet),
@@ -112,24 +113,30 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
 /// sealed with the config's cluster secret, if any, on any network.
 pub async fn run_with(
     mut config: NodeConfig,
-    engine: Arc<dyn Engine>,
+    engines: Vec<Arc<dyn Engine>>,
     listener: TcpListener,
     peers: Arc<dyn peer::PeerTransport>,
     gossip: Arc<dyn gossip::GossipNet>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Config)?;
+    if engines.is_empty() {
+        return Err(NodeError::Config("a node needs at least one engine".into()));
+    }
     let bound = listener.local_addr()?;
     config.listen = bound;
     config.advertise = api_address(&config, bound);
     let incarnation = clock::now_ms();
     let tasks_stop = shutdown.child_token();
-    let (watcher, watcher_task) = Watcher::spawn(
-        engine,
-        WatcherConfig {
-            node: config.node_id.clone(),
-            resync_interval: config.resync_interval,
-            ..WatcherConfig::default()
+    let (engines, engines_task) = Engines::spawn(
+        engines,
+        EnginesConfig {
+            watcher: WatcherConfig {
+                node: config.node_id.clone(),
+                resync_interval: config.resync_interval,
+                ..WatcherConfig::default()
+            },
+            withdraw_after: config.engine_lost_after,
         },
         tasks_stop.clone(),
     );
@@ -173,7 +180,7 @@ pub async fn run_with(
     let service = Arc::new(
         NodeService::with_cluster(
             config,
-            watcher,
+            engines,
             membership.shared_view(),
             peers,
             incarnation,
@@ -225,8 +232,8 @@ pub async fn run_with(
     for task in tasks {
         let _ = task.await;
     }
-    if let Err(e) = watcher_task.await {
-        warn!(error = %e, "watcher task failed");
+    if let Err(e) = engines_task.await {
+        warn!(error = %e, "engines task failed");
     }
     if let Ok(membership) = Arc::try_unwrap(membership) {
         membership.shutdown().await;

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use moka::future::Cache;
 use shoal_core::wire::LocalQuery;
 use shoal_core::{ContainerRecord, Inventory, LookupKey, NodeId};
-use shoal_engine::WatcherHandle;
+use shoal_engine::EnginesHandle;
 use tracing::debug;
 
 use crate::answers::{AnsweredRecord, FailedNode, LookupAnswer, LookupPath, NodesCovered};
@@ -65,7 +65,7 @@ pub struct Lookups {
     me: NodeId,
     view: Arc<ArcSwap<ClusterView>>,
     directory: Arc<DirectoryService>,
-    watcher: WatcherHandle,
+    engines: EnginesHandle,
     peers: PeerClient,
     metrics: Arc<Metrics>,
     hot: Option<Cache<LookupKey, Arc<Found>>>,
@@ -77,7 +77,6 @@ pub struct Lookups {
     generation: std::sync::atomic::AtomicU64,
     peer_timeout: Duration,
     scatter_timeout: Duration,
-    engine_lost_after: Duration,
     /// Scatter-gathers that may run at once; beyond, they are shed.
     scatters: tokio::sync::Semaphore,
     max_scatters: usize,
@@ -96,8 +95,6 @@ pub struct LookupsConfig {
     pub peer_timeout: Duration,
     /// How long nodes may take to answer a scatter.
     pub scatter_timeout: Duration,
-    /// An engine lost this long has its containers withdrawn.
-    pub engine_lost_after: Duration,
     /// Scatter-gathers that may run at once.
     pub max_scatters: usize,
 }
@@ -108,7 +105,7 @@ impl Lookups {
         config: LookupsConfig,
         view: Arc<ArcSwap<ClusterView>>,
         directory: Arc<DirectoryService>,
-        watcher: WatcherHandle,
+        engines: EnginesHandle,
         peers: PeerClient,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -125,7 +122,7 @@ impl Lookups {
             me: config.me,
             view,
             directory,
-            watcher,
+            engines,
             peers,
             metrics,
             hot,
@@ -137,7 +134,6 @@ impl Lookups {
             generation: Default::default(),
             peer_timeout: config.peer_timeout,
             scatter_timeout: config.scatter_timeout,
-            engine_lost_after: config.engine_lost_after,
             scatters: tokio::sync::Semaphore::new(config.max_scatters),
             max_scatters: config.max_scatters,
         }
@@ -149,26 +145,22 @@ impl Lookups {
 
     /// The local inventory, or why it cannot be used yet.
     fn local_inventory(&self) -> Result<Arc<Inventory>, String> {
-        let status = self.watcher.status();
-        if !status.ready {
-            let why = status
-                .last_error
+        if !self.engines.is_ready() {
+            let why = self
+                .engines
+                .status()
+                .last_error()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             return Err(format!(
-                "node {} has not read its engine yet{why}",
+                "node {} has not read its engines yet{why}",
                 self.node_id()
             ));
         }
-        // Withdrawn from the fleet (the publisher took them out of the
-        // owners too): this node no longer vouches for them.
-        if status
-            .lost_for(crate::clock::now_ms())
-            .is_some_and(|d| d >= self.engine_lost_after)
-        {
-            return Ok(Arc::new(Inventory::new()));
-        }
-        Ok(self.watcher.inventory())
+        // An engine lost longer than `engine_lost_after` is already out of
+        // this inventory (and so out of the owners): the node no longer
+        // vouches for its containers.
+        Ok(self.engines.inventory())
     }
 
     /// True once gossip carries this node's readiness (then its own
@@ -183,7 +175,7 @@ impl Lookups {
     /// is not yet complete for it.
     fn own_unpublished(&self, view: &ClusterView) -> bool {
         let incarnation = view.members.get(&self.me).map(|m| m.incarnation);
-        self.watcher.status().ready
+        self.engines.is_ready()
             && incarnation.is_some_and(|i| !self.directory.is_complete_for(view, &self.me, i))
     }
 

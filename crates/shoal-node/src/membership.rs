@@ -40,18 +40,16 @@ use tracing::{info, warn};
 
 /// Key of a member's API address.
 pub const KEY_API: &str = "api";
-/// Key of a member's engine kind.
-pub const KEY_ENGINE_KIND: &str = "engine_kind";
-/// Key of a member's engine ID.
-pub const KEY_ENGINE_ID: &str = "engine_id";
-/// Key of a member's engine version.
-pub const KEY_ENGINE_VERSION: &str = "engine_version";
+/// Key of a member's engines: a JSON list of
+/// [`crate::answers::EngineView`] (errors left out).
+pub const KEY_ENGINES: &str = "engines";
 /// Key of a member's live container count.
 pub const KEY_CONTAINERS: &str = "containers";
 /// Key of a member's last engine event (ms since the epoch).
 pub const KEY_LAST_EVENT: &str = "last_event_ms";
-/// Key of when a member's engine was lost (ms since the epoch); empty
-/// while it answers.
+/// Key of when a member's engines were lost: a JSON object of engine ID to
+/// ms since the epoch, or empty while every engine answers (the common
+/// case, read on every answer without parsing).
 pub const KEY_ENGINE_LOST: &str = "engine_lost_ms";
 /// Key of a member's readiness.
 pub const KEY_READY: &str = "ready";

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shoal_core::directory::OwnerDirectory;
-use shoal_engine::WatcherHandle;
+use shoal_engine::EnginesHandle;
 
 use crate::directory::Fetchers;
 use crate::membership::ClusterView;
@@ -77,8 +77,8 @@ pub struct NodeState<'a> {
     pub publisher: &'a PublisherCounters,
     /// The directory's invalidation counters.
     pub fetchers: &'a Fetchers,
-    /// The engine's watcher.
-    pub watcher: &'a WatcherHandle,
+    /// The node's engines.
+    pub engines: &'a EnginesHandle,
     /// Gossip packets dropped by the cluster secret check.
     pub gossip_refused: &'a AtomicU64,
     /// Peer requests refused by the cluster secret check, if there is one.
@@ -350,7 +350,7 @@ impl Metrics {
 
     /// Renders the Prometheus text, first reading the node's state.
     pub fn render(&self, node: NodeState<'_>, now_ms: u64) -> String {
-        let watcher = node.watcher;
+        let engines = node.engines;
         let directory = node.directory;
         self.directory_copies.set(directory.copies() as i64);
         self.directory_keys.set(directory.keys() as i64);
@@ -383,26 +383,24 @@ impl Metrics {
                 .inner()
                 .store(source.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        let status = watcher.status();
-        let counters = watcher.counters();
-        self.containers.set(watcher.inventory().len() as i64);
+        let status = engines.status();
+        let counters = engines.counters();
+        self.containers.set(engines.inventory().len() as i64);
         self.ready.set(i64::from(status.ready));
-        self.engine_stale.set(i64::from(status.stale));
+        self.engine_stale.set(i64::from(status.stale()));
         let age = status
-            .last_event_ms
+            .last_event_ms()
             .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0)
             .unwrap_or(-1.0);
         self.last_event_age.set(age);
         for (counter, source) in [
-            (&self.engine_events, &counters.events),
-            (&self.engine_syncs, &counters.syncs),
-            (&self.engine_losses, &counters.engine_losses),
-            (&self.engine_inspects, &counters.inspects),
-            (&self.engine_inspect_failures, &counters.inspect_failures),
+            (&self.engine_events, counters.events),
+            (&self.engine_syncs, counters.syncs),
+            (&self.engine_losses, counters.engine_losses),
+            (&self.engine_inspects, counters.inspects),
+            (&self.engine_inspect_failures, counters.inspect_failures),
         ] {
-            counter
-                .inner()
-                .store(source.load(Ordering::Relaxed), Ordering::Relaxed);
+            counter.inner().store(source, Ordering::Relaxed);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -9,8 +9,9 @@
 //! behind one another go as one), so a slow or hung owner
 //! delays only itself; a queue that overflows drops what it holds and its
 //! owner gets a snapshot instead. Publishes to this node itself skip HTTP.
-//! An engine lost for `engine_lost_after` has its containers withdrawn
-//! from the fleet; when it is back they are published again in full.
+//! An engine lost for `engine_lost_after` has already left the local
+//! inventory (`shoal_engine::engines`): its containers come here as
+//! removes, and as upserts when it is back.
 //! Work that walks every record (snapshots, digests, gains) runs on the
 //! blocking pool through [`DirectoryService::bulk`].
 
@@ -105,10 +106,6 @@ const QUEUE_BOUND: usize = 1024;
 /// How soon owners behind get their snapshot after a failed delivery.
 const REPAIR_AFTER: Duration = Duration::from_millis(500);
 
-/// How often the publisher looks at the engine's status: a withdrawal or a
-/// return is acted on within this of its time.
-const ENGINE_CHECK: Duration = Duration::from_millis(250);
-
 /// Everything the publisher needs.
 pub struct Publisher {
     /// This node.
@@ -121,15 +118,12 @@ pub struct Publisher {
     pub directory: Arc<DirectoryService>,
     /// How to reach owners.
     pub peers: PeerClient,
-    /// The local inventory and its deltas.
-    pub watcher: shoal_engine::WatcherHandle,
+    /// The local inventory (every engine's) and its deltas.
+    pub engines: shoal_engine::EnginesHandle,
     /// How long an owner may take.
     pub timeout: Duration,
     /// How often to compare digests.
     pub sync_interval: Duration,
-    /// How long the engine may be lost before this node's containers are
-    /// withdrawn from the fleet.
-    pub engine_lost_after: Duration,
     /// Ticks when the ring or a live member's incarnation changes.
     pub view_changes: tokio::sync::watch::Receiver<u64>,
     /// Owners that asked for a digest round.
@@ -173,10 +167,10 @@ fn protocol_view(view: &ClusterView) -> protocol::View {
 impl Publisher {
     /// Runs until shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut deltas = self.watcher.subscribe();
+        let mut deltas = self.engines.subscribe();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = self.watcher.ready() => {}
+            _ = self.engines.ready() => {}
         }
         let mut resyncs = std::mem::replace(&mut self.resyncs, mpsc::channel(1).1);
         let core: Core = Arc::new(Mutex::new(Source::new(self.me.clone(), self.incarnation)));
@@ -187,7 +181,7 @@ impl Publisher {
             tasks: JoinSet::new(),
             feedback: feedback_tx,
         };
-        let inventory = (*self.watcher.inventory()).clone();
+        let inventory = (*self.engines.inventory()).clone();
         let view = protocol_view(&self.view.load());
         let first = self.bulk(&core, move |s| s.start(inventory, &view)).await;
         queues.dispatch(&core, first, None);
@@ -202,20 +196,13 @@ impl Publisher {
         // repairs back off to the sync interval: each walks every record.
         let mut repair_wait = REPAIR_AFTER;
         let mut next_repair = tokio::time::Instant::now();
-        let mut engine_check = tokio::time::interval(ENGINE_CHECK);
-        engine_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The loss (its time) this node's containers were withdrawn for.
-        // Another loss time, or none, means the engine came back since.
-        let mut withdrawn_for: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                // Withdrawn, the published inventory is empty on purpose;
-                // the return publishes the whole inventory, these changes
-                // included.
+                // An engine lost too long leaves the inventory as removes
+                // (see `shoal_engine::engines`), so they reach the owners
+                // like any change.
                 batch = deltas.recv() => match batch {
-                    Ok(_) if withdrawn_for.is_some() => {}
-                    Err(RecvError::Lagged(_)) if withdrawn_for.is_some() => {}
                     Ok(batch) => {
                         let newest = batch.iter().map(|d| d.record().updated_at).max();
                         let out = self.deltas(&core, batch).await;
@@ -223,7 +210,7 @@ impl Publisher {
                     }
                     Err(RecvError::Lagged(n)) => {
                         warn!(missed = n, "publisher fell behind the watcher; sending snapshots");
-                        let inventory = (*self.watcher.inventory()).clone();
+                        let inventory = (*self.engines.inventory()).clone();
                         let view = protocol_view(&self.view.load());
                         let out = self.bulk(&core, move |s| s.restart_from(inventory, &view)).await;
                         queues.dispatch(&core, out, None);
@@ -276,28 +263,6 @@ impl Publisher {
                         next_repair = tokio::time::Instant::now() + repair_wait;
                         repair_wait = (repair_wait * 2).min(self.sync_interval);
                     }
-                }
-                _ = engine_check.tick() => {
-                    let status = self.watcher.status();
-                    let out = match withdrawn_for {
-                        None => match status.lost_for(now_ms()) {
-                            Some(lost_for) if lost_for >= self.engine_lost_after => {
-                                warn!(?lost_for, "engine lost too long; withdrawing this node's containers from the fleet");
-                                withdrawn_for = status.lost_at_ms;
-                                self.bulk(&core, move |s| s.withdraw()).await
-                            }
-                            _ => Vec::new(),
-                        },
-                        Some(at) if status.lost_at_ms != Some(at) => {
-                            info!("engine back; publishing this node's containers again");
-                            withdrawn_for = None;
-                            let inventory = (*self.watcher.inventory()).clone();
-                            let view = protocol_view(&self.view.load());
-                            self.bulk(&core, move |s| s.restart_from(inventory, &view)).await
-                        }
-                        Some(_) => Vec::new(),
-                    };
-                    queues.dispatch(&core, out, None);
                 }
                 _ = sync.tick() => {
                     let out = self.bulk(&core, move |s| s.digest_round(None)).await;

@@ -15,7 +15,7 @@ use shoal_core::wire::{
     DigestReply, DigestRequest, LocalQuery, LookupReply, Pong, Publish, PublishAck,
 };
 use shoal_core::{ContainerRecord, ListFilter, LookupKey, NodeId};
-use shoal_engine::WatcherHandle;
+use shoal_engine::{EnginesHandle, EnginesStatus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,8 @@ use crate::directory::{DirectoryService, Invalidator, Upkeep};
 use crate::error::ApiError;
 use crate::lookup::{LookupOptions, Lookups, LookupsConfig};
 use crate::membership::{
-    ClusterView, KEY_BEHIND, KEY_CONTAINERS, KEY_ENGINE_ID, KEY_ENGINE_KIND, KEY_ENGINE_LOST,
-    KEY_ENGINE_VERSION, KEY_LAST_EVENT, KEY_READY,
+    ClusterView, KEY_BEHIND, KEY_CONTAINERS, KEY_ENGINE_LOST, KEY_ENGINES, KEY_LAST_EVENT,
+    KEY_READY,
 };
 use crate::metrics::{Metrics, NodeState};
 use crate::page::Page;
@@ -42,7 +42,7 @@ pub struct NodeService {
     config: NodeConfig,
     /// Start time in ms: a restart is a new incarnation.
     incarnation: u64,
-    watcher: WatcherHandle,
+    engines: EnginesHandle,
     metrics: Arc<Metrics>,
     view: Arc<ArcSwap<ClusterView>>,
     directory: Arc<DirectoryService>,
@@ -67,7 +67,7 @@ const RESYNC_QUEUE: usize = 1024;
 
 impl NodeService {
     /// A node alone (it owns every key), talking HTTP to peers.
-    pub fn new(config: NodeConfig, watcher: WatcherHandle) -> Self {
+    pub fn new(config: NodeConfig, engines: EnginesHandle) -> Self {
         let incarnation = now_ms();
         let view = ClusterView::alone(
             config.node_id.clone(),
@@ -78,7 +78,7 @@ impl NodeService {
         );
         Self::with_cluster(
             config,
-            watcher,
+            engines,
             Arc::new(ArcSwap::from_pointee(view)),
             Arc::new(HttpPeers::new()),
             incarnation,
@@ -88,7 +88,7 @@ impl NodeService {
     /// A node in a fleet whose view membership keeps.
     pub fn with_cluster(
         config: NodeConfig,
-        watcher: WatcherHandle,
+        engines: EnginesHandle,
         view: Arc<ArcSwap<ClusterView>>,
         peers: Arc<dyn PeerTransport>,
         incarnation: u64,
@@ -106,12 +106,11 @@ impl NodeService {
                 hot_capacity: config.hot_capacity,
                 peer_timeout: config.peer_timeout,
                 scatter_timeout: config.scatter_timeout,
-                engine_lost_after: config.engine_lost_after,
                 max_scatters: config.max_scatters,
             },
             view.clone(),
             directory.clone(),
-            watcher.clone(),
+            engines.clone(),
             peers.clone(),
             metrics.clone(),
         );
@@ -127,7 +126,7 @@ impl NodeService {
             resyncs_rx: std::sync::Mutex::new(Some(resyncs_rx)),
             config,
             incarnation,
-            watcher,
+            engines,
             metrics,
             view,
             directory,
@@ -172,10 +171,9 @@ impl NodeService {
             view: self.view.clone(),
             directory: self.directory.clone(),
             peers: self.peers.clone(),
-            watcher: self.watcher.clone(),
+            engines: self.engines.clone(),
             timeout: self.config.peer_timeout,
             sync_interval: self.config.sync_interval,
-            engine_lost_after: self.config.engine_lost_after,
             view_changes: view_changes.clone(),
             counters: self.publisher.clone(),
         };
@@ -249,7 +247,7 @@ impl NodeService {
                 view: &view,
                 publisher: &self.publisher,
                 fetchers: self.directory.fetchers(),
-                watcher: &self.watcher,
+                engines: &self.engines,
                 gossip_refused: self.gossip_refusals.count(),
                 peer_refused: self.peer_guard.as_ref().map(|g| g.refused()),
             },
@@ -279,7 +277,7 @@ impl NodeService {
     }
 
     /// Marks the records whose engine has been lost longer than
-    /// `stale_after`, as this node sees it: its own watcher for itself,
+    /// `stale_after`, as this node sees it: its own engines for itself,
     /// gossip for the others. After the hot cache, so that a cached answer
     /// is marked as of now.
     fn mark_stale(&self, containers: &mut [AnsweredRecord]) {
@@ -288,25 +286,36 @@ impl NodeService {
         }
         let now = now_ms();
         let view = self.view.load();
-        // An answer names few nodes: a short list, no map.
-        let mut lost_at: Vec<(&NodeId, Option<u64>)> = Vec::new();
+        // An answer names few nodes: a short list, no map. Each node's
+        // lost engines, usually none.
+        let mut lost: Vec<(&NodeId, Vec<(String, u64)>)> = Vec::new();
         for c in containers {
             let node = &c.record.node;
-            let at = match lost_at.iter().find(|(n, _)| *n == node) {
-                Some((_, at)) => *at,
+            let engines = match lost.iter().position(|(n, _)| *n == node) {
+                Some(i) => &lost[i].1,
                 None => {
-                    let at = if node == self.node_id() {
-                        self.watcher.status().lost_at_ms
+                    let engines = if node == self.node_id() {
+                        self.engines
+                            .status()
+                            .engines
+                            .into_iter()
+                            .filter_map(|e| Some((e.status.engine?.id.0, e.status.lost_at_ms?)))
+                            .collect()
                     } else {
                         view.members
                             .get(node)
                             .and_then(|m| m.value(KEY_ENGINE_LOST))
-                            .and_then(|v| v.parse().ok())
+                            .map(parse_engines_lost)
+                            .unwrap_or_default()
                     };
-                    lost_at.push((node, at));
-                    at
+                    lost.push((node, engines));
+                    &lost[lost.len() - 1].1
                 }
             };
+            let at = engines
+                .iter()
+                .find(|(engine, _)| *engine == c.record.engine_id.0)
+                .map(|(_, at)| *at);
             if let Some(at) = at
                 && Duration::from_millis(now.saturating_sub(at)) > self.config.stale_after
             {
@@ -470,32 +479,26 @@ impl NodeService {
     pub fn nodes(&self) -> NodesAnswer {
         let view = self.view.load_full();
         let now = now_ms();
-        let status = self.watcher.status();
+        let status = self.engines.status();
         let nodes = view
             .members
             .values()
             .map(|m| {
                 let me = m.node == *self.node_id();
-                let engine = if me {
-                    status.engine.as_ref().map(|e| EngineView {
-                        kind: e.kind.to_owned(),
-                        id: e.id.0.clone(),
-                        version: e.version.clone(),
-                    })
+                let engines = if me {
+                    engine_views(&status, true)
                 } else {
-                    m.value(KEY_ENGINE_ID).map(|id| EngineView {
-                        kind: m.value(KEY_ENGINE_KIND).unwrap_or("").to_owned(),
-                        id: id.to_owned(),
-                        version: m.value(KEY_ENGINE_VERSION).unwrap_or("").to_owned(),
-                    })
+                    m.value(KEY_ENGINES)
+                        .and_then(|v| serde_json::from_str(v).ok())
+                        .unwrap_or_default()
                 };
                 let (containers, last_event, ready, stale, error) = if me {
                     (
-                        status.ready.then(|| self.watcher.inventory().len()),
-                        status.last_event_ms,
+                        status.ready.then(|| self.engines.inventory().len()),
+                        status.last_event_ms(),
                         status.ready,
-                        status.stale,
-                        status.last_error.clone(),
+                        status.stale(),
+                        status.last_error(),
                     )
                 } else {
                     (
@@ -510,7 +513,7 @@ impl NodeService {
                     id: m.node.clone(),
                     address: m.api.clone(),
                     state: if m.alive { "alive" } else { "dead" },
-                    engine,
+                    engines,
                     containers: if m.alive { containers } else { None },
                     last_event_age_s: last_event
                         .map(|t: u64| now.saturating_sub(t) as f64 / 1000.0),
@@ -534,9 +537,9 @@ impl NodeService {
 
     /// What this node gossips about itself.
     pub fn gossip_values(&self) -> Vec<(&'static str, String)> {
-        let s = self.watcher.status();
+        let s = self.engines.status();
         let mut values = vec![
-            (KEY_CONTAINERS, self.watcher.inventory().len().to_string()),
+            (KEY_CONTAINERS, self.engines.inventory().len().to_string()),
             (
                 KEY_READY,
                 // Ready for the fleet once the first publish round is
@@ -547,7 +550,7 @@ impl NodeService {
                             .publisher
                             .started
                             .load(std::sync::atomic::Ordering::Relaxed),
-                    s.stale,
+                    s.stale(),
                 ) {
                     (true, true) => "stale",
                     (true, false) => "true",
@@ -556,15 +559,12 @@ impl NodeService {
                 .to_owned(),
             ),
         ];
-        if let Some(t) = s.last_event_ms {
+        if let Some(t) = s.last_event_ms() {
             values.push((KEY_LAST_EVENT, t.to_string()));
         }
-        // Always set, empty when the engine answers: a value left out
+        // Always set, empty when every engine answers: a value left out
         // would keep the last one gossiped.
-        values.push((
-            KEY_ENGINE_LOST,
-            s.lost_at_ms.map(|t| t.to_string()).unwrap_or_default(),
-        ));
+        values.push((KEY_ENGINE_LOST, engines_lost(&s)));
         let behind = self
             .publisher
             .behind
@@ -579,32 +579,80 @@ impl NodeService {
                 .join(","),
         ));
         drop(behind);
-        if let Some(e) = s.engine {
-            values.push((KEY_ENGINE_KIND, e.kind.to_owned()));
-            values.push((KEY_ENGINE_ID, e.id.0));
-            values.push((KEY_ENGINE_VERSION, e.version));
-        }
+        values.push((
+            KEY_ENGINES,
+            serde_json::to_string(&engine_views(&s, false)).unwrap_or_default(),
+        ));
         values
     }
 
-    /// Readiness: the engine's first sync is done and the node has joined
-    /// the fleet (before that its ring is itself alone). A node whose
-    /// engine is lost after that stays ready (it serves the fleet and its
-    /// last inventory) and says its engine is stale.
+    /// Readiness: every engine's first sync is done (or an engine that
+    /// never answered was given up on, see [`shoal_engine::engines`]) and
+    /// the node has joined the fleet (before that its ring is itself
+    /// alone). A node with an engine lost after that stays ready (it
+    /// serves the fleet and the last inventory) and says its engine is
+    /// stale.
     pub fn readiness(&self) -> Readiness {
-        let s = self.watcher.status();
+        let s = self.engines.status();
         let joined = self.view.load().joined;
         Readiness {
             ready: s.ready && joined,
             membership: if joined { "joined" } else { "joining" },
-            engine: match (s.ready, s.stale) {
+            engine: match (s.ready, s.stale()) {
                 (false, _) => "not_synced",
                 (true, true) => "stale",
                 (true, false) => "synced",
             },
-            error: s.last_error,
+            error: s.last_error(),
         }
     }
+}
+
+/// The engines as `/v1/nodes` shows them; gossip leaves the errors out.
+fn engine_views(status: &EnginesStatus, with_errors: bool) -> Vec<EngineView> {
+    status
+        .engines
+        .iter()
+        .map(|e| EngineView {
+            kind: e.kind.to_owned(),
+            id: e.status.engine.as_ref().map(|i| i.id.0.clone()),
+            version: e.status.engine.as_ref().map(|i| i.version.clone()),
+            state: e.state().to_owned(),
+            containers: e.containers,
+            error: with_errors.then(|| e.status.last_error.clone()).flatten(),
+        })
+        .collect()
+}
+
+/// The gossiped value of [`KEY_ENGINE_LOST`]: empty while every engine
+/// answers, else a JSON object of engine ID to when it was lost.
+fn engines_lost(status: &EnginesStatus) -> String {
+    let lost: BTreeMap<&str, u64> = status
+        .engines
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.status.engine.as_ref()?.id.0.as_str(),
+                e.status.lost_at_ms?,
+            ))
+        })
+        .collect();
+    if lost.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&lost).unwrap_or_default()
+    }
+}
+
+/// Reads a peer's [`KEY_ENGINE_LOST`]; anything but the JSON it gossips
+/// counts as nothing lost.
+fn parse_engines_lost(value: &str) -> Vec<(String, u64)> {
+    if value.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str::<BTreeMap<String, u64>>(value)
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// Refuses a message from a node this view does not hold as alive. The

@@ -102,7 +102,7 @@ async fn start_node_with(
         tokio::spawn(async move {
             run_with(
                 config,
-                Arc::new(engine),
+                vec![Arc::new(engine)],
                 listener,
                 peers,
                 Arc::new(gossip),

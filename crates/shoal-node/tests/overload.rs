@@ -73,7 +73,7 @@ async fn start(
         tokio::spawn(async move {
             run_with(
                 config,
-                Arc::new(engine),
+                vec![Arc::new(engine)],
                 listener,
                 peers,
                 Arc::new(gossip),
@@ -380,7 +380,7 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     };
     let node = tokio::spawn(run(
         config,
-        Arc::new(engine("solo")),
+        vec![Arc::new(engine("solo"))],
         listener,
         stop.clone(),
     ));

@@ -12,7 +12,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use shoal_core::EngineId;
 use shoal_engine::{
-    SyntheticEngine, SyntheticSpec, Watcher, WatcherConfig, synthetic_id, synthetic_record,
+    Engines, EnginesConfig, SyntheticEngine, SyntheticSpec, WatcherConfig, synthetic_id,
+    synthetic_record,
 };
 use shoal_node::{NodeConfig, NodeService, app};
 use tokio_util::sync::CancellationToken;
@@ -35,11 +36,14 @@ async fn node_with(config: NodeConfig, up: bool) -> Node {
     });
     engine.set_up(up);
     let stop = CancellationToken::new();
-    let (handle, _task) = Watcher::spawn(
-        Arc::new(engine.clone()),
-        WatcherConfig {
-            node: config.node_id.clone(),
-            ..Default::default()
+    let (handle, _task) = Engines::spawn(
+        vec![Arc::new(engine.clone())],
+        EnginesConfig {
+            watcher: WatcherConfig {
+                node: config.node_id.clone(),
+                ..Default::default()
+            },
+            withdraw_after: Duration::from_secs(60),
         },
         stop.clone(),
     );
@@ -261,7 +265,12 @@ async fn nodes_health_readiness_and_metrics_answer() {
     assert_eq!(me["id"], "n1");
     assert_eq!(me["state"], "alive");
     assert_eq!(me["containers"], COUNT);
-    assert_eq!(me["engine"]["kind"], "synthetic");
+    let engines = me["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 1, "{me}");
+    assert_eq!(engines[0]["kind"], "synthetic");
+    assert_eq!(engines[0]["id"], "e1");
+    assert_eq!(engines[0]["state"], "synced");
+    assert_eq!(engines[0]["containers"], COUNT);
     assert_eq!(me["ring_share"], 1.0);
     assert_eq!(get(&n.router, "/healthz").await.status, StatusCode::OK);
     let r = get(&n.router, "/readyz").await;

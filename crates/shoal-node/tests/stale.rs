@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 use shoal_core::ring::Ring;
 use shoal_core::wire::{Publish, PublishAck, PublishBody, SourceClock};
 use shoal_core::{EngineId, LookupKey, NodeId};
-use shoal_engine::{SyntheticEngine, SyntheticSpec, Watcher, WatcherConfig, synthetic_record};
+use shoal_engine::{
+    Engines, EnginesConfig, SyntheticEngine, SyntheticSpec, WatcherConfig, synthetic_record,
+};
 use shoal_node::membership::{ClusterView, Member};
 use shoal_node::peer::{HttpPeers, PeerClient};
 use shoal_node::{NodeConfig, NodeService, app};
@@ -68,11 +70,14 @@ async fn start(
         prefix: format!("{name}-"),
         engine_id: EngineId(format!("engine-{name}")),
     });
-    let (watcher, _task) = Watcher::spawn(
-        Arc::new(engine),
-        WatcherConfig {
-            node: NodeId::from(name),
-            ..Default::default()
+    let (watcher, _task) = Engines::spawn(
+        vec![Arc::new(engine)],
+        EnginesConfig {
+            watcher: WatcherConfig {
+                node: NodeId::from(name),
+                ..Default::default()
+            },
+            withdraw_after: Duration::from_secs(60),
         },
         stop.clone(),
     );

@@ -45,6 +45,9 @@ impl CountingEngine {
 
 #[async_trait]
 impl Engine for CountingEngine {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
     async fn identity(&self) -> Result<EngineIdentity, EngineError> {
         self.count();
         self.inner.identity().await
@@ -90,7 +93,7 @@ impl SimNode {
             tokio::spawn(async move {
                 if let Err(e) = run_with(
                     config,
-                    engine,
+                    vec![engine],
                     listener,
                     peers,
                     Arc::new(shoal_node::gossip::UdpNet),

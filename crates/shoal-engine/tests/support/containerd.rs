@@ -158,6 +158,11 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A test that failed while containerd was stopped: start it again,
+        // or the containers' shims would outlive the test.
+        if self.child.is_none() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.launch()));
+        }
         if self.child.is_some() {
             for ns in self.namespaces.clone() {
                 let ids = Command::new("ctr")
