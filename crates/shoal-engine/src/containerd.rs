@@ -255,6 +255,7 @@ impl ContainerdEngine {
             return Ok(None);
         };
         let mut record = record_from(namespace, container, state, task.pid);
+        record.started_at = process_started_at(task.pid);
         record.networks = self.addresses(id, task.pid, &record.labels);
         record.image_id = self.image_digest(namespace, &record.image).await?;
         Ok(Some(record))
@@ -428,6 +429,39 @@ fn record_from(namespace: &str, c: Container, state: ContainerState, pid: u32) -
         record.service = record.labels.get(K8S_CONTAINER_NAME).cloned();
     }
     record
+}
+
+/// When a process started (RFC 3339, to the second), from its
+/// `/proc/<pid>/stat` and the boot time in `/proc/stat`: a task carries no
+/// start time. `None` without the host's PID namespace.
+fn process_started_at(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    started_at_from(&stat, &boot)
+}
+
+/// Clock ticks per second in `/proc` times: USER_HZ, 100 in Linux's ABI.
+const USER_HZ: u64 = 100;
+
+/// The start time in a `/proc/<pid>/stat` line (field 22, ticks since
+/// boot) plus `/proc/stat`'s `btime`, as RFC 3339 to the second (boot time
+/// has no finer grain, and a value that changed from read to read would be
+/// a change of the record).
+fn started_at_from(stat: &str, proc_stat: &str) -> Option<String> {
+    // The command (field 2) is in parentheses and may hold spaces or ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: i64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let seconds = btime.checked_add(i64::try_from(ticks / USER_HZ).ok()?)?;
+    Some(rfc3339(prost_types::Timestamp { seconds, nanos: 0 })).filter(|s| !s.is_empty())
 }
 
 fn rfc3339(t: prost_types::Timestamp) -> String {
@@ -1043,5 +1077,25 @@ fd000000000000000000000000000007 02 40 00 00     eth0
             value: vec![0xff, 0xff, 0xff],
         };
         assert_eq!(event_container_id("/tasks/start", &junk), None);
+    }
+
+    #[test]
+    fn a_process_start_is_its_stat_ticks_after_boot() {
+        // Field 22 of a real line, a command with a space and a ')'.
+        let stat = "4242 (sleep ) x) S 4200 4242 4242 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 \
+                    12345 1318912 153 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let proc_stat = "cpu  1 2 3\nintr 0\nbtime 1796083200\nprocesses 9\n";
+        // 1796083200 = 2026-12-01T00:00:00Z; 12345 ticks = 123 s.
+        assert_eq!(
+            started_at_from(stat, proc_stat).as_deref(),
+            Some("2026-12-01T00:02:03Z")
+        );
+        assert_eq!(started_at_from(stat, "cpu 1\n"), None, "no btime");
+        assert_eq!(
+            started_at_from("4242 (sleep) S 1", proc_stat),
+            None,
+            "short line"
+        );
+        assert_eq!(started_at_from("garbage", proc_stat), None);
     }
 }

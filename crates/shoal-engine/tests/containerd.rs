@@ -70,6 +70,19 @@ async fn containers_of_two_namespaces_by_name_label_project_address_and_id() {
         web.image_id
     );
     assert_eq!(web.state, ContainerState::Running);
+    // started_at from the task's /proc/<pid>/stat: within the last minute.
+    let started = web
+        .started_at
+        .as_deref()
+        .expect("started_at of a running task");
+    let started =
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let age = time::OffsetDateTime::now_utc() - started;
+    assert!(
+        age.whole_seconds() >= -2 && age.whole_seconds() < 60,
+        "{started} is {age} ago"
+    );
     assert_eq!(web.engine_id, identity.id);
     assert_eq!(
         web.labels.get("nerdctl/name").map(String::as_str),
