@@ -67,6 +67,31 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out: {what}");
 }
 
+/// Eight `shoal node` processes on free ports, `<prefix><i>` each, peers of
+/// one another; node `i` gets `engine_args(i)`.
+fn fleet<'a>(
+    prefix: &str,
+    engine_args: impl Fn(usize) -> Vec<&'a str>,
+) -> (Vec<u16>, Vec<NodeProcess>) {
+    let ports = free_ports(NODES);
+    let peers = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let id = format!("{prefix}{i}");
+            let mut args = vec!["--node-id", &id, "--peers", &peers, "--log-level", "warn"];
+            args.extend(engine_args(i));
+            NodeProcess::spawn(*port, &args)
+        })
+        .collect();
+    (ports, nodes)
+}
+
 /// The IDs a lookup answered.
 fn ids(v: &Value) -> Vec<String> {
     let mut ids: Vec<String> = v["containers"]
@@ -114,27 +139,12 @@ fn a_fleet_of_docker_containerd_and_synthetic_nodes_answers_every_key_kind() {
         "600",
     ]));
 
-    let ports = free_ports(NODES);
-    let peers = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let socket = ctrd.socket();
-    let _nodes: Vec<NodeProcess> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = format!("mix{i}");
-            let mut args = vec!["--node-id", &id, "--peers", &peers, "--log-level", "warn"];
-            match i {
-                0 => args.extend(["--engine", "docker"]),
-                1 => args.extend(["--engine", "containerd", "--containerd-address", &socket]),
-                _ => args.extend(["--engine", "synthetic", "--synthetic-count", "100"]),
-            }
-            NodeProcess::spawn(*port, &args)
-        })
-        .collect();
+    let (ports, _nodes) = fleet("mix", |i| match i {
+        0 => vec!["--engine", "docker"],
+        1 => vec!["--engine", "containerd", "--containerd-address", &socket],
+        _ => vec!["--engine", "synthetic", "--synthetic-count", "100"],
+    });
     until("eight nodes ready and alive everywhere", || {
         ports.iter().all(|p| {
             let (s, v) = get(*p, "/v1/nodes", false);
@@ -269,35 +279,20 @@ fn one_node_watching_docker_and_containerd_serves_both_and_loses_one_alone() {
     let docker = DockerContainer(docker_name.to_owned());
     run(Command::new("docker").args(["run", "-d", "--name", &docker.0, IMAGE, "sleep", "600"]));
 
-    let ports = free_ports(NODES);
-    let peers = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let socket = ctrd.socket();
-    let _nodes: Vec<NodeProcess> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = format!("both{i}");
-            let mut args = vec!["--node-id", &id, "--peers", &peers, "--log-level", "warn"];
-            match i {
-                0 => args.extend([
-                    "--engine",
-                    "docker",
-                    "--engine",
-                    "containerd",
-                    "--containerd-address",
-                    &socket,
-                    "--engine-lost-after",
-                    "3s",
-                ]),
-                _ => args.extend(["--engine", "synthetic", "--synthetic-count", "100"]),
-            }
-            NodeProcess::spawn(*port, &args)
-        })
-        .collect();
+    let (ports, _nodes) = fleet("both", |i| match i {
+        0 => vec![
+            "--engine",
+            "docker",
+            "--engine",
+            "containerd",
+            "--containerd-address",
+            &socket,
+            "--engine-lost-after",
+            "3s",
+        ],
+        _ => vec!["--engine", "synthetic", "--synthetic-count", "100"],
+    });
     until(
         "both0's two engines synced, as every node sees them",
         || {

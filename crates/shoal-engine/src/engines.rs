@@ -30,7 +30,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use futures::future::select_all;
 use shoal_core::{ContainerRecord, Delta, EngineId, Inventory};
 use tokio::sync::broadcast::error::RecvError;
@@ -40,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
-use crate::watcher::{Watcher, WatcherConfig, WatcherHandle, WatcherStatus, now_ms};
+use crate::watcher::{Published, Watcher, WatcherConfig, WatcherHandle, WatcherStatus, now_ms};
 
 /// How often the engines' statuses are looked at: a withdrawal or a return
 /// is acted on within this of its time.
@@ -147,10 +146,9 @@ pub struct EnginesCounters {
 
 struct Shared {
     watchers: Vec<(&'static str, WatcherHandle)>,
-    inventory: ArcSwap<Inventory>,
+    published: Published,
     withdrawn: Mutex<Vec<bool>>,
     ready: watch::Sender<bool>,
-    deltas: broadcast::Sender<Arc<Vec<Delta>>>,
 }
 
 /// The read side: the node's inventory over all its engines. Cheap to
@@ -163,7 +161,7 @@ pub struct EnginesHandle {
 impl EnginesHandle {
     /// The node's inventory: an immutable snapshot, read without a lock.
     pub fn inventory(&self) -> Arc<Inventory> {
-        self.shared.inventory.load_full()
+        self.shared.published.inventory()
     }
 
     /// True once the node's inventory is read (see
@@ -224,7 +222,7 @@ impl EnginesHandle {
     /// behind gets `Lagged` and should start again from
     /// [`EnginesHandle::inventory`].
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Delta>>> {
-        self.shared.deltas.subscribe()
+        self.shared.published.subscribe()
     }
 }
 
@@ -248,14 +246,12 @@ impl Engines {
             watchers.push((kind, handle));
             tasks.push(task);
         }
-        let (deltas, _) = broadcast::channel(config.watcher.delta_buffer.max(1));
         let handle = EnginesHandle {
             shared: Arc::new(Shared {
                 withdrawn: Mutex::new(vec![false; watchers.len()]),
                 watchers,
-                inventory: ArcSwap::from_pointee(Inventory::new()),
+                published: Published::new(config.watcher.delta_buffer),
                 ready: watch::channel(false).0,
-                deltas,
             }),
         };
         let merger = Merger {
@@ -445,15 +441,7 @@ impl Merger {
     }
 
     fn publish(&self, deltas: Vec<Delta>) {
-        if deltas.is_empty() {
-            return;
-        }
-        self.handle
-            .shared
-            .inventory
-            .store(Arc::new(self.working.clone()));
-        // No subscriber is fine: the snapshot above is the truth.
-        let _ = self.handle.shared.deltas.send(Arc::new(deltas));
+        self.handle.shared.published.publish(&self.working, deltas);
     }
 }
 

@@ -128,11 +128,44 @@ pub struct WatcherCounters {
     pub inspect_failures: AtomicU64,
 }
 
-struct Shared {
+/// An inventory's readers' side: the snapshot and the changes, written by
+/// one task (a watcher, or the engines' merger).
+pub(crate) struct Published {
     inventory: ArcSwap<Inventory>,
+    deltas: broadcast::Sender<Arc<Vec<Delta>>>,
+}
+
+impl Published {
+    pub(crate) fn new(buffer: usize) -> Self {
+        Published {
+            inventory: ArcSwap::from_pointee(Inventory::new()),
+            deltas: broadcast::channel(buffer.max(1)).0,
+        }
+    }
+
+    pub(crate) fn inventory(&self) -> Arc<Inventory> {
+        self.inventory.load_full()
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Delta>>> {
+        self.deltas.subscribe()
+    }
+
+    /// Readers see `working` first, then subscribers get `deltas`.
+    pub(crate) fn publish(&self, working: &Inventory, deltas: Vec<Delta>) {
+        if deltas.is_empty() {
+            return;
+        }
+        self.inventory.store(Arc::new(working.clone()));
+        // No subscriber is fine: the snapshot above is the truth.
+        let _ = self.deltas.send(Arc::new(deltas));
+    }
+}
+
+struct Shared {
+    published: Published,
     status: Mutex<WatcherStatus>,
     ready: watch::Sender<bool>,
-    deltas: broadcast::Sender<Arc<Vec<Delta>>>,
     counters: WatcherCounters,
 }
 
@@ -145,7 +178,7 @@ pub struct WatcherHandle {
 impl WatcherHandle {
     /// The current inventory: an immutable snapshot, read without a lock.
     pub fn inventory(&self) -> Arc<Inventory> {
-        self.shared.inventory.load_full()
+        self.shared.published.inventory()
     }
 
     /// The engine's status now.
@@ -173,7 +206,7 @@ impl WatcherHandle {
     /// than `delta_buffer` batches behind gets `Lagged` and should start
     /// again from [`WatcherHandle::inventory`].
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Delta>>> {
-        self.shared.deltas.subscribe()
+        self.shared.published.subscribe()
     }
 
     fn update_status(&self, f: impl FnOnce(&mut WatcherStatus)) {
@@ -298,13 +331,11 @@ impl Watcher {
         config: WatcherConfig,
         shutdown: CancellationToken,
     ) -> (WatcherHandle, JoinHandle<()>) {
-        let (deltas, _) = broadcast::channel(config.delta_buffer.max(1));
         let handle = WatcherHandle {
             shared: Arc::new(Shared {
-                inventory: ArcSwap::from_pointee(Inventory::new()),
+                published: Published::new(config.delta_buffer),
                 status: Mutex::new(WatcherStatus::default()),
                 ready: watch::channel(false).0,
-                deltas,
                 counters: WatcherCounters::default(),
             }),
         };
@@ -537,15 +568,7 @@ impl Watcher {
     }
 
     fn publish(&self, deltas: Vec<Delta>) {
-        if deltas.is_empty() {
-            return;
-        }
-        self.handle
-            .shared
-            .inventory
-            .store(Arc::new(self.working.clone()));
-        // No subscriber is fine: the snapshot above is the truth.
-        let _ = self.handle.shared.deltas.send(Arc::new(deltas));
+        self.handle.shared.published.publish(&self.working, deltas);
     }
 }
 
