@@ -230,9 +230,9 @@ impl EnginesHandle {
 pub struct Engines;
 
 impl Engines {
-    /// Watches `engines` (each with the kind it is reported by, in order
-    /// of precedence) until `shutdown` is cancelled. The returned task ends
-    /// after shutdown, once every watcher stopped.
+    /// Watches `engines`, in order of precedence (the first wins a
+    /// container ID two of them report), until `shutdown` is cancelled.
+    /// The returned task ends after shutdown, once every watcher stopped.
     pub fn spawn(
         engines: Vec<Arc<dyn Engine>>,
         config: EnginesConfig,
