@@ -132,6 +132,12 @@ impl Inventory {
     /// or `None` when the record says nothing new (only its read time
     /// differs).
     pub fn upsert(&mut self, record: ContainerRecord) -> Option<Delta> {
+        self.upsert_shared(Arc::new(record))
+    }
+
+    /// [`Inventory::upsert`] of a record another inventory holds too: the
+    /// record is shared, not copied.
+    pub fn upsert_shared(&mut self, record: Arc<ContainerRecord>) -> Option<Delta> {
         if let Some(old) = self.by_id.get(&record.id) {
             if old.same_content(&record) {
                 return None;
@@ -139,7 +145,6 @@ impl Inventory {
             let old = old.clone();
             self.unindex(&old);
         }
-        let record = Arc::new(record);
         self.index(&record);
         self.by_id.insert(record.id.clone(), record.clone());
         Some(Delta::Upsert(record))
@@ -157,7 +162,7 @@ impl Inventory {
     pub fn apply(&mut self, delta: &Delta) {
         match delta {
             Delta::Upsert(r) => {
-                self.upsert(ContainerRecord::clone(r));
+                self.upsert_shared(r.clone());
             }
             Delta::Remove(r) => {
                 self.remove(&r.id);

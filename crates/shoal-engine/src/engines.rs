@@ -334,13 +334,12 @@ impl Merger {
         let statuses: Vec<WatcherStatus> =
             self.watchers().iter().map(|(_, w)| w.status()).collect();
         let lost_too_long = |s: &WatcherStatus| {
-            let lost_at = if s.ready {
-                s.lost_at_ms
+            let lost_for = if s.ready {
+                s.lost_for(now)
             } else {
-                Some(self.started_ms)
+                Some(Duration::from_millis(now.saturating_sub(self.started_ms)))
             };
-            lost_at
-                .is_some_and(|at| now.saturating_sub(at) >= self.withdraw_after.as_millis() as u64)
+            lost_for.is_some_and(|d| d >= self.withdraw_after)
         };
         let withdrawn: Vec<bool> = statuses.iter().map(lost_too_long).collect();
         let ready = statuses.iter().any(|s| s.ready)
@@ -379,15 +378,27 @@ impl Merger {
         }
     }
 
-    /// What the engines say about one container now: the first engine, not
-    /// withdrawn, that has it.
-    fn truth(&mut self, id: &str, withdrawn: &[bool]) -> Option<Arc<ContainerRecord>> {
+    /// Each engine's snapshot now, `None` for a withdrawn one.
+    fn snapshots(&self) -> Vec<Option<Arc<Inventory>>> {
+        self.watchers()
+            .iter()
+            .zip(self.withdrawn())
+            .map(|((_, w), withdrawn)| (!withdrawn).then(|| w.inventory()))
+            .collect()
+    }
+
+    /// What the engines say about one container: the first engine, not
+    /// withdrawn, that has it in `snapshots`.
+    fn truth(
+        &mut self,
+        id: &str,
+        snapshots: &[Option<Arc<Inventory>>],
+    ) -> Option<Arc<ContainerRecord>> {
         let mut holders = self
             .watchers()
             .iter()
-            .zip(withdrawn)
-            .filter(|(_, withdrawn)| !**withdrawn)
-            .filter_map(|((kind, w), _)| Some((*kind, w.inventory().get(id).cloned()?)));
+            .zip(snapshots)
+            .filter_map(|((kind, _), s)| Some((*kind, s.as_ref()?.get(id).cloned()?)));
         let (kept, record) = holders.next()?;
         if let Some((dropped, _)) = holders.next() {
             // Bounded: a warning per ID, for the first thousand.
@@ -402,16 +413,17 @@ impl Merger {
     /// An engine's batch: each container it names is set to what the
     /// engines say now.
     fn reread(&mut self, engine: usize, batch: &[Delta]) {
-        let withdrawn = self.withdrawn();
-        if withdrawn[engine] {
+        // One read of each engine's snapshot for the whole batch.
+        let snapshots = self.snapshots();
+        if snapshots[engine].is_none() {
             // Out of the fleet until it is back; the return rebuilds.
             return;
         }
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let id = &d.record().id;
-            let delta = match self.truth(id, &withdrawn) {
-                Some(r) => self.working.upsert(ContainerRecord::clone(&r)),
+            let delta = match self.truth(id, &snapshots) {
+                Some(r) => self.working.upsert_shared(r),
                 None => self.working.remove(id),
             };
             out.extend(delta);
@@ -422,15 +434,11 @@ impl Merger {
     /// Builds the node's inventory again from every engine's snapshot and
     /// publishes the difference.
     fn rebuild(&mut self) {
-        let withdrawn = self.withdrawn();
         let mut next = Inventory::new();
         // The first engine's record wins a shared ID: apply it last.
-        for (i, (_, w)) in self.watchers().iter().enumerate().rev() {
-            if withdrawn[i] {
-                continue;
-            }
-            for r in w.inventory().records() {
-                next.upsert(ContainerRecord::clone(r));
+        for snapshot in self.snapshots().iter().rev().flatten() {
+            for r in snapshot.records() {
+                next.upsert_shared(r.clone());
             }
         }
         let deltas = self.working.diff(&next);
