@@ -150,6 +150,9 @@ pub enum RefError {
     /// A character no container name, ID or address has.
     #[error("the ref contains {0:?}, which no container name, ID or address has")]
     BadCharacter(char),
+    /// A name with `//` or a trailing `/`.
+    #[error("the ref has an empty segment between slashes: a name is written ns/pod/container")]
+    EmptySegment,
     /// `?by=` named no kind.
     #[error("unknown key kind {0:?}: use id, name, ip or project")]
     UnknownKind(String),
@@ -196,15 +199,15 @@ pub fn parse_ref(raw: &str, by: Option<KeyKind>) -> Result<LookupKey, RefError> 
     match by {
         Some(KeyKind::Id) => parse_id(raw),
         Some(KeyKind::Ip) => parse_ip(raw),
-        Some(KeyKind::Name) => parse_name(raw).map(LookupKey::Name),
-        Some(KeyKind::Project) => parse_name(raw).map(LookupKey::Project),
+        Some(KeyKind::Name) => parse_name(raw, KeyKind::Name).map(LookupKey::Name),
+        Some(KeyKind::Project) => parse_name(raw, KeyKind::Project).map(LookupKey::Project),
         None => {
             if is_hex_id(raw) {
                 parse_id(raw)
             } else if let Ok(ip) = parse_ip(raw) {
                 Ok(ip)
             } else {
-                parse_name(raw).map(LookupKey::Name)
+                parse_name(raw, KeyKind::Name).map(LookupKey::Name)
             }
         }
     }
@@ -242,20 +245,37 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// Docker names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; compose project names are
-/// a subset. Anything else cannot name a container, so it is refused rather
-/// than looked up.
-fn parse_name(raw: &str) -> Result<String, RefError> {
+/// a subset. Kubernetes containers seen through containerd are named
+/// `<pod namespace>/<pod>/<container>`, so a name may also be such
+/// segments joined by single `/`s. Anything else cannot name a container,
+/// so it is refused rather than looked up. Projects and node IDs are
+/// single segments ([`is_plain_name`]).
+fn parse_name(raw: &str, kind: KeyKind) -> Result<String, RefError> {
     let name = raw.strip_prefix('/').unwrap_or(raw);
     if name.is_empty() {
         return Err(RefError::Empty);
     }
+    let slashes = kind == KeyKind::Name;
     if let Some(bad) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .find(|&c| !(plain_name_char(c) || (slashes && c == '/')))
     {
         return Err(RefError::BadCharacter(bad));
     }
+    if name.split('/').any(str::is_empty) {
+        return Err(RefError::EmptySegment);
+    }
     Ok(name.to_owned())
+}
+
+fn plain_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// Letters, digits, `_`, `.` and `-` only, and not empty: a project name or
+/// a node ID, which go into URLs and label values unescaped.
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(plain_name_char)
 }
 
 /// Every key a record is reachable by: its ID key, each name, each address
@@ -363,6 +383,28 @@ mod tests {
         assert_eq!(parse_ref("web;rm", None), Err(RefError::BadCharacter(';')));
         assert_eq!(parse_ref("/", None), Err(RefError::Empty));
         assert_eq!(parse_ref("", None), Err(RefError::Empty));
+    }
+
+    #[test]
+    fn kubernetes_names_take_slashes_projects_do_not() {
+        assert_eq!(
+            parse_ref("shop/web-0/app", None),
+            Ok(LookupKey::Name("shop/web-0/app".into()))
+        );
+        assert_eq!(
+            parse_ref("/shop/web-0", Some(KeyKind::Name)),
+            Ok(LookupKey::Name("shop/web-0".into()))
+        );
+        assert_eq!(parse_ref("shop//app", None), Err(RefError::EmptySegment));
+        assert_eq!(parse_ref("shop/", None), Err(RefError::EmptySegment));
+        assert_eq!(parse_ref("//shop", None), Err(RefError::EmptySegment));
+        assert_eq!(
+            parse_ref("shop/web", Some(KeyKind::Project)),
+            Err(RefError::BadCharacter('/'))
+        );
+        assert!(is_plain_name("node-1.a_b"));
+        assert!(!is_plain_name("a/b"));
+        assert!(!is_plain_name(""));
     }
 
     #[test]

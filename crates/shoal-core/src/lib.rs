@@ -21,7 +21,7 @@ pub mod wire;
 
 pub use filter::{FilterError, ListFilter};
 pub use inventory::{Delta, Inventory};
-pub use key::{KeyKind, LookupKey, RefError, parse_ref, record_keys};
+pub use key::{KeyKind, LookupKey, RefError, is_plain_name, parse_ref, record_keys};
 pub use model::{
     ContainerRecord, ContainerState, EngineId, Health, Labels, NetworkAttachment, Networks, NodeId,
     PortMapping,

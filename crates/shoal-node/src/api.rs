@@ -66,7 +66,9 @@ pub fn app(service: Shared) -> Router {
     let baseline = Router::new().route("/v1/noop", get(noop));
     let public = Router::new()
         .route("/v1/containers", get(list_containers))
-        .route("/v1/containers/{ref}", get(get_container))
+        // A wildcard: a Kubernetes name (ns/pod/container) may come
+        // unescaped.
+        .route("/v1/containers/{*ref}", get(get_container))
         .route("/data/{ref}", get(get_container))
         .route("/v1/projects", get(list_projects))
         .route("/v1/projects/{name}", get(get_project))
@@ -95,7 +97,9 @@ async fn observe(State(service): State<Shared>, request: Request, next: Next) ->
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
+        // A wildcard's pattern is labelled as a plain parameter's, so the
+        // label stays `/v1/containers/{ref}`.
+        .map(|p| p.as_str().replace("{*", "{"))
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(request.method());
     let mut response = next.run(request).await;
@@ -416,8 +420,12 @@ async fn peer_lookup(
     for (k, v) in query_pairs(&query)? {
         match k.as_ref() {
             "from" if from.is_none() => {
-                // A node ID is a name as far as characters go.
-                parse_ref(&v, Some(KeyKind::Name))?;
+                if !shoal_core::is_plain_name(&v) {
+                    return Err(ApiError::BadRequest(format!(
+                        "from={:?} is not a node ID: letters, digits, '_', '.' and '-' only",
+                        v.chars().take(64).collect::<String>()
+                    )));
+                }
                 from = Some(NodeId(v.into_owned()));
             }
             other => {

@@ -163,7 +163,7 @@ impl NodeConfig {
         if self.node_id.0.is_empty() {
             return Err("node-id must not be empty".into());
         }
-        if shoal_core::parse_ref(&self.node_id.0, Some(shoal_core::KeyKind::Name)).is_err() {
+        if !shoal_core::is_plain_name(&self.node_id.0) {
             return Err(format!(
                 "node-id {:?} may hold only letters, digits, '_', '.' and '-'",
                 self.node_id.0

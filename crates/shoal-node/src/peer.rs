@@ -441,12 +441,15 @@ fn decode<A: DeserializeOwned + Validate>(addr: &str, bytes: &[u8]) -> Result<A,
     })
 }
 
-/// The path of a peer lookup: the key's kind and value, percent-free
-/// (keys are validated text: letters, digits, `_.-:` only).
+/// The path of a peer lookup: the key's kind and value. Keys are
+/// validated text (letters, digits, `_.-:`, and `/` inside a Kubernetes
+/// name), so `/` is the one character to escape: the route takes the
+/// value as one segment.
 pub fn lookup_path(key: &LookupKey) -> String {
     format!("{}/{}/", routes::LOOKUP, key.kind().as_str())
         + &match key {
-            LookupKey::Id(s) | LookupKey::Name(s) | LookupKey::Project(s) => s.clone(),
+            LookupKey::Id(s) | LookupKey::Project(s) => s.clone(),
+            LookupKey::Name(s) => s.replace('/', "%2F"),
             LookupKey::Ip(ip) => ip.to_string(),
         }
 }

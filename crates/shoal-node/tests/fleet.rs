@@ -833,6 +833,48 @@ async fn a_miss_is_never_cached_so_a_new_container_shows_up_at_once() {
     }
 }
 
+/// Kubernetes containers seen through containerd are named
+/// `<pod namespace>/<pod>/<container>`. Such a name is found at every node
+/// of eight, written plainly or with `%2F`, forwarded to its owner (whose
+/// peer route takes the name as one escaped segment), and from the hot
+/// cache; a name with an empty segment is a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_name_with_slashes_is_found_at_every_node() {
+    let fleet = Fleet::start_configured(8, None, hot_config()).await;
+    let mut record = synthetic_record("pod-", 0, &EngineId("engine-f2".into()));
+    record.names = vec!["shop/web-0/app".into()];
+    let id = record.id.clone();
+    fleet.nodes[2].engine.run(record);
+    let started = Instant::now();
+    for n in &fleet.nodes {
+        let what = format!("{} never found shop/web-0/app", n.name);
+        fleet
+            .poll_until(
+                &n.addr,
+                "shop/web-0/app",
+                200,
+                started,
+                Duration::from_secs(5),
+                &what,
+            )
+            .await;
+        for reference in ["shop/web-0/app", "shop%2Fweb-0%2Fapp", "/shop/web-0/app"] {
+            let (status, v) = fleet.lookup(&n.addr, reference).await;
+            assert_eq!(status, 200, "{} {reference}: {v}", n.name);
+            assert_eq!(
+                ids(&v),
+                vec![("f2".to_owned(), id.clone())],
+                "{} {reference}",
+                n.name
+            );
+            assert_eq!(fleet.plain_lookup(&n.addr, reference).await, 200);
+        }
+        let (status, v) = fleet.lookup(&n.addr, "shop//app").await;
+        assert_eq!(status, 400, "{}: {v}", n.name);
+        assert!(v.to_string().contains("empty segment"), "{v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_leaves_no_orphan_behind_at_the_old_names_owners() {
     // No pruning during the test: only the publisher keeps directories to
