@@ -27,12 +27,13 @@ test-deps: build-deps ## install and start what the tests need (protoc, dockerd,
 	bash scripts/oci-image.sh >/dev/null
 
 .PHONY: test
-test: test-deps ## run every test: unit, property, router, fleet, real-Docker, real-containerd, manifests, e2e
+test: test-deps ## run every test: unit, property, router, fleet, real-Docker, real-containerd, manifests, e2e, k8s-sim
 	$(CARGO) test --workspace --locked -- --include-ignored
 	bash scripts/fuzz.sh 20
 	$(MAKE) k8s-validate
 	$(MAKE) peers-dns
 	$(MAKE) e2e
+	$(MAKE) k8s-sim
 
 .PHONY: lint
 lint: build-deps ## cargo fmt --check and clippy with warnings as errors
@@ -86,6 +87,10 @@ e2e: images ## the compose stack end to end through nginx on :8080 (with a conta
 	bash scripts/ensure-containerd.sh
 	bash scripts/test-image.sh
 	bash scripts/e2e.sh
+
+.PHONY: k8s-sim
+k8s-sim: images test-deps ## run k8s/ and deploy/k8s-containerd as a kubelet would, as Docker containers (8 and 4 simulated nodes)
+	bash scripts/k8s-sim.sh
 
 .PHONY: peers-dns
 peers-dns: build ## --peers-dns against a real dnsmasq in a network namespace
