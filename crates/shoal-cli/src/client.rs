@@ -24,7 +24,9 @@ pub enum Output {
 /// Where and how the client asks.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The shoal server (a node, or nginx in front of the nodes).
+    /// The shoal server (a node, or nginx in front of the nodes): a URL,
+    /// or host:port as docker and kubectl take it (http is assumed), or a
+    /// bare host (port 8080, the front door's).
     #[arg(
         long,
         env = "SHOAL_SERVER",
@@ -91,15 +93,7 @@ struct Client {
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let base = Url::parse(&args.server).with_context(|| {
-            format!(
-                "--server {:?} is not a URL (write it like http://127.0.0.1:8080)",
-                args.server
-            )
-        })?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            bail!("--server {:?} must be an http:// URL", args.server);
-        }
+        let base = server_url(&args.server)?;
         let http = reqwest::Client::builder()
             .timeout(args.timeout)
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
@@ -490,4 +484,76 @@ pub async fn projects(args: &ClientArgs, p: ProjectsArgs) -> anyhow::Result<()> 
         eprintln!("{note}");
     }
     Ok(())
+}
+
+/// The port a bare host gets: nginx's, the front door of `make up`.
+const DEFAULT_PORT: u16 = 8080;
+
+/// `--server` as a base URL. `http://` is assumed where no scheme is given
+/// (`localhost:8080`, `10.0.0.5:7070`, `[::1]:8080`, `node1`), as docker's
+/// `-H` and kubectl's `--server` take a bare address; a bare host gets
+/// [`DEFAULT_PORT`].
+pub fn server_url(raw: &str) -> anyhow::Result<Url> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        bail!("--server is empty: give a URL or host:port, like localhost:8080");
+    }
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let mut url = Url::parse(&with_scheme).with_context(|| {
+        format!("--server {raw:?} is neither a URL nor host:port (write it like localhost:8080)")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        bail!(
+            "--server {raw:?}: shoal speaks http:// or https://, not {}://",
+            url.scheme()
+        );
+    }
+    if url.host().is_none() {
+        bail!("--server {raw:?} names no host (write it like localhost:8080)");
+    }
+    if !raw.contains("://") && url.port().is_none() {
+        url.set_port(Some(DEFAULT_PORT))
+            .map_err(|()| anyhow::anyhow!("--server {raw:?}: cannot take a port"))?;
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::server_url;
+
+    #[test]
+    fn host_port_is_taken_as_docker_and_kubectl_take_it() {
+        for (raw, want) in [
+            ("localhost:8080", "http://localhost:8080/"),
+            ("127.0.0.1:7070", "http://127.0.0.1:7070/"),
+            ("[::1]:8080", "http://[::1]:8080/"),
+            ("node1", "http://node1:8080/"),
+            ("http://node1", "http://node1/"),
+            (
+                "https://shoal.example:8443/base",
+                "https://shoal.example:8443/base",
+            ),
+            (" http://127.0.0.1:8080 ", "http://127.0.0.1:8080/"),
+        ] {
+            assert_eq!(server_url(raw).unwrap().as_str(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn what_is_no_server_is_refused_clearly() {
+        for (raw, says) in [
+            ("", "is empty"),
+            ("ftp://host", "not ftp://"),
+            ("localhost:notaport", "neither a URL nor host:port"),
+            ("http://", "neither a URL nor host:port"),
+        ] {
+            let e = server_url(raw).unwrap_err().to_string();
+            assert!(e.contains(says), "{raw}: {e}");
+        }
+    }
 }
