@@ -151,6 +151,13 @@ pub struct NodeArgs {
     /// go first [default: 100000].
     #[arg(long, env = "SHOAL_HOT_CAPACITY", value_parser = clap::value_parser!(u64).range(1..))]
     pub hot_capacity: Option<u64>,
+    /// Changes of each node that a `/v1/watch` client can resume over
+    /// after a dropped connection [default: 4096].
+    #[arg(long, env = "SHOAL_WATCH_BUFFER", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watch_buffer: Option<u64>,
+    /// `/v1/watch` streams served at once [default: 4096].
+    #[arg(long, env = "SHOAL_MAX_WATCHERS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_watchers: Option<u64>,
     /// How long a peer may take to answer [default: 250ms].
     #[arg(long, env = "SHOAL_PEER_TIMEOUT", value_parser = parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -254,6 +261,8 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     hot_ttl: Option<Duration>,
     hot_capacity: Option<u64>,
+    watch_buffer: Option<u64>,
+    max_watchers: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     peer_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -377,6 +386,14 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .hot_capacity
             .or(file.hot_capacity)
             .unwrap_or(d.hot_capacity),
+        watch_buffer: args
+            .watch_buffer
+            .or(file.watch_buffer)
+            .map_or(d.watch_buffer, |n| n as usize),
+        max_watchers: args
+            .max_watchers
+            .or(file.max_watchers)
+            .map_or(d.max_watchers, |n| n as usize),
         peer_timeout: args
             .peer_timeout
             .or(file.peer_timeout)

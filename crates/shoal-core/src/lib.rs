@@ -7,6 +7,7 @@
 //! answers lookups from it. Nothing here spawns tasks or reads clocks: times
 //! come in as arguments.
 
+pub mod changes;
 pub mod directory;
 pub mod filter;
 pub mod inventory;

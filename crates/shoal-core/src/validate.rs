@@ -71,7 +71,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(why: impl Into<String>) -> Self {
+    pub(crate) fn new(why: impl Into<String>) -> Self {
         Invalid {
             path: Vec::new(),
             why: why.into(),

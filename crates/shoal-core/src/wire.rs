@@ -232,6 +232,44 @@ pub struct LocalReply {
     pub records: Vec<ContainerRecord>,
 }
 
+/// `POST /_shoal/v1/changes`: a node's numbered changes after a position,
+/// for the fleet watch. An answer waits up to `wait_ms` for a change when
+/// there is none yet (a long poll).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    /// The incarnation the asker's position is of (0: it has none).
+    pub incarnation: u64,
+    /// The number of the last change it has.
+    pub since: u64,
+    /// How long the answer may wait for a change, in ms.
+    pub wait_ms: u64,
+}
+
+/// The answer to a [`ChangesRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangesReply {
+    /// What followed the position (maybe nothing, after the wait).
+    Changes {
+        /// The node's incarnation.
+        incarnation: u64,
+        /// Its changes, oldest first, at most [`MAX_CHANGES`].
+        changes: Vec<crate::changes::Change>,
+    },
+    /// The position cannot be followed (another incarnation, or the
+    /// replay buffer moved past it): the whole state as of `head`.
+    Snapshot {
+        /// The node's incarnation.
+        incarnation: u64,
+        /// The number of its last change.
+        head: u64,
+        /// Its containers.
+        records: Vec<ContainerRecord>,
+    },
+}
+
+/// Most changes one [`ChangesReply`] carries; the asker asks again.
+pub const MAX_CHANGES: usize = 1024;
+
 /// `GET /_shoal/v1/ping`'s answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
@@ -332,6 +370,57 @@ impl Validate for LocalReply {
     fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
         self.node.validate(now_ms).map_err(|e| e.at("node"))?;
         validate::records(&self.records, now_ms).map_err(|e| e.at("records"))
+    }
+}
+
+impl Validate for ChangesRequest {
+    fn validate(&self, _now_ms: u64) -> Result<(), Invalid> {
+        if self.wait_ms > 60_000 {
+            return Err(Invalid::new(format!(
+                "wait_ms {} is over a minute",
+                self.wait_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for ChangesReply {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        match self {
+            ChangesReply::Changes {
+                incarnation,
+                changes,
+            } => {
+                validate::incarnation(*incarnation, now_ms).map_err(|e| e.at("incarnation"))?;
+                if changes.len() > MAX_CHANGES {
+                    return Err(Invalid::new(format!(
+                        "{} changes, over {MAX_CHANGES}",
+                        changes.len()
+                    ))
+                    .at("changes"));
+                }
+                for (i, c) in changes.iter().enumerate() {
+                    let at = |e: Invalid| e.at(format!("changes[{i}]"));
+                    c.record.validate(now_ms).map_err(at)?;
+                    if let Some(p) = &c.previous {
+                        p.validate(now_ms).map_err(at)?;
+                    }
+                    if i > 0 && c.seq != changes[i - 1].seq + 1 {
+                        return Err(at(Invalid::new("the numbers do not follow on")));
+                    }
+                }
+                Ok(())
+            }
+            ChangesReply::Snapshot {
+                incarnation,
+                records,
+                ..
+            } => {
+                validate::incarnation(*incarnation, now_ms).map_err(|e| e.at("incarnation"))?;
+                validate::records(records, now_ms).map_err(|e| e.at("records"))
+            }
+        }
     }
 }
 

@@ -55,6 +55,7 @@ pub fn app(service: Shared) -> Router {
         .route(routes::LOCAL, post(peer_local))
         .route(routes::RESYNC, post(peer_resync))
         .route(routes::INVALIDATE, post(peer_invalidate))
+        .route(routes::CHANGES, post(peer_changes))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -73,6 +74,7 @@ pub fn app(service: Shared) -> Router {
         .route("/v1/projects", get(list_projects))
         .route("/v1/projects/{name}", get(get_project))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/watch", get(watch))
         .route("/jrpc", post(jsonrpc))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -485,6 +487,80 @@ async fn peer_resync(
     let request: ResyncRequest = peer_body(body)?;
     let taken = service.request_resync(request.owner);
     Ok(bincode_response(&taken))
+}
+
+async fn peer_changes(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: shoal_core::wire::ChangesRequest = peer_body(body)?;
+    Ok(bincode_response(
+        &service.feed().serve_changes(&request).await,
+    ))
+}
+
+/// `GET /v1/watch`: the fleet's changes as Server-Sent Events (see
+/// [`crate::watch`]). The listing's filters; `since=` or `Last-Event-ID`
+/// (which wins: a browser's EventSource sends it when it reconnects)
+/// resume from a position.
+async fn watch(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut since = None;
+    let mut filters = Vec::new();
+    for (k, v) in query_pairs(&query)? {
+        if k == "since" {
+            if since.is_some() {
+                return Err(ApiError::BadRequest(
+                    "since is given twice: /v1/watch takes one position".into(),
+                ));
+            }
+            since = Some(v.into_owned());
+        } else {
+            filters.push((k, v));
+        }
+    }
+    let filter = ListFilter::from_pairs(filters)?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::BadRequest("Last-Event-ID is not text: send the id of an event".into())
+        })?),
+        None => None,
+    };
+    let from = last_event_id
+        .or(since.as_deref())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<shoal_core::changes::Cursor>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("the position to resume from: {e}")))?;
+    let feed = service.feed();
+    let permit = feed.admit().map_err(ApiError::Overloaded)?;
+    let stream = match feed.open(&filter, from.as_ref()) {
+        Ok((opening, rx)) => futures::future::Either::Left(crate::watch::stream(
+            feed,
+            opening,
+            rx,
+            filter,
+            permit,
+            feed.closing(),
+        )),
+        Err(reason) => {
+            futures::future::Either::Right(futures::stream::once(std::future::ready(Ok::<
+                _,
+                std::convert::Infallible,
+            >(
+                crate::watch::reset_event(&reason),
+            ))))
+        }
+    };
+    let mut response = axum::response::sse::Sse::new(stream).into_response();
+    // nginx must pass each event on at once.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
 async fn peer_local(

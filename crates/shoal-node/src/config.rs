@@ -69,6 +69,14 @@ pub struct NodeConfig {
     pub hot_capacity: u64,
     /// Reconcile with a full engine list this often (default 60 s).
     pub resync_interval: Duration,
+    /// Changes of each node a watch can resume over (default 4096): this
+    /// node's own, and its copy of each peer's.
+    pub watch_buffer: usize,
+    /// `GET /v1/watch` streams served at once; more are answered 503
+    /// (default 4096).
+    pub max_watchers: usize,
+    /// An idle watch stream gets a heartbeat this often (default 15 s).
+    pub watch_heartbeat: Duration,
     /// The longest a public request may take before it is answered 503
     /// (default 10 s).
     pub request_timeout: Duration,
@@ -128,6 +136,9 @@ impl Default for NodeConfig {
             scatter_timeout: Duration::from_secs(1),
             max_peer_body_bytes: 64 * 1024 * 1024,
             hot_capacity: 100_000,
+            watch_buffer: 4096,
+            max_watchers: 4096,
+            watch_heartbeat: Duration::from_secs(15),
             cluster_secret: None,
             resync_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
@@ -196,6 +207,8 @@ impl NodeConfig {
                 self.max_concurrent_peer_requests,
             ),
             ("max-connections", self.max_connections),
+            ("max-watchers", self.max_watchers),
+            ("watch-buffer", self.watch_buffer),
             ("max-scatters", self.max_scatters),
             ("max-batch-listings", self.max_batch_listings),
         ] {

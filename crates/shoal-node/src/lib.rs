@@ -30,6 +30,7 @@ pub mod page;
 pub mod peer;
 pub mod publisher;
 pub mod service;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

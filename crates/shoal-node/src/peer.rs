@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_core::validate::Validate;
 use shoal_core::wire::{
-    self, DigestReply, DigestRequest, Invalidate, LocalQuery, LocalReply, LookupReply, Publish,
-    PublishAck, ResyncRequest,
+    self, ChangesReply, ChangesRequest, DigestReply, DigestRequest, Invalidate, LocalQuery,
+    LocalReply, LookupReply, Publish, PublishAck, ResyncRequest,
 };
 use shoal_core::{LookupKey, NodeId};
 
@@ -286,6 +286,9 @@ pub mod routes {
     pub const RESYNC: &str = "/_shoal/v1/resync";
     /// `POST`: an owner tells a node to drop hot cache entries.
     pub const INVALIDATE: &str = "/_shoal/v1/invalidate";
+    /// `POST`: a node's numbered changes, for the fleet watch (a long
+    /// poll).
+    pub const CHANGES: &str = "/_shoal/v1/changes";
 }
 
 /// The kind of a peer call, for fault injection and metrics.
@@ -305,6 +308,8 @@ pub enum CallKind {
     Resync,
     /// [`routes::INVALIDATE`].
     Invalidate,
+    /// [`routes::CHANGES`].
+    Changes,
 }
 
 impl CallKind {
@@ -318,6 +323,7 @@ impl CallKind {
             routes::LOCAL => CallKind::Local,
             routes::RESYNC => CallKind::Resync,
             routes::INVALIDATE => CallKind::Invalidate,
+            routes::CHANGES => CallKind::Changes,
             p if p.starts_with(routes::LOOKUP) => CallKind::Lookup,
             _ => return None,
         })
@@ -417,6 +423,19 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<LocalReply, PeerError> {
         self.typed((to, addr), routes::LOCAL, Some(q), timeout)
+            .await
+    }
+
+    /// A node's changes after a position, waiting for one up to the
+    /// request's `wait_ms` (the fleet watch's long poll).
+    pub async fn changes(
+        &self,
+        to: &NodeId,
+        addr: &str,
+        r: &ChangesRequest,
+        timeout: Duration,
+    ) -> Result<ChangesReply, PeerError> {
+        self.typed((to, addr), routes::CHANGES, Some(r), timeout)
             .await
     }
 

@@ -59,6 +59,8 @@ pub struct NodeService {
     gossip_refusals: Arc<crate::gossip::GossipRefusals>,
     /// Records' JSON, encoded once each.
     record_json: crate::encoded::RecordJson,
+    /// The fleet's change feed, for `/v1/watch`.
+    feed: Arc<crate::watch::Feed>,
 }
 
 /// Resync requests waiting for the publisher; more are refused (the owner
@@ -119,7 +121,18 @@ impl NodeService {
             .cluster_secret
             .as_deref()
             .map(|s| crate::auth::PeerGuard::new(s, config.node_id.clone()));
+        let feed = Arc::new(crate::watch::Feed::new(
+            config.node_id.clone(),
+            incarnation,
+            crate::watch::WatchConfig {
+                buffer: config.watch_buffer,
+                max_watchers: config.max_watchers,
+                heartbeat: config.watch_heartbeat,
+                ..Default::default()
+            },
+        ));
         NodeService {
+            feed,
             peer_guard,
             gossip_refusals: Arc::default(),
             resyncs,
@@ -214,12 +227,31 @@ impl NodeService {
                 }
             }
         };
+        let own_changes = crate::watch::run_own(
+            self.feed.clone(),
+            self.engines.clone(),
+            shutdown.child_token(),
+        );
+        let followers = crate::watch::run_followers(
+            self.feed.clone(),
+            self.view.clone(),
+            upkeep.view_changes.clone(),
+            self.peers.clone(),
+            shutdown.child_token(),
+        );
         vec![
+            tokio::spawn(own_changes),
+            tokio::spawn(followers),
             tokio::spawn(publisher.run(shutdown.clone())),
             tokio::spawn(upkeep.run(shutdown.clone())),
             tokio::spawn(invalidator.run(shutdown.clone())),
             tokio::spawn(hot_keeper),
         ]
+    }
+
+    /// The fleet's change feed.
+    pub fn feed(&self) -> &crate::watch::Feed {
+        &self.feed
     }
 
     /// This node's ID.

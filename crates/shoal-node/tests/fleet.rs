@@ -1358,3 +1358,383 @@ async fn a_slow_owner_delays_only_itself() {
         started.elapsed()
     );
 }
+
+/// One Server-Sent Event as a client sees it.
+#[derive(Debug, Clone, Default)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+/// A `GET /v1/watch` stream read event by event; comments (heartbeats)
+/// only move `last_id`, as in a browser.
+struct Watch {
+    response: reqwest::Response,
+    buf: String,
+    last_id: Option<String>,
+}
+
+impl Watch {
+    async fn open(addr: &str, query: &str, last_event_id: Option<&str>) -> Watch {
+        let mut request = reqwest::Client::new().get(format!("http://{addr}/v1/watch{query}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "watch at {addr}{query}");
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Watch {
+            response,
+            buf: String::new(),
+            last_id: None,
+        }
+    }
+
+    /// The next event, or `None` when the stream ended or `within` passed.
+    async fn next(&mut self, within: Duration) -> Option<Sse> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut e = Sse::default();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        e.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        e.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if e.id.is_some() {
+                    self.last_id = e.id.clone();
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                e.data = serde_json::from_str(&data).unwrap();
+                return Some(e);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Events up to and including `synced`.
+    async fn opening(&mut self) -> Vec<Sse> {
+        let mut out = Vec::new();
+        loop {
+            let e = self
+                .next(Duration::from_secs(10))
+                .await
+                .expect("no synced event");
+            if e.event == "synced" {
+                return out;
+            }
+            out.push(e);
+        }
+    }
+}
+
+fn container_id(e: &Sse) -> String {
+    e.data["container"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every node follows all the others (its watch opens with
+/// every node's containers).
+async fn watch_settled(fleet: &Fleet, n_nodes: usize) {
+    let started = Instant::now();
+    for node in &fleet.nodes {
+        loop {
+            let mut w = Watch::open(&node.addr, "", None).await;
+            let opening = w.opening().await;
+            if opening.len() == n_nodes * PER_NODE {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} opens with {} containers, not {}",
+                node.name,
+                opening.len(),
+                n_nodes * PER_NODE
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A watch opens with every container of the fleet of eight and a
+/// `synced`, then streams a container started on another node as `added`,
+/// a change as `updated` and its removal as `removed`, each soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_streams_the_fleets_changes_after_its_opening() {
+    let fleet = Fleet::start(8).await;
+    watch_settled(&fleet, 8).await;
+    let mut w = Watch::open(&fleet.nodes[0].addr, "", None).await;
+    let opening = w.opening().await;
+    let ids: HashSet<String> = opening.iter().map(container_id).collect();
+    assert_eq!(ids.len(), 8 * PER_NODE, "each container once");
+    assert!(opening.iter().all(|e| e.event == "added"));
+    assert!(
+        opening.iter().all(|e| e.id.is_none()),
+        "no position until the opening is over"
+    );
+    assert!(
+        w.last_id
+            .as_deref()
+            .is_some_and(|id| id.split(',').count() == 8),
+        "{:?}",
+        w.last_id
+    );
+    let mut record = synthetic_record("watched-", 0, &EngineId("engine-f5".into()));
+    record.names = vec!["watched".into()];
+    let id = record.id.clone();
+    let started = Instant::now();
+    fleet.nodes[5].engine.run(record);
+    let e = w
+        .next(Duration::from_secs(5))
+        .await
+        .expect("no added event");
+    assert_eq!((e.event.as_str(), container_id(&e)), ("added", id.clone()));
+    assert_eq!(e.data["node"], "f5");
+    assert!(e.id.as_deref().unwrap().contains("f5:"), "{:?}", e.id);
+    let added_after = started.elapsed();
+    fleet.nodes[5].engine.modify(&id, "pause", |r| {
+        r.state = shoal_core::ContainerState::Paused
+    });
+    let e = w
+        .next(Duration::from_secs(5))
+        .await
+        .expect("no updated event");
+    assert_eq!(
+        (e.event.as_str(), container_id(&e)),
+        ("updated", id.clone())
+    );
+    assert_eq!(e.data["container"]["state"], "paused");
+    fleet.nodes[5].engine.remove(&id);
+    let e = w
+        .next(Duration::from_secs(5))
+        .await
+        .expect("no removed event");
+    assert_eq!(
+        (e.event.as_str(), container_id(&e)),
+        ("removed", id.clone())
+    );
+    eprintln!("added seen {added_after:?} after the start");
+}
+
+/// A client that reconnects with its last event ID, to another node,
+/// gets exactly the changes it missed, none twice; one whose node
+/// restarted since gets `reset`; a bad position is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_gets_exactly_what_it_missed_or_a_reset() {
+    let mut fleet = Fleet::start(8).await;
+    watch_settled(&fleet, 8).await;
+    let mut w = Watch::open(&fleet.nodes[0].addr, "", None).await;
+    w.opening().await;
+    let last = w.last_id.clone().expect("synced has an id");
+    drop(w);
+    let mut missed = Vec::new();
+    for (node, i) in [(2, 0), (6, 0), (2, 1)] {
+        let name = format!("f{node}");
+        let mut r = synthetic_record(
+            "missed-",
+            i * 10 + node,
+            &EngineId(format!("engine-{name}")),
+        );
+        r.names = vec![format!("missed-{node}-{i}")];
+        missed.push(("added", r.id.clone()));
+        fleet.nodes[node].engine.run(r);
+    }
+    // The engine's watcher must have seen it before it goes (one that
+    // comes and goes between two looks is never seen at all).
+    let started = Instant::now();
+    fleet
+        .poll_until(
+            &fleet.nodes[6].addr,
+            "missed-6-0",
+            200,
+            started,
+            Duration::from_secs(5),
+            "f6 never saw missed-6-0",
+        )
+        .await;
+    fleet.nodes[6].engine.remove(&missed[1].1);
+    missed.push(("removed", missed[1].1.clone()));
+    // Every node has followed the changes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut again = Watch::open(&fleet.nodes[3].addr, "", Some(&last)).await;
+    let mut got = Vec::new();
+    while let Some(e) = again.next(Duration::from_secs(2)).await {
+        got.push((e.event.clone(), container_id(&e)));
+    }
+    let mut want: Vec<(String, String)> = missed
+        .iter()
+        .map(|(k, id)| (k.to_string(), id.clone()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "exactly the missed changes, none twice");
+    let resumed = again.last_id.clone().unwrap();
+    // The same position through ?since= at a third node: nothing new.
+    let mut quiet = Watch::open(
+        &fleet.nodes[7].addr,
+        &format!("?since={}", urlencode(&resumed)),
+        None,
+    )
+    .await;
+    assert!(quiet.next(Duration::from_secs(1)).await.is_none());
+    // f4 restarts: a position of its old incarnation cannot be resumed.
+    let addr = fleet.nodes[4].addr.clone();
+    fleet.kill(4).await;
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let seeds = fleet.nodes.iter().map(|n| n.addr.clone()).collect();
+    fleet.nodes[4] = start_node(
+        "f4",
+        listener,
+        seeds,
+        engine_for("f4", PER_NODE),
+        &fleet.gossip,
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let mut after = Watch::open(&fleet.nodes[1].addr, "", Some(&resumed)).await;
+        let e = after.next(Duration::from_secs(2)).await;
+        if let Some(e) = e.filter(|e| e.event == "reset") {
+            assert!(
+                e.data["reason"].as_str().unwrap().contains("f4"),
+                "{:?}",
+                e.data
+            );
+            assert!(
+                after.next(Duration::from_secs(1)).await.is_none(),
+                "a reset ends the stream"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no reset after f4 restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for bad in ["f1:x:1", "f1:1", "f1:1:1,f1:1:2"] {
+        let r = fleet
+            .http
+            .get(format!(
+                "http://{}/v1/watch?since={}",
+                fleet.nodes[0].addr,
+                urlencode(bad)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("resume"),
+            "{body}"
+        );
+    }
+    let r = fleet
+        .http
+        .get(format!(
+            "http://{}/v1/watch?colour=red",
+            fleet.nodes[0].addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A filtered watch opens with the matching containers only and streams
+/// only changes that match; a container that leaves the filter is
+/// `removed` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchs_filters_hold() {
+    let fleet = Fleet::start(8).await;
+    watch_settled(&fleet, 8).await;
+    let mut w = Watch::open(&fleet.nodes[1].addr, "?node=f3", None).await;
+    let opening = w.opening().await;
+    assert_eq!(opening.len(), PER_NODE);
+    assert!(opening.iter().all(|e| e.data["node"] == "f3"));
+    let elsewhere = synthetic_record("other-", 0, &EngineId("engine-f4".into()));
+    fleet.nodes[4].engine.run(elsewhere);
+    let here = synthetic_record("here-", 0, &EngineId("engine-f3".into()));
+    let id = here.id.clone();
+    fleet.nodes[3].engine.run(here);
+    let e = w.next(Duration::from_secs(5)).await.expect("no event");
+    assert_eq!((e.event.as_str(), container_id(&e)), ("added", id.clone()));
+    let mut s = Watch::open(&fleet.nodes[1].addr, "?state=running", None).await;
+    s.opening().await;
+    fleet.nodes[3].engine.modify(&id, "pause", |r| {
+        r.state = shoal_core::ContainerState::Paused
+    });
+    let e = s.next(Duration::from_secs(5)).await.expect("no event");
+    assert_eq!((e.event.as_str(), container_id(&e)), ("removed", id));
+    assert!(
+        w.next(Duration::from_millis(500))
+            .await
+            .is_some_and(|e| e.event == "updated")
+    );
+}
+
+/// A watcher that does not read is cut off with a final `reset` once it
+/// falls a feed's length behind, instead of growing the node's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_cut_off_with_a_reset() {
+    let config = NodeConfig {
+        watch_buffer: 32,
+        ..test_config()
+    };
+    let fleet = Fleet::start_configured(2, None, config).await;
+    let mut w = Watch::open(&fleet.nodes[0].addr, "", None).await;
+    w.opening().await;
+    // Far more than the socket buffers hold: the stream stops being
+    // polled, and the feed (64 events) moves past it.
+    let engine = &fleet.nodes[0].engine;
+    for i in 0..3000 {
+        let mut r = synthetic_record("burst-", i, &EngineId("engine-f0".into()));
+        r.labels.insert("padding".into(), "x".repeat(4096));
+        engine.run(r);
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut events = 0;
+    let last = loop {
+        match w.next(Duration::from_secs(10)).await {
+            Some(e) if e.event == "reset" => break Some(e),
+            Some(_) => events += 1,
+            None => break None,
+        }
+    };
+    let last = last.expect("the slow watcher was never cut off");
+    assert!(
+        last.data["reason"].as_str().unwrap().contains("behind"),
+        "{:?}",
+        last.data
+    );
+    assert!(events < 3000, "it got {events} events before the reset");
+    assert!(
+        w.next(Duration::from_secs(1)).await.is_none(),
+        "the stream ends after the reset"
+    );
+}
