@@ -332,26 +332,29 @@ pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
 }
 
 /// `shoal ls [filters]`.
+/// Adds the listing's filters to `url`'s query.
+fn add_filters(url: &mut Url, ls: &LsArgs) {
+    let mut q = url.query_pairs_mut();
+    for (k, v) in [
+        ("name", &ls.name),
+        ("project", &ls.project),
+        ("node", &ls.node),
+        ("state", &ls.state),
+        ("image", &ls.image),
+    ] {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    for l in &ls.label {
+        q.append_pair("label", l);
+    }
+}
+
 pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
     let mut url = client.url(&["v1", "containers"]);
-    {
-        let mut q = url.query_pairs_mut();
-        for (k, v) in [
-            ("name", &ls.name),
-            ("project", &ls.project),
-            ("node", &ls.node),
-            ("state", &ls.state),
-            ("image", &ls.image),
-        ] {
-            if let Some(v) = v {
-                q.append_pair(k, v);
-            }
-        }
-        for l in &ls.label {
-            q.append_pair("label", l);
-        }
-    }
+    add_filters(&mut url, &ls);
     let a = client.get_all(url, "containers").await?;
     if client.output == Output::Json {
         return print_json(&a.json);
@@ -555,5 +558,232 @@ mod server_tests {
             let e = server_url(raw).unwrap_err().to_string();
             assert!(e.contains(says), "{raw}: {e}");
         }
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// Takes whole events out of `buf` (the bytes read so far); comments
+/// yield nothing but may carry an `id`.
+fn sse_events(buf: &mut String) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.find("\n\n") {
+        let block: String = buf.drain(..end + 2).collect();
+        let mut e = SseEvent::default();
+        for line in block.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => e.event = value.to_owned(),
+                "id" => e.id = Some(value.to_owned()),
+                "data" => {
+                    if !e.data.is_empty() {
+                        e.data.push('\n');
+                    }
+                    e.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// The columns of a `shoal watch` row.
+const WATCH_COLUMNS: [(&str, usize); 8] = [
+    ("EVENT", 8),
+    ("NODE", 10),
+    ("ID", 12),
+    ("NAME", 24),
+    ("IMAGE", 20),
+    ("STATE", 10),
+    ("NETWORKS", 24),
+    ("PROJECT", 0),
+];
+
+fn watch_row(cells: [String; 8]) -> String {
+    let mut line = String::new();
+    for (cell, (_, width)) in cells.iter().zip(WATCH_COLUMNS) {
+        if width == 0 {
+            line.push_str(cell);
+        } else {
+            line.push_str(&format!("{cell:<width$} "));
+        }
+    }
+    line.trim_end().to_owned()
+}
+
+/// `shoal watch`: the fleet's changes, one line each, as `kubectl get -w`
+/// prints them; resumes by itself after a dropped connection, and lists
+/// afresh after a `reset`.
+pub async fn watch(args: &ClientArgs, filters: LsArgs) -> anyhow::Result<()> {
+    let base = server_url(&args.server)?;
+    // No overall timeout: the stream lasts. A read that waits three
+    // heartbeats (15 s each) means the connection is gone.
+    let http = reqwest::Client::builder()
+        .connect_timeout(args.timeout)
+        .read_timeout(Duration::from_secs(45))
+        .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let client = Client {
+        http,
+        base,
+        output: args.output,
+    };
+    let mut url = client.url(&["v1", "watch"]);
+    add_filters(&mut url, &filters);
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let mut last_id: Option<String> = None;
+    let mut connected = false;
+    let mut failures = 0u32;
+    loop {
+        let mut request = client.http.get(url.clone());
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let why = match request.send().await {
+            // A server that never answered is an error, as for the other
+            // commands; one that did is reconnected to.
+            Err(e) if !connected => bail!(
+                "cannot reach shoal at {}: {e}. Is the stack up (`make up`), or is --server (SHOAL_SERVER) wrong?",
+                client.base
+            ),
+            Err(e) => format!("cannot reach {}: {e}", client.base),
+            Ok(response) if !response.status().is_success() => {
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+                if status.is_client_error() {
+                    bail!("{message} (HTTP {})", status.as_u16());
+                }
+                format!("HTTP {}: {message}", status.as_u16())
+            }
+            Ok(mut response) => {
+                if !connected && client.output == Output::Table {
+                    println!(
+                        "{}",
+                        watch_row(WATCH_COLUMNS.map(|(name, _)| name.to_owned()))
+                    );
+                }
+                connected = true;
+                let mut buf = String::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(bytes)) => {
+                            failures = 0;
+                            buf.push_str(&String::from_utf8_lossy(&bytes));
+                            for e in sse_events(&mut buf) {
+                                if e.id.is_some() {
+                                    last_id = e.id.clone();
+                                }
+                                match e.event.as_str() {
+                                    "reset" => {
+                                        let data: Value =
+                                            serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                                        eprintln!(
+                                            "shoal: {}; listing afresh",
+                                            data["reason"]
+                                                .as_str()
+                                                .unwrap_or("the stream was reset")
+                                        );
+                                        last_id = None;
+                                    }
+                                    "" => {}
+                                    _ => print_watch_event(&e, client.output)?,
+                                }
+                            }
+                        }
+                        Ok(None) => break "the server ended the stream".to_owned(),
+                        Err(e) => break format!("the connection dropped: {e}"),
+                    }
+                }
+            }
+        };
+        failures += 1;
+        let wait = Duration::from_millis(250 * 2u64.pow(failures.min(4)));
+        // After a reset the stream ends by design: no news.
+        if last_id.is_some() || failures > 1 {
+            eprintln!("shoal: {why}; reconnecting in {wait:?}");
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn print_watch_event(e: &SseEvent, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", e.data);
+        return Ok(());
+    }
+    if e.event == "synced" {
+        return Ok(());
+    }
+    let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+    let c = &data["container"];
+    let names: Vec<&str> = c["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "{}",
+        watch_row([
+            e.event.to_uppercase(),
+            s(&data["node"]),
+            short(&c["id"]),
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(",")
+            },
+            s(&c["image"]),
+            s(&c["state"]),
+            networks(c),
+            s(&c["project"]),
+        ])
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn server_sent_events_are_read_whole_with_comments_and_ids() {
+        let mut buf = String::from(
+            "event: added\ndata: {\"a\":1}\n\n: heartbeat\nid: n1:1:2\n\nevent: synced\nid: n1:1:3\ndata: {}\n\nevent: upd",
+        );
+        let got = sse_events(&mut buf);
+        assert_eq!(
+            got,
+            vec![
+                SseEvent {
+                    event: "added".into(),
+                    id: None,
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    event: "".into(),
+                    id: Some("n1:1:2".into()),
+                    data: "".into()
+                },
+                SseEvent {
+                    event: "synced".into(),
+                    id: Some("n1:1:3".into()),
+                    data: "{}".into()
+                },
+            ]
+        );
+        assert_eq!(buf, "event: upd", "an unfinished event waits for the rest");
     }
 }

@@ -34,6 +34,8 @@ enum Command {
     Ls(client::LsArgs),
     /// Show the members of the fleet.
     Nodes,
+    /// Follow the fleet's changes, one line each (like kubectl get -w).
+    Watch(client::LsArgs),
     /// Show compose projects, or one project's containers.
     Projects(client::ProjectsArgs),
     /// Load a node or nginx with lookups and report throughput and latency.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(args) => client::get(&cli.client, args).await,
             Command::Ls(args) => client::ls(&cli.client, args).await,
             Command::Nodes => client::nodes(&cli.client).await,
+            Command::Watch(args) => client::watch(&cli.client, args).await,
             Command::Projects(args) => client::projects(&cli.client, args).await,
             Command::Bench(args) => bench_cmd::run(&cli.client, *args).await,
         }
