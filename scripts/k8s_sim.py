@@ -997,6 +997,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             self.proc.wait()
 
 
+def every_node_finds(cluster, ref, want_id):
+    """Every node pod answers `ref` with the container `want_id`, with and
+    without the hot cache."""
+    for pod in cluster.pods_of("shoal-node"):
+        for no_cache in (True, False):
+            c = one(http_get(f"http://{pod.ip}:7070/v1/containers/{ref}", no_cache=no_cache))
+            if not c or c["id"] != want_id:
+                raise SimError(f"{pod.node}: {ref} (no-cache {no_cache}) -> {c}, not {want_id[:12]}")
+
+
 def containerd_scenario(cluster, checks, image_tar, netns_ip):
     front = cluster.service_url("shoal-nginx")
     n = len(cluster.nodes)
@@ -1028,22 +1038,14 @@ def containerd_scenario(cluster, checks, image_tar, netns_ip):
                      lambda: one(http_get(f"{front}/v1/containers/sim-web")))
         if c["node"] != cluster.nodes[1] or c.get("project") != "simshop":
             raise SimError(f"sim-web: {c}")
-        for pod in cluster.pods_of("shoal-node"):
-            for no_cache in (True, False):
-                by_ip = one(http_get(f"http://{pod.ip}:7070/v1/containers/{netns_ip}", no_cache=no_cache))
-                if not by_ip or by_ip["id"] != c["id"]:
-                    raise SimError(f"{pod.node}: {netns_ip} -> {by_ip}, not sim-web")
+        every_node_finds(cluster, netns_ip, c["id"])
         checks.ok(f"a ctr container on {cluster.nodes[1]}'s containerd (own network namespace) is found by name "
                   f"through nginx and by {netns_ip} at every node (hostPID: /proc/<pid>/net)")
         k = wait_for("the k8s.io container never found by its pod name", 30,
                      lambda: one(http_get(f"{front}/v1/containers/shop%2Fweb-0%2Fapp")))
         if k["node"] != cluster.nodes[2] or k.get("project") != "shop":
             raise SimError(f"shop/web-0/app: {k}")
-        for pod in cluster.pods_of("shoal-node"):
-            for no_cache in (True, False):
-                again = one(http_get(f"http://{pod.ip}:7070/v1/containers/shop/web-0/app", no_cache=no_cache))
-                if not again or again["id"] != k["id"]:
-                    raise SimError(f"{pod.node}: shop/web-0/app -> {again}")
+        every_node_finds(cluster, "shop/web-0/app", k["id"])
         checks.ok(f"a k8s.io container on {cluster.nodes[2]} is named shop/web-0/app, project shop, "
                   f"and found by that name at every node")
         victim = [p for p in cluster.pods_of("shoal-node") if p.node == cluster.nodes[1]][0]

@@ -259,25 +259,30 @@ fn networks(c: &Value) -> String {
     }
 }
 
+/// A container's names, comma-separated, or `-`.
+fn names_cell(c: &Value) -> String {
+    let names: Vec<&str> = c["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
 fn container_table(containers: &[Value]) -> String {
     let mut t = Table::new([
         "NODE", "ID", "NAME", "IMAGE", "STATE", "HEALTH", "NETWORKS", "PROJECT",
     ]);
     for c in containers {
-        let names: Vec<&str> = c["names"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
         t.row([
             s(&c["node"]),
             short(&c["id"]),
-            if names.is_empty() {
-                "-".into()
-            } else {
-                names.join(",")
-            },
+            names_cell(c),
             s(&c["image"]),
             s(&c["state"]),
             s(&c["health"]),
@@ -728,23 +733,13 @@ fn print_watch_event(e: &SseEvent, output: Output) -> anyhow::Result<()> {
     }
     let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
     let c = &data["container"];
-    let names: Vec<&str> = c["names"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     println!(
         "{}",
         watch_row([
             e.event.to_uppercase(),
             s(&data["node"]),
             short(&c["id"]),
-            if names.is_empty() {
-                "-".into()
-            } else {
-                names.join(",")
-            },
+            names_cell(c),
             s(&c["image"]),
             s(&c["state"]),
             networks(c),
