@@ -209,10 +209,13 @@ impl Feed {
                 }
                 head.borrow_and_update();
             }
-            if tokio::time::timeout_at(deadline, head.changed())
-                .await
-                .is_err()
-            {
+            // A stopping node answers at once: its shutdown must not wait
+            // out the long poll.
+            let woke = tokio::select! {
+                _ = self.closing.cancelled() => false,
+                changed = tokio::time::timeout_at(deadline, head.changed()) => changed.is_ok(),
+            };
+            if !woke {
                 return ChangesReply::Changes {
                     incarnation: self.incarnation,
                     changes: Vec::new(),
