@@ -732,6 +732,13 @@ fn print_watch_event(e: &SseEvent, output: Output) -> anyhow::Result<()> {
         return Ok(());
     }
     let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+    if e.event == "node" {
+        let mut cells: [String; 8] = Default::default();
+        cells[0] = s(&data["change"]).to_uppercase();
+        cells[1] = s(&data["node"]);
+        println!("{}", watch_row(cells));
+        return Ok(());
+    }
     let c = &data["container"];
     println!(
         "{}",

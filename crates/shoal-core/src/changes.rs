@@ -118,6 +118,8 @@ pub struct ChangeLog {
     state: HashMap<RecordKey, Arc<ContainerRecord>>,
     ring: VecDeque<Change>,
     capacity: usize,
+    /// A mirror that missed changes: it needs a snapshot.
+    stale: bool,
 }
 
 impl ChangeLog {
@@ -129,7 +131,19 @@ impl ChangeLog {
             state: HashMap::new(),
             ring: VecDeque::new(),
             capacity: capacity.max(1),
+            stale: false,
         }
+    }
+
+    /// Marks a mirror as having missed changes: it keeps what it holds
+    /// (still the best it knows) until [`ChangeLog::restart`].
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// True between [`ChangeLog::mark_stale`] and the next restart.
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// The incarnation its numbers belong to.
@@ -304,6 +318,7 @@ impl ChangeLog {
         self.incarnation = incarnation;
         self.head = head;
         self.ring.clear();
+        self.stale = false;
         diff
     }
 

@@ -67,6 +67,9 @@ pub struct FeedEvent {
     pub node: NodeId,
     /// What happened; `None` when only the node's position moved.
     pub change: Option<Diff>,
+    /// The node joined, restarted or left (sent after its containers'
+    /// events).
+    pub membership: Option<&'static str>,
     /// The node's position after it.
     pub at: Position,
 }
@@ -133,6 +136,7 @@ impl Feed {
             let _ = self.events.send(Arc::new(FeedEvent {
                 node: node.clone(),
                 change: None,
+                membership: None,
                 at: after,
             }));
         }
@@ -144,9 +148,19 @@ impl Feed {
             let _ = self.events.send(Arc::new(FeedEvent {
                 node: node.clone(),
                 change: Some(d),
+                membership: None,
                 at,
             }));
         }
+    }
+
+    fn send_membership(&self, node: &NodeId, what: &'static str) {
+        let _ = self.events.send(Arc::new(FeedEvent {
+            node: node.clone(),
+            change: None,
+            membership: Some(what),
+            at: Position::Keep,
+        }));
     }
 
     fn send_changes(&self, node: &NodeId, incarnation: u64, changes: &[Change]) {
@@ -154,6 +168,7 @@ impl Feed {
             let _ = self.events.send(Arc::new(FeedEvent {
                 node: node.clone(),
                 change: Some(diff_of(c)),
+                membership: None,
                 at: Position::Set(incarnation, c.seq),
             }));
         }
@@ -226,7 +241,10 @@ impl Feed {
 
     /// A mirror's position (`None` before its first snapshot).
     fn position(&self, node: &NodeId) -> Option<(u64, u64)> {
-        self.lock().get(node).map(|l| (l.incarnation(), l.head()))
+        self.lock()
+            .get(node)
+            .filter(|l| !l.is_stale())
+            .map(|l| (l.incarnation(), l.head()))
     }
 
     /// Takes a peer's answer into its mirror. Changes that do not follow
@@ -243,7 +261,7 @@ impl Feed {
                     return;
                 };
                 if mirror.incarnation() != incarnation {
-                    *mirror = restart_marker(mirror, self.config.buffer);
+                    mirror.mark_stale();
                     return;
                 }
                 // What follows on is kept; at a gap the rest waits for
@@ -252,7 +270,7 @@ impl Feed {
                 let usable: Vec<Change> =
                     changes.into_iter().skip_while(|c| c.seq < next).collect();
                 if mirror.extend(&usable).is_err() {
-                    *mirror = restart_marker(mirror, self.config.buffer);
+                    mirror.mark_stale();
                     return;
                 }
                 self.send_changes(node, incarnation, &usable);
@@ -262,6 +280,11 @@ impl Feed {
                 head,
                 records,
             } => {
+                let membership = match logs.get(node).map(ChangeLog::incarnation) {
+                    None => Some("joined"),
+                    Some(before) if before != incarnation => Some("restarted"),
+                    Some(_) => None,
+                };
                 let mirror = logs
                     .entry(node.clone())
                     .or_insert_with(|| ChangeLog::new(0, self.config.buffer));
@@ -271,6 +294,9 @@ impl Feed {
                     records.into_iter().map(Arc::new).collect(),
                 );
                 self.send(node, diff, Position::Set(incarnation, head));
+                if let Some(what) = membership {
+                    self.send_membership(node, what);
+                }
             }
         }
     }
@@ -281,6 +307,7 @@ impl Feed {
         if let Some(mut mirror) = logs.remove(node) {
             let diff = mirror.drain();
             self.send(node, diff, Position::Remove);
+            self.send_membership(node, "left");
         }
     }
 
@@ -377,15 +404,6 @@ impl Feed {
     pub fn heartbeat(&self) -> Duration {
         self.config.heartbeat
     }
-}
-
-/// A mirror that will ask for a snapshot next: no position, its state
-/// kept so that the snapshot is compared with it.
-fn restart_marker(mirror: &mut ChangeLog, buffer: usize) -> ChangeLog {
-    let records: Vec<_> = mirror.records().cloned().collect();
-    let mut marker = ChangeLog::new(0, buffer);
-    marker.restart(0, 0, records);
-    marker
 }
 
 /// How a change looks through a filter: an update that leaves it is a
@@ -530,6 +548,15 @@ pub fn stream(
                             Position::Set(inc, seq) => { s.cursor.0.insert(e.node.clone(), (inc, seq)); }
                             Position::Remove => { s.cursor.0.remove(&e.node); }
                             Position::Keep => {}
+                        }
+                        if let Some(what) = e.membership {
+                            s.heartbeat.reset();
+                            let data = serde_json::json!({ "type": "node", "node": e.node.0, "change": what });
+                            let event = Event::default()
+                                .event("node")
+                                .id(s.cursor.to_string())
+                                .data(data.to_string());
+                            return Some((Ok(event), s));
                         }
                         let Some(d) = &e.change else { continue };
                         let Some(kind) = seen_as(&s.filter, d) else { continue };

@@ -1476,7 +1476,7 @@ async fn watch_settled(fleet: &Fleet, n_nodes: usize) {
 /// a change as `updated` and its removal as `removed`, each soon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_streams_the_fleets_changes_after_its_opening() {
-    let fleet = Fleet::start(8).await;
+    let mut fleet = Fleet::start(8).await;
     watch_settled(&fleet, 8).await;
     let mut w = Watch::open(&fleet.nodes[0].addr, "", None).await;
     let opening = w.opening().await;
@@ -1529,6 +1529,25 @@ async fn a_watch_streams_the_fleets_changes_after_its_opening() {
         ("removed", id.clone())
     );
     eprintln!("added seen {added_after:?} after the start");
+    // A node that dies: its containers are removed, then it has left.
+    fleet.kill(7).await;
+    let mut removed = HashSet::new();
+    loop {
+        let e = w
+            .next(Duration::from_secs(15))
+            .await
+            .expect("no event after f7 died");
+        if e.event == "node" {
+            assert_eq!(e.data["node"], "f7");
+            assert_eq!(e.data["change"], "left");
+            break;
+        }
+        assert_eq!(e.event, "removed", "{:?}", e.data);
+        assert_eq!(e.data["node"], "f7");
+        removed.insert(container_id(&e));
+    }
+    assert_eq!(removed.len(), PER_NODE, "every container of f7, once");
+    assert!(!w.last_id.unwrap().contains("f7:"), "f7 left the position");
 }
 
 /// A client that reconnects with its last event ID, to another node,
