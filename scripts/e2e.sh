@@ -3,7 +3,9 @@
 # $SHOAL_HTTP_PORT): the cache-inventory scenario (name -> IP -> the same
 # container, on the default bridge and on a 192.168.0.0/16 network), every
 # node serving, lookups surviving a stopped node, and a teardown that
-# leaves no container, network or volume behind. Needs the images
+# leaves no container, network or volume behind; the fleet watch through
+# nginx (curl and `shoal watch`) and the web view in chromium (selenium,
+# scripts/web_test.py; its screenshot in target/web-test/). Needs the images
 # (make images) and the test image (scripts/test-image.sh). Also: the
 # nodes run with the cluster secret of .shoal/cluster-secret (written as
 # `make up` does) and nginx never lets a request through to the peer API;
@@ -106,6 +108,37 @@ for n in node1 node2 node3; do
   case " $seen " in *" $n "*) ;; *) fail "$n never answered (seen:$seen)" ;; esac
 done
 ok "every node served (seen:$seen)"
+
+# The fleet watch through nginx: a container started and removed arrives
+# as added then removed, to a raw SSE client and to `shoal watch`.
+watched=e2e-watched-$$
+curl -sN -m 30 "$base/v1/watch?name=$watched" > "$tmp/sse" 2>/dev/null &
+curl_pid=$!
+"$root/target/release/shoal" --server "127.0.0.1:$port" watch --name "$watched" -o json > "$tmp/cli" 2>"$tmp/cli.err" &
+cli_pid=$!
+for _ in $(seq 1 50); do grep -q '^event: synced' "$tmp/sse" && grep -q '"synced"' "$tmp/cli" && break; sleep 0.1; done
+grep -q '^event: synced' "$tmp/sse" || fail "no synced event through :$port: $(head -c 300 "$tmp/sse")"
+started=$(date +%s%N)
+docker run -d --name "$watched" "$image" sleep 600 >/dev/null
+for _ in $(seq 1 100); do grep -q '^event: added' "$tmp/sse" && break; sleep 0.05; done
+added_ms=$((($(date +%s%N) - started) / 1000000))
+docker rm -f "$watched" >/dev/null
+for _ in $(seq 1 100); do grep -q '^event: removed' "$tmp/sse" && grep -q '"type":"removed"' "$tmp/cli" && break; sleep 0.05; done
+kill "$curl_pid" "$cli_pid" 2>/dev/null || true
+wait "$curl_pid" "$cli_pid" 2>/dev/null || true
+events=$(grep '^event: ' "$tmp/sse" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+grep -q '^event: added' "$tmp/sse" && grep -q '^event: removed' "$tmp/sse" \
+  || fail "the watch through :$port did not see $watched come and go: $events"
+grep -q '"type":"added"' "$tmp/cli" && grep -q '"type":"removed"' "$tmp/cli" \
+  || fail "shoal watch did not see $watched come and go: $(cat "$tmp/cli" "$tmp/cli.err" | head -c 400)"
+ok "a container started and removed: added (${added_ms} ms after docker run) then removed, through :$port by curl and by shoal watch ($events)"
+
+# The web view in a real browser, through nginx.
+web_python=$(bash "$root/scripts/browser-deps.sh")
+mkdir -p "$root/target/web-test"
+"$web_python" "$root/scripts/web_test.py" "$base" bridge-cnt "$image" "$root/target/web-test/shoal-web.png" \
+  || fail "the web view (screenshot: target/web-test/shoal-web.png)"
+ok "the web view in chromium through :$port: live rows, a container's row comes and goes without a reload, search by IP (target/web-test/shoal-web.png)"
 
 # Every node runs with the secret, which shows nowhere in `docker inspect`.
 secret=$(cat "$root/.shoal/cluster-secret")

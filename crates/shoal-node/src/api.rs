@@ -75,6 +75,8 @@ pub fn app(service: Shared) -> Router {
         .route("/v1/projects/{name}", get(get_project))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/watch", get(watch))
+        .route("/", get(crate::ui::index))
+        .route("/ui/{file}", get(crate::ui::asset))
         .route("/jrpc", post(jsonrpc))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

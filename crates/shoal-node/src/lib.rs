@@ -30,6 +30,7 @@ pub mod page;
 pub mod peer;
 pub mod publisher;
 pub mod service;
+pub mod ui;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -1432,3 +1432,59 @@ async fn a_forged_publish_from_a_later_incarnation_hides_nothing() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The web view: the page revalidated by its ETag, its assets named by a
+/// hash of their contents and cached for long, an unknown asset a 404 in
+/// the API's error shape.
+#[tokio::test]
+async fn the_web_view_is_served_with_cache_headers() {
+    let n = node().await;
+    let page = send(&n.router, Method::GET, "/", Body::empty()).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    let html = page.json.as_str().unwrap().to_owned();
+    assert!(
+        html.contains("new EventSource") || html.contains("/ui/app.js?v="),
+        "{html}"
+    );
+    let script = html
+        .split('"')
+        .find(|s| s.starts_with("/ui/app.js?v="))
+        .expect("the page names its script with a version");
+    assert!(!script.contains("{{"), "the version is filled in: {script}");
+    let etag = page.headers["etag"].to_str().unwrap().to_owned();
+    let again = n
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/")
+                .header("if-none-match", &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let js = send(&n.router, Method::GET, script, Body::empty()).await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert_eq!(js.headers["content-type"], "text/javascript; charset=utf-8");
+    assert!(
+        js.headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert!(
+        js.json
+            .as_str()
+            .unwrap()
+            .contains("new EventSource(\"/v1/watch\")")
+    );
+    let css = send(&n.router, Method::GET, "/ui/app.css", Body::empty()).await;
+    assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
+    let missing = send(&n.router, Method::GET, "/ui/nope.js", Body::empty()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json["error"]["code"], "not_found");
+}
