@@ -320,67 +320,71 @@ impl Feed {
     ) -> Result<(Opening, broadcast::Receiver<Arc<FeedEvent>>), String> {
         let logs = self.lock();
         let rx = self.events.subscribe();
-        let mut opening = Opening::default();
+        let mut opening = Opening {
+            start: from.cloned().unwrap_or_default(),
+            synced: from.is_none(),
+            ..Opening::default()
+        };
         let synced = |l: &ChangeLog| l.incarnation() != 0;
-        match from {
-            None => {
-                for (node, log) in logs.iter().filter(|(_, l)| synced(l)) {
-                    opening
-                        .cursor
-                        .0
-                        .insert(node.clone(), (log.incarnation(), log.head()));
-                    let mut records: Vec<_> = log
-                        .records()
-                        .filter(|r| filter.matches(r))
-                        .cloned()
-                        .collect();
-                    records.sort_by(|a, b| a.id.cmp(&b.id));
-                    opening.events.extend(
-                        records
-                            .into_iter()
-                            .map(|r| (node.clone(), ChangeKind::Added, r)),
-                    );
-                }
-                opening.synced = true;
+        // A node's containers, each `added`; the node enters the position
+        // just before its last one, so that a client cut off within the
+        // block gets the whole block again (as a node that joined), and
+        // one cut off after it does not.
+        let block = |opening: &mut Opening, node: &NodeId, log: &ChangeLog| {
+            let mut records: Vec<_> = log
+                .records()
+                .filter(|r| filter.matches(r))
+                .cloned()
+                .collect();
+            records.sort_by(|a, b| a.id.cmp(&b.id));
+            let last = records.pop();
+            opening.items.extend(
+                records
+                    .into_iter()
+                    .map(|r| Item::Change(node.clone(), ChangeKind::Added, r)),
+            );
+            opening
+                .items
+                .push_back(Item::Advance(node.clone(), log.incarnation(), log.head()));
+            if let Some(r) = last {
+                opening
+                    .items
+                    .push_back(Item::Change(node.clone(), ChangeKind::Added, r));
             }
-            Some(cursor) => {
-                for (node, &(inc, seq)) in &cursor.0 {
-                    let Some(log) = logs.get(node).filter(|l| synced(l)) else {
-                        return Err(format!(
-                            "node {} is no longer followed here (it left the fleet)",
-                            node.0
-                        ));
-                    };
-                    let changes = log.since(inc, seq).map_err(|why| {
-                        format!("cannot resume node {} at {inc}:{seq}: {why}", node.0)
-                    })?;
-                    let mut position = (inc, seq);
-                    for c in changes {
-                        position = (inc, c.seq);
-                        if let Some(kind) = seen_as(filter, &diff_of(&c)) {
-                            opening
-                                .events
-                                .push_back((node.clone(), kind, c.record.clone()));
-                        }
-                    }
-                    opening.cursor.0.insert(node.clone(), position);
-                }
-                // Nodes that joined since: their containers are new.
-                for (node, log) in logs
-                    .iter()
-                    .filter(|(n, l)| synced(l) && !cursor.0.contains_key(*n))
-                {
+        };
+        let Some(cursor) = from else {
+            for (node, log) in logs.iter().filter(|(_, l)| synced(l)) {
+                block(&mut opening, node, log);
+            }
+            return Ok((opening, rx));
+        };
+        for (node, &(inc, seq)) in &cursor.0 {
+            let Some(log) = logs.get(node).filter(|l| synced(l)) else {
+                return Err(format!(
+                    "node {} is no longer followed here (it left the fleet)",
+                    node.0
+                ));
+            };
+            let changes = log
+                .since(inc, seq)
+                .map_err(|why| format!("cannot resume node {} at {inc}:{seq}: {why}", node.0))?;
+            for c in changes {
+                opening
+                    .items
+                    .push_back(Item::Advance(node.clone(), inc, c.seq));
+                if let Some(kind) = seen_as(filter, &diff_of(&c)) {
                     opening
-                        .cursor
-                        .0
-                        .insert(node.clone(), (log.incarnation(), log.head()));
-                    opening.events.extend(
-                        log.records()
-                            .filter(|r| filter.matches(r))
-                            .map(|r| (node.clone(), ChangeKind::Added, r.clone())),
-                    );
+                        .items
+                        .push_back(Item::Change(node.clone(), kind, c.record.clone()));
                 }
             }
+        }
+        // Nodes that joined since: their containers are new.
+        for (node, log) in logs
+            .iter()
+            .filter(|(n, l)| synced(l) && !cursor.0.contains_key(*n))
+        {
+            block(&mut opening, node, log);
         }
         Ok((opening, rx))
     }
@@ -426,30 +430,35 @@ fn seen_as(filter: &ListFilter, d: &Diff) -> Option<ChangeKind> {
 /// What a watch starts with.
 #[derive(Default)]
 pub struct Opening {
-    /// Events to send first: each node's matching containers, or what a
-    /// resumed watcher missed.
-    pub events: VecDeque<(NodeId, ChangeKind, Arc<ContainerRecord>)>,
-    /// The position after them.
-    pub cursor: Cursor,
+    /// What to send first: each node's matching containers, or what a
+    /// resumed watcher missed, with the position's steps between them.
+    pub items: VecDeque<Item>,
+    /// The position before them (empty for a fresh watch).
+    pub start: Cursor,
     /// Whether a `synced` event follows them (a fresh watch).
     pub synced: bool,
 }
 
-/// A change event. Those of the opening carry no `id`: until the opening
-/// is over there is no position to resume from, and a client cut off
-/// during it keeps the one it had (none, or where it resumed from).
+/// One step of an opening.
+pub enum Item {
+    /// An event to send, with the position as it stands.
+    Change(NodeId, ChangeKind, Arc<ContainerRecord>),
+    /// The node's position moves to `(incarnation, sequence)`.
+    Advance(NodeId, u64, u64),
+}
+
+/// A change event, its `id` the position after it.
 fn change_event(
     kind: ChangeKind,
     node: &NodeId,
     record: &ContainerRecord,
-    cursor: Option<&Cursor>,
+    cursor: &Cursor,
 ) -> Event {
     let data = serde_json::json!({ "type": kind.as_str(), "node": node.0, "container": record });
-    let event = Event::default().event(kind.as_str()).data(data.to_string());
-    match cursor {
-        Some(c) => event.id(c.to_string()),
-        None => event,
-    }
+    Event::default()
+        .event(kind.as_str())
+        .id(cursor.to_string())
+        .data(data.to_string())
 }
 
 /// The `reset` event: the client must list afresh (as after a 410 Gone).
@@ -467,7 +476,7 @@ enum Tail {
 }
 
 struct Watching {
-    opening: VecDeque<(NodeId, ChangeKind, Arc<ContainerRecord>)>,
+    opening: VecDeque<Item>,
     tail: Option<Tail>,
     cursor: Cursor,
     filter: ListFilter,
@@ -492,15 +501,19 @@ pub fn stream(
     let period = feed.heartbeat();
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let count = opening.events.len();
+    let count = opening
+        .items
+        .iter()
+        .filter(|i| matches!(i, Item::Change(..)))
+        .count();
     let state = Watching {
         tail: Some(if opening.synced {
             Tail::Synced(count)
         } else {
             Tail::Resumed
         }),
-        opening: opening.events,
-        cursor: opening.cursor,
+        opening: opening.items,
+        cursor: opening.start,
         filter,
         rx,
         heartbeat,
@@ -512,9 +525,16 @@ pub fn stream(
         if s.done {
             return None;
         }
-        if let Some((node, kind, record)) = s.opening.pop_front() {
-            let event = change_event(kind, &node, &record, None);
-            return Some((Ok(event), s));
+        while let Some(item) = s.opening.pop_front() {
+            match item {
+                Item::Advance(node, inc, seq) => {
+                    s.cursor.0.insert(node, (inc, seq));
+                }
+                Item::Change(node, kind, record) => {
+                    let event = change_event(kind, &node, &record, &s.cursor);
+                    return Some((Ok(event), s));
+                }
+            }
         }
         match s.tail.take() {
             Some(Tail::Synced(containers)) => {
@@ -561,7 +581,7 @@ pub fn stream(
                         let Some(d) = &e.change else { continue };
                         let Some(kind) = seen_as(&s.filter, d) else { continue };
                         s.heartbeat.reset();
-                        let event = change_event(kind, &e.node, &d.record, Some(&s.cursor));
+                        let event = change_event(kind, &e.node, &d.record, &s.cursor);
                         return Some((Ok(event), s));
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {

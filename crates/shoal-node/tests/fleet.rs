@@ -1484,8 +1484,8 @@ async fn a_watch_streams_the_fleets_changes_after_its_opening() {
     assert_eq!(ids.len(), 8 * PER_NODE, "each container once");
     assert!(opening.iter().all(|e| e.event == "added"));
     assert!(
-        opening.iter().all(|e| e.id.is_none()),
-        "no position until the opening is over"
+        opening.iter().all(|e| e.id.is_some()),
+        "every event has an id"
     );
     assert!(
         w.last_id
@@ -1756,4 +1756,39 @@ async fn a_slow_watcher_is_cut_off_with_a_reset() {
         w.next(Duration::from_secs(1)).await.is_none(),
         "the stream ends after the reset"
     );
+}
+
+/// A client cut off in the middle of its opening resumes from the last id
+/// it read, at another node, and ends up with every container: the node
+/// whose block it was in is sent again whole, no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cut_off_in_its_opening_resumes_without_a_gap() {
+    let fleet = Fleet::start(8).await;
+    watch_settled(&fleet, 8).await;
+    let mut w = Watch::open(&fleet.nodes[0].addr, "", None).await;
+    let mut first = Vec::new();
+    for _ in 0..(2 * PER_NODE + PER_NODE / 2) {
+        first.push(container_id(&w.next(Duration::from_secs(5)).await.unwrap()));
+    }
+    let last = w.last_id.clone().unwrap();
+    assert_eq!(
+        last.split(',').count(),
+        2,
+        "two nodes' blocks are whole: {last}"
+    );
+    drop(w);
+    let mut again = Watch::open(&fleet.nodes[4].addr, "", Some(&last)).await;
+    let mut rest = Vec::new();
+    while let Some(e) = again.next(Duration::from_secs(2)).await {
+        assert_eq!(e.event, "added");
+        rest.push(container_id(&e));
+    }
+    let all: HashSet<&String> = first.iter().chain(&rest).collect();
+    assert_eq!(all.len(), 8 * PER_NODE, "every container, after the resume");
+    assert_eq!(
+        rest.len(),
+        6 * PER_NODE,
+        "the cut block again, and the five after it"
+    );
+    assert_eq!(again.last_id.unwrap().split(',').count(), 8);
 }
