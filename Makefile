@@ -109,6 +109,10 @@ bench-front: build ## only make bench's front-door part: shoal vs groupcache thr
 bench-node: build ## only make bench's lookups sent to one node (about 2 minutes; BENCH_SHOAL=path measures another build; BENCHMARKS.md untouched)
 	bash scripts/bench.sh --only node
 
+.PHONY: bench-watch
+bench-watch: build test-deps ## 1,000 /v1/watch streams at one node against none, under the same Docker churn; writes BENCHMARKS.md's Watchers section (about 1 minute)
+	bash scripts/bench-watch.sh
+
 SOAK_SECONDS ?= 1800
 .PHONY: soak
 soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): anonymous memory and fds must stay flat
