@@ -639,7 +639,24 @@ async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
         ("/v1/projects?x=1", StatusCode::BAD_REQUEST, "bad_request"),
         ("/v1/projects/a%00", StatusCode::BAD_REQUEST, "bad_request"),
         ("/v2/containers/c1", StatusCode::NOT_FOUND, "not_found"),
-        ("/", StatusCode::NOT_FOUND, "not_found"),
+        // `/` is the web view; nothing else at the top is a route.
+        ("/index.html", StatusCode::NOT_FOUND, "not_found"),
+        ("/ui/app.exe", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "/v1/watch?since=n1:x:1",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/watch?since=a&since=b",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/watch?colour=red",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
     ];
     for (uri, status, code) in bad {
         let a = get(&n.router, uri).await;
