@@ -134,10 +134,19 @@ grep -q '"type":"added"' "$tmp/cli" && grep -q '"type":"removed"' "$tmp/cli" \
 ok "a container started and removed: added (${added_ms} ms after docker run) then removed, through :$port by curl and by shoal watch ($events)"
 
 # The web view in a real browser, through nginx.
+# A lone node of 10,000 synthetic containers beside it: the page must stay
+# usable (only the visible rows drawn).
 web_python=$(bash "$root/scripts/browser-deps.sh")
 mkdir -p "$root/target/web-test"
+big_port=17199
+"$root/target/release/shoal" node --engine synthetic --synthetic-count 10000 --node-id big \
+  --listen "127.0.0.1:$big_port" > "$tmp/big.log" 2>&1 &
+big_pid=$!
+bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$big_port/readyz" 30 || fail "the 10,000-container node did not start"
 "$web_python" "$root/scripts/web_test.py" "$base" bridge-cnt "$image" "$root/target/web-test/shoal-web.png" \
-  || fail "the web view (screenshot: target/web-test/shoal-web.png)"
+  "http://127.0.0.1:$big_port" 10000 \
+  || { kill "$big_pid"; fail "the web view (screenshot: target/web-test/shoal-web.png)"; }
+kill "$big_pid"; wait "$big_pid" 2>/dev/null || true
 ok "the web view in chromium through :$port: live rows, a container's row comes and goes without a reload, search by IP (target/web-test/shoal-web.png)"
 
 # Every node runs with the secret, which shows nowhere in `docker inspect`.

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The web view in a real browser: Debian's chromium, driven by selenium.
 
-    web_test.py BASE_URL KNOWN_CONTAINER IMAGE SCREENSHOT
+    web_test.py BASE_URL KNOWN_CONTAINER IMAGE SCREENSHOT [BIG_URL BIG_COUNT]
 
 Opens BASE_URL/ (nginx of the compose stack in make e2e), waits for the
 row of KNOWN_CONTAINER, starts another container from IMAGE and sees its
 row appear without a reload, removes it and sees the row go, searches by
-the known container's IP and sees one row, and saves a screenshot.
+the known container's IP and sees one row, and saves a screenshot. With
+BIG_URL, a node holding BIG_COUNT containers: the page lists them all
+while only the visible rows are in the document, and a search finds one.
 """
 
 import shutil
@@ -33,6 +35,7 @@ def docker(*args):
 
 def main():
     base, known, image, screenshot = sys.argv[1:5]
+    big = sys.argv[5:7]
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
         options.add_argument(arg)
@@ -100,6 +103,26 @@ def main():
         driver.save_screenshot(screenshot)
         say(f"ok: a row's detail and the nodes panel show; screenshot {screenshot}")
         passed += 1
+
+        if big:
+            url, count = big[0], int(big[1])
+            driver.get(f"{url}/")
+            wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+            wait.until(lambda d: d.find_element(By.ID, "count").text == f"{count} shown")
+            in_dom = len(shown())
+            assert 0 < in_dom < 200, f"{in_dom} rows in the document for {count} containers"
+            driver.execute_script("document.getElementById('viewport').scrollTop = 1e9")
+            wait.until(lambda d: shown() and shown()[-1][0] != shown()[0][0])
+            last = driver.execute_script(
+                "const v = document.getElementById('viewport');"
+                "return v.scrollTop + v.clientHeight >= v.scrollHeight - 2")
+            assert last, "could not scroll to the end"
+            box = driver.find_element(By.ID, "search")
+            target = shown()[-1][0]
+            box.send_keys(target)
+            wait.until(lambda d: [n for n, _ in shown()] == [target])
+            say(f"ok: {count} containers listed with {in_dom} rows in the document; scrolled to the end; a search finds {target}")
+            passed += 1
     except Exception as e:
         driver.save_screenshot(screenshot)
         say(f"FAILED: {type(e).__name__}: {e} (screenshot {screenshot})")
