@@ -30,7 +30,7 @@ say "node $node on :$port; $starts starts and removals, first with no watcher, t
 python3 "$root/scripts/watch_bench.py" 127.0.0.1 "$port" "$node" "$watchers" "$starts" "$image" "$work/result.json" >/dev/null
 
 commit=$(git -C "$root" rev-parse --short HEAD)
-python3 - "$work/result.json" "$root/BENCHMARKS.md" "$commit" <<'PY'
+python3 - "$work/result.json" "$work/section.md" "$commit" <<'PY'
 import json, os, platform, subprocess, sys, time
 r, path, commit = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
 cpu = subprocess.run(["sh", "-c", "lscpu | awk -F: '/Model name/ {gsub(/^ +/, \"\", $2); print $2; exit}'"],
@@ -61,15 +61,8 @@ them, on the same two cores).
 - From the `docker` call's start (which includes starting or removing the container) to the first watcher: p50 {r['first_ms']['p50']:.1f} ms, p99 {r['first_ms']['p99']:.1f} ms; to the last: p50 {r['last_ms']['p50']:.1f} ms, p99 {r['last_ms']['p99']:.1f} ms, max {r['last_ms']['max']:.1f} ms.
 - machine: {cpu}, {os.cpu_count()} cores; {platform.platform()}
 """
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# shoal benchmarks\n"
-at = text.find("\n## Watchers")
-if at >= 0:
-    rest = text.find("\n## ", at + 1)
-    text = text[:at] + ("" if rest < 0 else text[rest:])
-open(path, "w").write(text.rstrip("\n") + "\n\n" + section)
+open(path, "w").write(section)
 print(section)
 PY
+python3 "$root/scripts/benchmarks-section.py" "$root/BENCHMARKS.md" "## Watchers" "$work/section.md"
 say "wrote the section Watchers of BENCHMARKS.md"

@@ -188,19 +188,7 @@ done < "$work/flatness"
 } > "$work/summary.md"
 cat "$work/summary.md" >&2
 if [ "$secs" -ge 1800 ] && [ -z "${SOAK_SHOAL:-}" ]; then
-  python3 - "$root/BENCHMARKS.md" "$work/summary.md" <<'PY'
-import sys
-path, summary = sys.argv[1], open(sys.argv[2]).read()
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# shoal benchmarks\n"
-at = text.find("\n## Soak")
-if at >= 0:
-    rest = text.find("\n## ", at + 1)
-    text = text[:at] + ("" if rest < 0 else text[rest:])
-open(path, "w").write(text.rstrip("\n") + "\n\n" + summary)
-PY
+  python3 "$root/scripts/benchmarks-section.py" "$root/BENCHMARKS.md" "## Soak" "$work/summary.md"
   say "wrote the soak's section of BENCHMARKS.md"
 fi
 [ "$verdict" -eq 0 ] && say "passed" || say "FAILED"
