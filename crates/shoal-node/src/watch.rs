@@ -175,8 +175,8 @@ impl Feed {
     }
 
     /// Takes this node's engine deltas, in the order the engines' merger
-    /// applied them: a container that came and went between two looks
-    /// is still `added` then `removed`.
+    /// applied them (not the inventory as it is by now): a container the
+    /// merger saw come and quickly go is `added` then `removed`.
     pub fn apply_own(&self, batch: &[Delta]) {
         let mut logs = self.lock();
         let own = logs.get_mut(&self.me).expect("the own log");
