@@ -72,6 +72,25 @@ pub struct FeedEvent {
     pub membership: Option<&'static str>,
     /// The node's position after it.
     pub at: Position,
+    /// The fleet's position after it, as every watcher's `id`: after its
+    /// opening a watcher's position is the feed's, and both take the same
+    /// steps.
+    pub id: Arc<str>,
+    /// The event's JSON for its own kind, made once for every watcher.
+    data: std::sync::OnceLock<String>,
+}
+
+impl FeedEvent {
+    /// The JSON of the change as a watcher sees it (`kind`, which its
+    /// filter may turn from an update into an addition or a removal).
+    fn data(&self, kind: ChangeKind, d: &Diff) -> std::borrow::Cow<'_, str> {
+        let make = || change_data(kind, &self.node, &d.record);
+        if kind == d.kind {
+            std::borrow::Cow::Borrowed(self.data.get_or_init(make))
+        } else {
+            std::borrow::Cow::Owned(make())
+        }
+    }
 }
 
 /// How an event moves a watcher's position for its node.
@@ -96,6 +115,8 @@ pub struct Feed {
     watchers: Arc<Semaphore>,
     /// Cancelled when the node stops: every stream ends.
     closing: CancellationToken,
+    /// The position after the last event sent (taken under `logs`).
+    position: Mutex<Cursor>,
 }
 
 fn diff_of(c: &Change) -> Diff {
@@ -121,6 +142,7 @@ impl Feed {
             events,
             own_head: watch::channel(0).0,
             closing: CancellationToken::new(),
+            position: Mutex::new(Cursor::default()),
         }
     }
 
@@ -128,49 +150,62 @@ impl Feed {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends events while the logs are locked, so that a watcher that
-    /// subscribes under the lock sees exactly what follows its opening.
+    /// Sends one event; called with the logs locked, so that a watcher
+    /// that subscribes under the lock sees exactly what follows its
+    /// opening, and the feed's position is the logs'.
+    fn emit(
+        &self,
+        node: &NodeId,
+        change: Option<Diff>,
+        membership: Option<&'static str>,
+        at: Position,
+    ) {
+        let mut position = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        match at {
+            Position::Set(inc, seq) => {
+                position.0.insert(node.clone(), (inc, seq));
+            }
+            Position::Remove => {
+                position.0.remove(node);
+            }
+            Position::Keep => {}
+        }
+        let _ = self.events.send(Arc::new(FeedEvent {
+            node: node.clone(),
+            change,
+            membership,
+            at,
+            id: Arc::from(position.to_string()),
+            data: std::sync::OnceLock::new(),
+        }));
+    }
+
+    /// A batch of one node's differences; the position moves with the
+    /// last (a watcher cut off in the middle resumes from before the
+    /// batch, and is told to relist when that is gone).
     fn send(&self, node: &NodeId, diffs: Vec<Diff>, after: Position) {
         let last = diffs.len();
         if last == 0 {
-            let _ = self.events.send(Arc::new(FeedEvent {
-                node: node.clone(),
-                change: None,
-                membership: None,
-                at: after,
-            }));
+            self.emit(node, None, None, after);
         }
         for (i, d) in diffs.into_iter().enumerate() {
-            // Until the last, the node's position stays where it was: a
-            // watcher cut off in the middle resumes from before the batch
-            // (and is told to relist when that is gone).
             let at = if i + 1 == last { after } else { Position::Keep };
-            let _ = self.events.send(Arc::new(FeedEvent {
-                node: node.clone(),
-                change: Some(d),
-                membership: None,
-                at,
-            }));
+            self.emit(node, Some(d), None, at);
         }
     }
 
     fn send_membership(&self, node: &NodeId, what: &'static str) {
-        let _ = self.events.send(Arc::new(FeedEvent {
-            node: node.clone(),
-            change: None,
-            membership: Some(what),
-            at: Position::Keep,
-        }));
+        self.emit(node, None, Some(what), Position::Keep);
     }
 
     fn send_changes(&self, node: &NodeId, incarnation: u64, changes: &[Change]) {
         for c in changes {
-            let _ = self.events.send(Arc::new(FeedEvent {
-                node: node.clone(),
-                change: Some(diff_of(c)),
-                membership: None,
-                at: Position::Set(incarnation, c.seq),
-            }));
+            self.emit(
+                node,
+                Some(diff_of(c)),
+                None,
+                Position::Set(incarnation, c.seq),
+            );
         }
     }
 
@@ -323,6 +358,11 @@ impl Feed {
         let mut opening = Opening {
             start: from.cloned().unwrap_or_default(),
             synced: from.is_none(),
+            feed_position: self
+                .position
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .to_string(),
             ..Opening::default()
         };
         let synced = |l: &ChangeLog| l.incarnation() != 0;
@@ -437,6 +477,9 @@ pub struct Opening {
     pub start: Cursor,
     /// Whether a `synced` event follows them (a fresh watch).
     pub synced: bool,
+    /// The feed's position when the watch opened, which the opening's
+    /// steps must reach (checked in debug builds).
+    pub feed_position: String,
 }
 
 /// One step of an opening.
@@ -447,18 +490,14 @@ pub enum Item {
     Advance(NodeId, u64, u64),
 }
 
+/// The JSON of a change event.
+fn change_data(kind: ChangeKind, node: &NodeId, record: &ContainerRecord) -> String {
+    serde_json::json!({ "type": kind.as_str(), "node": node.0, "container": record }).to_string()
+}
+
 /// A change event, its `id` the position after it.
-fn change_event(
-    kind: ChangeKind,
-    node: &NodeId,
-    record: &ContainerRecord,
-    cursor: &Cursor,
-) -> Event {
-    let data = serde_json::json!({ "type": kind.as_str(), "node": node.0, "container": record });
-    Event::default()
-        .event(kind.as_str())
-        .id(cursor.to_string())
-        .data(data.to_string())
+fn change_event(kind: ChangeKind, data: &str, id: &str) -> Event {
+    Event::default().event(kind.as_str()).id(id).data(data)
 }
 
 /// The `reset` event: the client must list afresh (as after a 410 Gone).
@@ -478,7 +517,11 @@ enum Tail {
 struct Watching {
     opening: VecDeque<Item>,
     tail: Option<Tail>,
+    /// The position during the opening.
     cursor: Cursor,
+    /// The position's text: the last event's `id`.
+    id: Arc<str>,
+    feed_position: String,
     filter: ListFilter,
     rx: broadcast::Receiver<Arc<FeedEvent>>,
     heartbeat: tokio::time::Interval,
@@ -489,7 +532,9 @@ struct Watching {
 
 /// The SSE stream of one watcher: the opening, then the feed's events
 /// through its filter, a heartbeat (with the position) when idle, and a
-/// final `reset` when it falls behind the feed.
+/// final `reset` when it falls behind the feed. After the opening its
+/// position is the feed's, so each event's `id` and JSON are made once
+/// for all watchers.
 pub fn stream(
     feed: &Feed,
     opening: Opening,
@@ -506,13 +551,16 @@ pub fn stream(
         .iter()
         .filter(|i| matches!(i, Item::Change(..)))
         .count();
+    let feed_position = opening.feed_position;
     let state = Watching {
+        feed_position,
         tail: Some(if opening.synced {
             Tail::Synced(count)
         } else {
             Tail::Resumed
         }),
         opening: opening.items,
+        id: Arc::from(opening.start.to_string()),
         cursor: opening.start,
         filter,
         rx,
@@ -529,12 +577,19 @@ pub fn stream(
             match item {
                 Item::Advance(node, inc, seq) => {
                     s.cursor.0.insert(node, (inc, seq));
+                    s.id = Arc::from(s.cursor.to_string());
                 }
                 Item::Change(node, kind, record) => {
-                    let event = change_event(kind, &node, &record, &s.cursor);
-                    return Some((Ok(event), s));
+                    let data = change_data(kind, &node, &record);
+                    return Some((Ok(change_event(kind, &data, &s.id)), s));
                 }
             }
+        }
+        if s.tail.is_some() {
+            debug_assert_eq!(
+                &*s.id, s.feed_position,
+                "after its opening a watcher's position is the feed's"
+            );
         }
         match s.tail.take() {
             Some(Tail::Synced(containers)) => {
@@ -545,12 +600,12 @@ pub fn stream(
                 });
                 let event = Event::default()
                     .event("synced")
-                    .id(s.cursor.to_string())
+                    .id(&*s.id)
                     .data(data.to_string());
                 return Some((Ok(event), s));
             }
             Some(Tail::Resumed) => {
-                let event = Event::default().comment("resumed").id(s.cursor.to_string());
+                let event = Event::default().comment("resumed").id(&*s.id);
                 return Some((Ok(event), s));
             }
             None => {}
@@ -559,29 +614,25 @@ pub fn stream(
             tokio::select! {
                 _ = s.stop.cancelled() => return None,
                 _ = s.heartbeat.tick() => {
-                    let event = Event::default().comment("heartbeat").id(s.cursor.to_string());
+                    let event = Event::default().comment("heartbeat").id(&*s.id);
                     return Some((Ok(event), s));
                 }
                 got = s.rx.recv() => match got {
                     Ok(e) => {
-                        match e.at {
-                            Position::Set(inc, seq) => { s.cursor.0.insert(e.node.clone(), (inc, seq)); }
-                            Position::Remove => { s.cursor.0.remove(&e.node); }
-                            Position::Keep => {}
-                        }
+                        s.id = e.id.clone();
                         if let Some(what) = e.membership {
                             s.heartbeat.reset();
                             let data = serde_json::json!({ "type": "node", "node": e.node.0, "change": what });
                             let event = Event::default()
                                 .event("node")
-                                .id(s.cursor.to_string())
+                                .id(&*s.id)
                                 .data(data.to_string());
                             return Some((Ok(event), s));
                         }
                         let Some(d) = &e.change else { continue };
                         let Some(kind) = seen_as(&s.filter, d) else { continue };
                         s.heartbeat.reset();
-                        let event = change_event(kind, &e.node, &d.record, &s.cursor);
+                        let event = change_event(kind, &e.data(kind, d), &s.id);
                         return Some((Ok(event), s));
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
