@@ -29,7 +29,7 @@ bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$port/readyz" 30
 say "node $node on :$port; $starts starts and removals, first with no watcher, then with $watchers"
 python3 "$root/scripts/watch_bench.py" 127.0.0.1 "$port" "$node" "$watchers" "$starts" "$image" "$work/result.json" >/dev/null
 
-commit=$(git -C "$root" rev-parse --short HEAD)
+commit=$(git -C "$root" describe --always --dirty --exclude "*")
 python3 - "$work/result.json" "$work/section.md" "$commit" <<'PY'
 import json, os, platform, subprocess, sys, time
 r, path, commit = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
