@@ -283,10 +283,15 @@ impl Feed {
     }
 
     /// Takes a peer's answer into its mirror. Changes that do not follow
-    /// on, or of another incarnation, drop the mirror's position so that
-    /// the next poll gets a snapshot.
-    fn take_reply(&self, node: &NodeId, reply: ChangesReply) {
+    /// on, or of another incarnation, mark the mirror stale, so that the
+    /// next poll gets a snapshot. A follower stopped meanwhile (its node
+    /// left, and was dropped) takes nothing: checked under the lock that
+    /// dropping takes, so a late answer cannot bring the node back.
+    fn take_reply(&self, node: &NodeId, reply: ChangesReply, stop: &CancellationToken) {
         let mut logs = self.lock();
+        if stop.is_cancelled() {
+            return;
+        }
         match reply {
             ChangesReply::Changes {
                 incarnation,
@@ -744,10 +749,7 @@ async fn follow(
         match answer {
             Ok(reply) => {
                 failures = 0;
-                if stop.is_cancelled() {
-                    return;
-                }
-                feed.take_reply(&node, reply);
+                feed.take_reply(&node, reply, &stop);
             }
             Err(why) => {
                 failures += 1;
