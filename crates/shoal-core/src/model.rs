@@ -193,6 +193,18 @@ where
     deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
+/// Writes a map of labels or networks as a map, also when it is empty:
+/// `LiteMap`'s own serializer writes an empty map as a sequence (`[]` in
+/// the JSON), which [`bounded_map`] and every other client reading a map
+/// refuse. In bincode a map and a sequence of pairs are the same bytes.
+fn as_map<S, V>(map: &LiteMap<String, V>, serializer: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    V: Serialize,
+{
+    serializer.collect_map(map.iter())
+}
+
 /// One live container on one engine. The field names are the public API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -209,14 +221,14 @@ pub struct ContainerRecord {
     /// The main process's PID on its host (0 when not running).
     pub pid: i64,
     /// All labels.
-    #[serde(deserialize_with = "bounded_map")]
+    #[serde(serialize_with = "as_map", deserialize_with = "bounded_map")]
     pub labels: Labels,
     /// The compose project, from `com.docker.compose.project`.
     pub project: Option<String>,
     /// The compose service, from `com.docker.compose.service`.
     pub service: Option<String>,
     /// Network name -> attachment.
-    #[serde(deserialize_with = "bounded_map")]
+    #[serde(serialize_with = "as_map", deserialize_with = "bounded_map")]
     pub networks: Networks,
     /// Exposed and published ports.
     pub ports: Vec<PortMapping>,
@@ -299,5 +311,26 @@ impl ContainerRecord {
             && *started_at == other.started_at
             && *node == other.node
             && *engine_id == other.engine_id
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn empty_labels_and_networks_are_json_maps_and_read_back() {
+        let r = crate::inventory::tests::record(1, "web", "10.0.0.1", None);
+        let mut empty = r.clone();
+        empty.labels = Labels::new();
+        empty.networks = Networks::new();
+        let json = serde_json::to_value(&empty).unwrap();
+        assert_eq!(json["labels"], serde_json::json!({}));
+        assert_eq!(json["networks"], serde_json::json!({}));
+        for record in [r, empty] {
+            let text = serde_json::to_string(&record).unwrap();
+            let back: ContainerRecord = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, record);
+        }
     }
 }
