@@ -20,10 +20,11 @@ build: build-deps ## build the release binaries target/release/shoal and shoal-s
 	$(CARGO) build --release --locked -p shoal-cli -p shoal-sim
 
 .PHONY: test-deps
-test-deps: build-deps ## install and start what the tests need (protoc, dockerd, containerd, the busybox test image, chromium and selenium)
+test-deps: build-deps ## install and start what the tests need (protoc, dockerd, containerd, postgresql, the busybox test image, chromium and selenium)
 	bash scripts/ensure-docker.sh
 	bash scripts/browser-deps.sh >/dev/null
 	bash scripts/ensure-containerd.sh
+	bash scripts/ensure-postgres.sh
 	bash scripts/test-image.sh
 	bash scripts/oci-image.sh >/dev/null
 

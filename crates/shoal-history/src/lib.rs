@@ -1,0 +1,510 @@
+//! shoal's history store: every change a node's watcher saw, with the
+//! time, the node, the engine and the whole record, in an embedded SQLite
+//! file or in a PostgreSQL every node of a fleet can write to. One
+//! implementation on sqlx's `Any` driver with runtime queries (the
+//! compile-time macros would need a database at build time), and one set
+//! of migrations whose SQL both databases take.
+//!
+//! A change is identified by (engine, container, kind, event key): several
+//! nodes watching one engine record it once. The event key is the caller's
+//! (the engine's own time of the event, for instance), so that a change
+//! seen twice is the same key and a change that happens again is not.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use shoal_core::{ContainerRecord, LookupKey, NodeId};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Every statement is built from this file's own text and `?`s; values are
+// bound, never spliced in.
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+/// What happened to a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Created or started.
+    Started,
+    /// Given another name.
+    Renamed,
+    /// Connected to a network.
+    NetworkConnected,
+    /// Disconnected from a network.
+    NetworkDisconnected,
+    /// Its health changed.
+    Health,
+    /// Paused.
+    Paused,
+    /// Unpaused.
+    Unpaused,
+    /// Stopped or died (the record's state and exit say which).
+    Stopped,
+    /// Removed.
+    Removed,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
+        Kind::Started,
+        Kind::Renamed,
+        Kind::NetworkConnected,
+        Kind::NetworkDisconnected,
+        Kind::Health,
+        Kind::Paused,
+        Kind::Unpaused,
+        Kind::Stopped,
+        Kind::Removed,
+    ];
+
+    /// Its name in the store and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Started => "started",
+            Kind::Renamed => "renamed",
+            Kind::NetworkConnected => "network_connected",
+            Kind::NetworkDisconnected => "network_disconnected",
+            Kind::Health => "health",
+            Kind::Paused => "paused",
+            Kind::Unpaused => "unpaused",
+            Kind::Stopped => "stopped",
+            Kind::Removed => "removed",
+        }
+    }
+
+    /// True when the container is no longer live after it.
+    pub fn ends(self) -> bool {
+        matches!(self, Kind::Stopped | Kind::Removed)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = HistoryError;
+
+    fn from_str(s: &str) -> Result<Self, HistoryError> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| HistoryError::Corrupt(format!("unknown change kind {s:?}")))
+    }
+}
+
+/// One recorded change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// What happened.
+    pub kind: Kind,
+    /// The caller's key of this occurrence (see the crate's doc).
+    pub event_key: String,
+    /// When, in ms since the epoch.
+    pub at_ms: i64,
+    /// The node that recorded it.
+    pub node: NodeId,
+    /// The container's record as it was after the change.
+    pub record: ContainerRecord,
+}
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The database refused or could not be reached.
+    #[error("history database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("history migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the store holds cannot be read back.
+    #[error("history store holds something unreadable: {0}")]
+    Corrupt(String),
+    /// The query cannot be answered as asked.
+    #[error("{0}")]
+    BadQuery(String),
+}
+
+/// Which changes to list, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Exactly this container name.
+    pub name: Option<String>,
+    /// A container ID prefix (hex).
+    pub id: Option<String>,
+    /// An address the record had.
+    pub ip: Option<String>,
+    /// A compose project.
+    pub project: Option<String>,
+    /// The node that recorded it.
+    pub node: Option<String>,
+    /// From this time on, in ms (inclusive).
+    pub since_ms: Option<i64>,
+    /// Before this time, in ms (exclusive).
+    pub until_ms: Option<i64>,
+    /// At most this many (1 to 10000).
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+/// One page of changes.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The changes, oldest first.
+    pub changes: Vec<Change>,
+    /// The cursor of the next page, if there is more.
+    pub next: Option<String>,
+}
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The store, on SQLite (`sqlite://path`) or PostgreSQL (`postgres://…`).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+const COLUMNS: &str = "kind, event_key, at_ms, node, record";
+
+impl Store {
+    /// Connects to `url`: `postgres://…`, or `sqlite://path` (created when
+    /// missing).
+    pub async fn connect(url: &str) -> Result<Store, HistoryError> {
+        sqlx::any::install_default_drivers();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let url = if !postgres && url.starts_with("sqlite://") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 1 })
+            .connect(&url)
+            .await?;
+        if !postgres {
+            // Writers wait for each other instead of failing; a crash
+            // loses nothing committed.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA busy_timeout = 5000")
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Store { pool, postgres })
+    }
+
+    /// Brings the schema up to date (the embedded migrations).
+    pub async fn migrate(&self) -> Result<(), HistoryError> {
+        MIGRATIONS.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// `?` placeholders as the database wants them.
+    fn sql(&self, sql: &str) -> String {
+        if !self.postgres {
+            return sql.to_owned();
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Records changes in one transaction; a change already there (the
+    /// same engine, container, kind and event key, recorded by another
+    /// node) is left as it is. Answers how many were new.
+    pub async fn record(&self, changes: &[Change]) -> Result<u64, HistoryError> {
+        let insert = self.sql(
+            "INSERT INTO changes (engine_id, container_id, kind, event_key, at_ms, node, name, project, record) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        );
+        let insert_ip = self.sql(
+            "INSERT INTO change_ips (engine_id, container_id, kind, event_key, ip, at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for c in changes {
+            let r = &c.record;
+            let record =
+                serde_json::to_string(r).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+            let done = sqlx::query(AssertSqlSafe(insert.as_str()))
+                .bind(&r.engine_id.0)
+                .bind(&r.id)
+                .bind(c.kind.as_str())
+                .bind(&c.event_key)
+                .bind(c.at_ms)
+                .bind(&c.node.0)
+                .bind(r.primary_name())
+                .bind(r.project.as_deref())
+                .bind(record)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            new += 1;
+            let mut ips: Vec<String> = r.ips().map(|ip| ip.to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            for ip in ips {
+                sqlx::query(AssertSqlSafe(insert_ip.as_str()))
+                    .bind(&r.engine_id.0)
+                    .bind(&r.id)
+                    .bind(c.kind.as_str())
+                    .bind(&c.event_key)
+                    .bind(ip)
+                    .bind(c.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    fn change_of(row: &AnyRow) -> Result<Change, HistoryError> {
+        let record: String = row.try_get("record")?;
+        let kind: String = row.try_get("kind")?;
+        Ok(Change {
+            kind: kind.parse()?,
+            event_key: row.try_get("event_key")?,
+            at_ms: row.try_get("at_ms")?,
+            node: NodeId(row.try_get("node")?),
+            record: serde_json::from_str(&record)
+                .map_err(|e| HistoryError::Corrupt(format!("a stored record: {e}")))?,
+        })
+    }
+
+    /// The changes `q` asks for, oldest first, one page.
+    pub async fn query(&self, q: &Query) -> Result<Page, HistoryError> {
+        if !(1..=10_000).contains(&q.limit) {
+            return Err(HistoryError::BadQuery(format!(
+                "limit {} is not between 1 and 10000",
+                q.limit
+            )));
+        }
+        let mut sql =
+            format!("SELECT {COLUMNS}, engine_id, container_id FROM changes c WHERE 1 = 1");
+        let mut binds: Vec<Bind> = Vec::new();
+        if let Some(v) = &q.name {
+            sql.push_str(" AND name = ?");
+            binds.push(Bind::Text(v.clone()));
+        }
+        if let Some(v) = &q.id {
+            if !v.bytes().all(|b| b.is_ascii_hexdigit()) || v.is_empty() {
+                return Err(HistoryError::BadQuery(format!(
+                    "id {v:?} is not an ID prefix (hex)"
+                )));
+            }
+            sql.push_str(" AND container_id LIKE ?");
+            binds.push(Bind::Text(format!("{}%", v.to_ascii_lowercase())));
+        }
+        if let Some(v) = &q.ip {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM change_ips i WHERE i.engine_id = c.engine_id \
+                 AND i.container_id = c.container_id AND i.kind = c.kind AND i.event_key = c.event_key AND i.ip = ?)",
+            );
+            binds.push(Bind::Text(v.clone()));
+        }
+        if let Some(v) = &q.project {
+            sql.push_str(" AND project = ?");
+            binds.push(Bind::Text(v.clone()));
+        }
+        if let Some(v) = &q.node {
+            sql.push_str(" AND node = ?");
+            binds.push(Bind::Text(v.clone()));
+        }
+        if let Some(v) = q.since_ms {
+            sql.push_str(" AND at_ms >= ?");
+            binds.push(Bind::Int(v));
+        }
+        if let Some(v) = q.until_ms {
+            sql.push_str(" AND at_ms < ?");
+            binds.push(Bind::Int(v));
+        }
+        if let Some(cursor) = &q.cursor {
+            let c = PageCursor::parse(cursor)?;
+            sql.push_str(
+                " AND (at_ms > ? OR (at_ms = ? AND (engine_id > ? OR (engine_id = ? AND (container_id > ? \
+                 OR (container_id = ? AND (kind > ? OR (kind = ? AND event_key > ?))))))))",
+            );
+            binds.extend([
+                Bind::Int(c.at_ms),
+                Bind::Int(c.at_ms),
+                Bind::Text(c.engine_id.clone()),
+                Bind::Text(c.engine_id),
+                Bind::Text(c.container_id.clone()),
+                Bind::Text(c.container_id),
+                Bind::Text(c.kind.clone()),
+                Bind::Text(c.kind),
+                Bind::Text(c.event_key),
+            ]);
+        }
+        sql.push_str(" ORDER BY at_ms, engine_id, container_id, kind, event_key LIMIT ?");
+        binds.push(Bind::Int(q.limit as i64 + 1));
+        let sql = self.sql(&sql);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for b in binds {
+            query = match b {
+                Bind::Text(t) => query.bind(t),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for row in rows.iter().take(q.limit) {
+            changes.push(Self::change_of(row)?);
+            last = Some(row);
+        }
+        let next = match (rows.len() > q.limit, last) {
+            (true, Some(row)) => Some(
+                PageCursor {
+                    at_ms: row.try_get("at_ms")?,
+                    engine_id: row.try_get("engine_id")?,
+                    container_id: row.try_get("container_id")?,
+                    kind: row.try_get("kind")?,
+                    event_key: row.try_get("event_key")?,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
+        Ok(Page { changes, next })
+    }
+
+    /// The containers `key` matched at `at_ms`: those whose last change at
+    /// or before it left them live, and whose record then matched.
+    pub async fn as_of(&self, key: &LookupKey, at_ms: i64) -> Result<Vec<Change>, HistoryError> {
+        let (candidates, value) = match key {
+            LookupKey::Ip(ip) => (
+                "SELECT DISTINCT engine_id, container_id FROM change_ips WHERE ip = ? AND at_ms <= ?",
+                ip.to_string(),
+            ),
+            LookupKey::Name(n) => (
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE name = ? AND at_ms <= ?",
+                n.clone(),
+            ),
+            LookupKey::Project(p) => (
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE project = ? AND at_ms <= ?",
+                p.clone(),
+            ),
+            LookupKey::Id(prefix) => (
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE container_id LIKE ? AND at_ms <= ?",
+                format!("{prefix}%"),
+            ),
+        };
+        let sql = self.sql(&format!(
+            "SELECT {COLUMNS}, engine_id, container_id FROM changes c \
+             WHERE EXISTS (SELECT 1 FROM ({candidates}) k WHERE k.engine_id = c.engine_id AND k.container_id = c.container_id) \
+             AND c.at_ms = (SELECT MAX(at_ms) FROM changes l WHERE l.engine_id = c.engine_id \
+                            AND l.container_id = c.container_id AND l.at_ms <= ?)"
+        ));
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(value)
+            .bind(at_ms)
+            .bind(at_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        // Per container, its last change (an ending one wins a tie).
+        let mut last: BTreeMap<(String, String), Change> = BTreeMap::new();
+        for row in &rows {
+            let c = Self::change_of(row)?;
+            let k = (c.record.engine_id.0.clone(), c.record.id.clone());
+            match last.get(&k) {
+                Some(held) if held.kind.ends() || !c.kind.ends() && held.kind >= c.kind => {}
+                _ => {
+                    last.insert(k, c);
+                }
+            }
+        }
+        Ok(last
+            .into_values()
+            .filter(|c| !c.kind.ends() && key.matches(&c.record))
+            .collect())
+    }
+
+    /// Deletes what happened before `at_ms`; answers how many changes went.
+    pub async fn delete_before(&self, at_ms: i64) -> Result<u64, HistoryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(
+            self.sql("DELETE FROM change_ips WHERE at_ms < ?"),
+        ))
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(AssertSqlSafe(
+            self.sql("DELETE FROM changes WHERE at_ms < ?"),
+        ))
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Where a page ended: the sort key of its last change.
+struct PageCursor {
+    at_ms: i64,
+    engine_id: String,
+    container_id: String,
+    kind: String,
+    event_key: String,
+}
+
+impl fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::json!([
+            self.at_ms,
+            self.engine_id,
+            self.container_id,
+            self.kind,
+            self.event_key
+        ]);
+        f.write_str(&hex::encode(text.to_string()))
+    }
+}
+
+impl PageCursor {
+    fn parse(s: &str) -> Result<PageCursor, HistoryError> {
+        let bad = || {
+            HistoryError::BadQuery(format!(
+                "cursor {:?} is not one this store gave",
+                s.chars().take(64).collect::<String>()
+            ))
+        };
+        if s.len() > 4096 {
+            return Err(bad());
+        }
+        let bytes = hex::decode(s).map_err(|_| bad())?;
+        let v: (i64, String, String, String, String) =
+            serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok(PageCursor {
+            at_ms: v.0,
+            engine_id: v.1,
+            container_id: v.2,
+            kind: v.3,
+            event_key: v.4,
+        })
+    }
+}

@@ -1,0 +1,395 @@
+//! One suite, run against an SQLite file and against a real PostgreSQL
+//! (Debian's, started by the test with initdb in a temporary directory and
+//! pg_ctl on a free port, stopped when the test ends).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shoal_core::{ContainerRecord, EngineId, LookupKey, NodeId, parse_ref};
+use shoal_history::{Change, HistoryError, Kind, Query, Store};
+
+fn record(id: &str, name: &str, ip: &str, project: Option<&str>) -> ContainerRecord {
+    let mut r = shoal_engine_free_record(id, name);
+    r.networks.insert(
+        "bridge".into(),
+        shoal_core::NetworkAttachment {
+            ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    r.project = project.map(str::to_owned);
+    r
+}
+
+/// A running container's record, built field by field.
+fn shoal_engine_free_record(id: &str, name: &str) -> ContainerRecord {
+    ContainerRecord {
+        id: format!("{id:0<64}"),
+        names: vec![name.to_owned()],
+        image: "busybox:latest".into(),
+        image_id: "sha256:0".into(),
+        state: shoal_core::ContainerState::Running,
+        pid: 1,
+        labels: Default::default(),
+        project: None,
+        service: None,
+        networks: Default::default(),
+        ports: vec![],
+        health: shoal_core::Health::None,
+        created: "2026-01-01T00:00:00Z".into(),
+        started_at: None,
+        node: NodeId("n1".into()),
+        engine_id: EngineId("e1".into()),
+        updated_at: 0,
+    }
+}
+
+fn change(kind: Kind, key: &str, at_ms: i64, node: &str, record: &ContainerRecord) -> Change {
+    Change {
+        kind,
+        event_key: key.into(),
+        at_ms,
+        node: NodeId(node.into()),
+        record: record.clone(),
+    }
+}
+
+fn ids(changes: &[Change]) -> Vec<(String, Kind)> {
+    changes
+        .iter()
+        .map(|c| (c.record.names[0].clone(), c.kind))
+        .collect()
+}
+
+async fn suite(store: &Store) {
+    store.migrate().await.unwrap();
+    store
+        .migrate()
+        .await
+        .expect("migrating twice changes nothing");
+
+    // a: 10.0.0.5 from 100 until its removal at 300. b: 10.0.0.5 from 400.
+    let a = record("aa", "db", "10.0.0.5", Some("shop"));
+    let mut a_renamed = a.clone();
+    a_renamed.names = vec!["db-old".into()];
+    let b = record("bb", "db", "10.0.0.5", Some("shop"));
+    let c = record("cc", "web", "10.0.0.6", None);
+    let changes = vec![
+        change(Kind::Started, "t100", 100, "n1", &a),
+        change(Kind::Started, "t150", 150, "n1", &c),
+        change(Kind::Renamed, "t200", 200, "n1", &a_renamed),
+        change(Kind::Removed, "t300", 300, "n1", &a_renamed),
+        change(Kind::Started, "t400", 400, "n2", &b),
+        change(Kind::Stopped, "t450", 450, "n1", &c),
+    ];
+    assert_eq!(store.record(&changes).await.unwrap(), 6);
+    // A second node watching the same engine records the same changes.
+    let again: Vec<Change> = changes
+        .iter()
+        .map(|ch| Change {
+            node: NodeId("n3".into()),
+            at_ms: ch.at_ms + 1,
+            ..ch.clone()
+        })
+        .collect();
+    assert_eq!(
+        store.record(&again).await.unwrap(),
+        0,
+        "each change is stored once"
+    );
+    // The same kind happening again is a new change.
+    let restarted = change(Kind::Started, "t500", 500, "n1", &c);
+    assert_eq!(store.record(&[restarted]).await.unwrap(), 1);
+
+    // Who had 10.0.0.5 then?
+    let at = |ms| {
+        let store = store.clone();
+        async move {
+            let key = parse_ref("10.0.0.5", None).unwrap();
+            ids(&store.as_of(&key, ms).await.unwrap())
+        }
+    };
+    assert_eq!(at(50).await, vec![]);
+    assert_eq!(at(120).await, vec![("db".into(), Kind::Started)]);
+    assert_eq!(at(250).await, vec![("db-old".into(), Kind::Renamed)]);
+    assert_eq!(at(350).await, vec![], "removed at 300");
+    assert_eq!(at(450).await, vec![("db".into(), Kind::Started)]);
+    let by_name = store
+        .as_of(&LookupKey::Name("db".into()), 250)
+        .await
+        .unwrap();
+    assert!(
+        by_name.is_empty(),
+        "at 250 a was named db-old: {:?}",
+        ids(&by_name)
+    );
+    let web = LookupKey::Name("web".into());
+    assert_eq!(
+        store.as_of(&web, 460).await.unwrap().len(),
+        0,
+        "stopped at 450"
+    );
+    assert_eq!(
+        store.as_of(&web, 510).await.unwrap().len(),
+        1,
+        "started again at 500"
+    );
+    let prefix = parse_ref("bb0000000000", None).unwrap();
+    assert_eq!(
+        ids(&store.as_of(&prefix, 999).await.unwrap()),
+        vec![("db".into(), Kind::Started)]
+    );
+    let shop = LookupKey::Project("shop".into());
+    assert_eq!(store.as_of(&shop, 250).await.unwrap().len(), 1);
+
+    // Listings, oldest first, paged without a gap or a repeat.
+    let all = |limit| Query {
+        limit,
+        ..Query::default()
+    };
+    let whole = store.query(&all(100)).await.unwrap();
+    assert_eq!(whole.changes.len(), 7);
+    assert!(whole.next.is_none());
+    assert!(whole.changes.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    let mut paged = Vec::new();
+    let mut q = all(2);
+    loop {
+        let page = store.query(&q).await.unwrap();
+        paged.extend(page.changes);
+        match page.next {
+            Some(next) => q.cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(ids(&paged), ids(&whole.changes));
+    let by_ip = store
+        .query(&Query {
+            ip: Some("10.0.0.5".into()),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_ip.changes.len(), 4);
+    let window = store
+        .query(&Query {
+            since_ms: Some(150),
+            until_ms: Some(400),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        window.changes.iter().map(|c| c.at_ms).collect::<Vec<_>>(),
+        vec![150, 200, 300]
+    );
+    let n2 = store
+        .query(&Query {
+            node: Some("n2".into()),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&n2.changes), vec![("db".into(), Kind::Started)]);
+    let by_id = store
+        .query(&Query {
+            id: Some("AA".into()),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_id.changes.len(), 3);
+    let project = store
+        .query(&Query {
+            project: Some("shop".into()),
+            name: Some("db".into()),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(project.changes.len(), 2);
+    // The whole record comes back as it was.
+    assert_eq!(whole.changes[0].record, a);
+
+    // Bad queries are refused, saying why.
+    for (q, says) in [
+        (all(0), "limit"),
+        (all(10_001), "limit"),
+        (
+            Query {
+                cursor: Some("zz".into()),
+                ..all(10)
+            },
+            "cursor",
+        ),
+        (
+            Query {
+                id: Some("xyz".into()),
+                ..all(10)
+            },
+            "ID prefix",
+        ),
+    ] {
+        match store.query(&q).await {
+            Err(HistoryError::BadQuery(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("{q:?} answered {other:?}"),
+        }
+    }
+
+    // Retention: exactly what is older goes.
+    assert_eq!(store.delete_before(300).await.unwrap(), 3);
+    let kept = store.query(&all(100)).await.unwrap();
+    assert_eq!(
+        kept.changes.iter().map(|c| c.at_ms).collect::<Vec<_>>(),
+        vec![300, 400, 450, 500]
+    );
+    assert_eq!(at(450).await, vec![("db".into(), Kind::Started)]);
+}
+
+#[tokio::test]
+async fn the_store_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("history.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    suite(&store).await;
+    // What was committed is there for the next process.
+    drop(store);
+    let again = Store::connect(&url).await.unwrap();
+    again.migrate().await.unwrap();
+    let q = Query {
+        limit: 100,
+        ..Query::default()
+    };
+    assert_eq!(again.query(&q).await.unwrap().changes.len(), 4);
+}
+
+/// A PostgreSQL of the test's own: initdb in a temporary directory (as the
+/// `postgres` user when the test runs as root, which initdb refuses), a
+/// free port, a socket in the directory; stopped on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+        .expect("no PostgreSQL: scripts/ensure-postgres.sh installs Debian's")
+}
+
+fn as_postgres_user(bin: &Path, tool: &str, args: &[&str]) -> Command {
+    let root = std::fs::metadata("/proc/self")
+        .map(|_| unsafe_free_uid() == 0)
+        .unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    };
+    cmd.args(args);
+    cmd
+}
+
+/// The user ID, from /proc (no libc call).
+fn unsafe_free_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if unsafe_free_uid() == 0 {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data_s = data.to_str().unwrap();
+        let out = as_postgres_user(
+            &bin,
+            "initdb",
+            &["-D", data_s, "-U", "shoal", "--auth=trust", "-E", "UTF8"],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!("-p {port} -k {} -h 127.0.0.1", dir.path().display());
+        let log = dir.path().join("log");
+        let out = as_postgres_user(
+            &bin,
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-D",
+                data_s,
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Postgres { dir, bin, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://shoal@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        // pg_ctl signals the PID in the data directory's postmaster.pid.
+        let _ = as_postgres_user(
+            &self.bin,
+            "pg_ctl",
+            &["stop", "-w", "-m", "fast", "-D", data.to_str().unwrap()],
+        )
+        .output();
+    }
+}
+
+#[tokio::test]
+async fn the_store_on_postgres() {
+    let pg = Postgres::start();
+    let store = Store::connect(&pg.url()).await.unwrap();
+    suite(&store).await;
+}
