@@ -10,7 +10,7 @@ use shoal_core::{ContainerRecord, EngineId, LookupKey, NodeId, parse_ref};
 use shoal_history::{Change, HistoryError, Kind, Query, Store};
 
 fn record(id: &str, name: &str, ip: &str, project: Option<&str>) -> ContainerRecord {
-    let mut r = shoal_engine_free_record(id, name);
+    let mut r = running(id, name);
     r.networks.insert(
         "bridge".into(),
         shoal_core::NetworkAttachment {
@@ -23,7 +23,7 @@ fn record(id: &str, name: &str, ip: &str, project: Option<&str>) -> ContainerRec
 }
 
 /// A running container's record, built field by field.
-fn shoal_engine_free_record(id: &str, name: &str) -> ContainerRecord {
+fn running(id: &str, name: &str) -> ContainerRecord {
     ContainerRecord {
         id: format!("{id:0<64}"),
         names: vec![name.to_owned()],
@@ -284,10 +284,7 @@ fn postgres_bin() -> PathBuf {
 }
 
 fn as_postgres_user(bin: &Path, tool: &str, args: &[&str]) -> Command {
-    let root = std::fs::metadata("/proc/self")
-        .map(|_| unsafe_free_uid() == 0)
-        .unwrap_or(false);
-    let mut cmd = if root {
+    let mut cmd = if current_uid() == 0 {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
         c
@@ -298,8 +295,8 @@ fn as_postgres_user(bin: &Path, tool: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// The user ID, from /proc (no libc call).
-fn unsafe_free_uid() -> u32 {
+/// This process's user ID, read from /proc.
+fn current_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -316,7 +313,7 @@ impl Postgres {
         let bin = postgres_bin();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        if unsafe_free_uid() == 0 {
+        if current_uid() == 0 {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
