@@ -66,6 +66,7 @@ up: images ## start three nodes and nginx on :8080 with docker compose
 	bash scripts/wait-http.sh http://127.0.0.1:$${SHOAL_HTTP_PORT:-8080}/readyz 60
 	@echo "stack up: node1 node2 node3 behind nginx on http://localhost:$${SHOAL_HTTP_PORT:-8080}"
 	@echo "try: curl localhost:$${SHOAL_HTTP_PORT:-8080}/v1/containers/<name>   or   target/release/shoal get <name>"
+	@echo "     target/release/shoal watch   (changes as they happen), or http://localhost:$${SHOAL_HTTP_PORT:-8080}/ in a browser"
 
 .PHONY: down
 down: ## stop and remove what `make up` started (containers, network)
