@@ -4,6 +4,7 @@
 
 mod bench_cmd;
 mod client;
+mod migrate_cmd;
 mod node_cmd;
 mod table;
 
@@ -38,6 +39,8 @@ enum Command {
     Watch(client::LsArgs),
     /// Show compose projects, or one project's containers.
     Projects(client::ProjectsArgs),
+    /// Bring a history store's schema up to date.
+    Migrate(migrate_cmd::MigrateArgs),
     /// Load a node or nginx with lookups and report throughput and latency.
     Bench(Box<bench_cmd::BenchArgs>),
 }
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Watch(args) => client::watch(&cli.client, args).await,
             Command::Projects(args) => client::projects(&cli.client, args).await,
             Command::Bench(args) => bench_cmd::run(&cli.client, *args).await,
+            Command::Migrate(args) => migrate_cmd::run(args).await,
         }
     });
     match result {

@@ -210,3 +210,27 @@ fn listings_longer_than_a_page_are_printed_whole() {
     assert_eq!(json(&body)["error"]["code"], "bad_request");
     node.terminate();
 }
+
+/// `shoal migrate` makes the embedded store where it is told (directory
+/// included), says its version, does it again without harm, and refuses a
+/// store it does not know without showing the password.
+#[test]
+fn shoal_migrate_brings_the_history_schema_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("deep/data");
+    for _ in 0..2 {
+        let out = shoal(&["migrate", "--data-dir", data.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("schema at version 1"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    assert!(data.join("history.db").exists());
+    let out = shoal(&["migrate", "--history", "mysql://shoal:secret@db/shoal"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("sqlite://PATH or postgres://"), "{err}");
+    assert!(!err.contains("secret"), "the password shows: {err}");
+}

@@ -161,6 +161,53 @@ pub struct Page {
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The embedded store's file when no `--history` is given: under
+/// `/var/lib/shoal` for root, else `$XDG_DATA_HOME/shoal` (by default
+/// `~/.local/share/shoal`).
+pub fn default_url(data_dir: Option<&std::path::Path>) -> String {
+    let dir = match data_dir {
+        Some(d) => d.to_path_buf(),
+        None => default_data_dir(),
+    };
+    format!("sqlite://{}", dir.join("history.db").display())
+}
+
+/// See [`default_url`].
+pub fn default_data_dir() -> std::path::PathBuf {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return "/var/lib/shoal".into();
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(d).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => std::path::PathBuf::from(h).join(".local/share/shoal"),
+        None => "shoal-data".into(),
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The store, on SQLite (`sqlite://path`) or PostgreSQL (`postgres://…`).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -171,11 +218,25 @@ pub struct Store {
 const COLUMNS: &str = "kind, event_key, at_ms, node, record";
 
 impl Store {
-    /// Connects to `url`: `postgres://…`, or `sqlite://path` (created when
-    /// missing).
+    /// Connects to `url`: `postgres://…`, or `sqlite://path` (created,
+    /// with its directory, when missing).
     pub async fn connect(url: &str) -> Result<Store, HistoryError> {
         sqlx::any::install_default_drivers();
         let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !postgres {
+            let Some(path) = url.strip_prefix("sqlite://") else {
+                return Err(HistoryError::BadQuery(format!(
+                    "history {:?}: give sqlite://PATH or postgres://USER@HOST/DB",
+                    redacted(url)
+                )));
+            };
+            let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    HistoryError::BadQuery(format!("cannot make {}: {e}", dir.display()))
+                })?;
+            }
+        }
         let url = if !postgres && url.starts_with("sqlite://") && !url.contains('?') {
             format!("{url}?mode=rwc")
         } else {
@@ -198,10 +259,11 @@ impl Store {
         Ok(Store { pool, postgres })
     }
 
-    /// Brings the schema up to date (the embedded migrations).
-    pub async fn migrate(&self) -> Result<(), HistoryError> {
+    /// Brings the schema up to date (the embedded migrations); answers
+    /// its version.
+    pub async fn migrate(&self) -> Result<i64, HistoryError> {
         MIGRATIONS.run(&self.pool).await?;
-        Ok(())
+        Ok(MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0))
     }
 
     /// `?` placeholders as the database wants them.

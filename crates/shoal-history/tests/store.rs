@@ -246,6 +246,32 @@ async fn suite(store: &Store) {
     assert_eq!(at(450).await, vec![("db".into(), Kind::Started)]);
 }
 
+#[test]
+fn urls_are_checked_and_passwords_kept_out_of_messages() {
+    assert_eq!(
+        shoal_history::redacted("postgres://shoal:hunter2@db:5432/shoal"),
+        "postgres://shoal:***@db:5432/shoal"
+    );
+    assert_eq!(
+        shoal_history::redacted("sqlite:///var/lib/shoal/history.db"),
+        "sqlite:///var/lib/shoal/history.db"
+    );
+    let dir = std::path::Path::new("/srv/shoal");
+    assert_eq!(
+        shoal_history::default_url(Some(dir)),
+        "sqlite:///srv/shoal/history.db"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt
+        .block_on(Store::connect("mysql://x:secret@h/db"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("give sqlite://PATH or postgres://") && !e.contains("secret"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn the_store_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
