@@ -118,15 +118,6 @@ impl EnginesStatus {
             .filter_map(|e| e.status.last_event_ms)
             .max()
     }
-
-    /// When this engine was lost (ms since the epoch); `None` while it
-    /// answers, or when the node has no such engine.
-    pub fn lost_at_ms(&self, engine: &EngineId) -> Option<u64> {
-        self.engines
-            .iter()
-            .find(|e| e.status.engine.as_ref().is_some_and(|i| i.id == *engine))
-            .and_then(|e| e.status.lost_at_ms)
-    }
 }
 
 /// Summed counters of every engine's watcher.
@@ -193,6 +184,17 @@ impl EnginesHandle {
                 })
                 .collect(),
         }
+    }
+
+    /// The engines lost now, each with when it was lost (ms since the
+    /// epoch); usually none. Reads only that much of each watcher's
+    /// status: every answer with this node's containers asks.
+    pub fn lost_engines(&self) -> Vec<(EngineId, u64)> {
+        self.shared
+            .watchers
+            .iter()
+            .filter_map(|(_, w)| w.lost_at())
+            .collect()
     }
 
     /// The watchers' counters, summed.

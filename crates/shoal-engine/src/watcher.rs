@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
-use shoal_core::{ContainerRecord, Delta, Inventory, NodeId};
+use shoal_core::{ContainerRecord, Delta, EngineId, Inventory, NodeId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -188,6 +188,13 @@ impl WatcherHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The engine's ID and when it was lost, while it is lost after a
+    /// sync (see [`WatcherStatus::lost_at_ms`]); no copy of the status.
+    pub fn lost_at(&self) -> Option<(EngineId, u64)> {
+        let s = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        Some((s.engine.as_ref()?.id.clone(), s.lost_at_ms?))
     }
 
     /// Counters of the watcher's work.

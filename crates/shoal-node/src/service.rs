@@ -14,7 +14,7 @@ use shoal_core::model::COMPOSE_PROJECT_LABEL;
 use shoal_core::wire::{
     DigestReply, DigestRequest, LocalQuery, LookupReply, Pong, Publish, PublishAck,
 };
-use shoal_core::{ContainerRecord, ListFilter, LookupKey, NodeId};
+use shoal_core::{ContainerRecord, EngineId, ListFilter, LookupKey, NodeId};
 use shoal_engine::{EnginesHandle, EnginesStatus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -328,10 +328,9 @@ impl NodeService {
                 None => {
                     let engines = if node == self.node_id() {
                         self.engines
-                            .status()
-                            .engines
+                            .lost_engines()
                             .into_iter()
-                            .filter_map(|e| Some((e.status.engine?.id.0, e.status.lost_at_ms?)))
+                            .map(|(engine, at)| (engine.0, at))
                             .collect()
                     } else {
                         view.members
@@ -596,7 +595,7 @@ impl NodeService {
         }
         // Always set, empty when every engine answers: a value left out
         // would keep the last one gossiped.
-        values.push((KEY_ENGINE_LOST, engines_lost(&s)));
+        values.push((KEY_ENGINE_LOST, engines_lost(&self.engines.lost_engines())));
         let behind = self
             .publisher
             .behind
@@ -658,22 +657,12 @@ fn engine_views(status: &EnginesStatus, with_errors: bool) -> Vec<EngineView> {
 
 /// The gossiped value of [`KEY_ENGINE_LOST`]: empty while every engine
 /// answers, else a JSON object of engine ID to when it was lost.
-fn engines_lost(status: &EnginesStatus) -> String {
-    let lost: BTreeMap<&str, u64> = status
-        .engines
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e.status.engine.as_ref()?.id.0.as_str(),
-                e.status.lost_at_ms?,
-            ))
-        })
-        .collect();
+fn engines_lost(lost: &[(EngineId, u64)]) -> String {
     if lost.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(&lost).unwrap_or_default()
+        return String::new();
     }
+    let lost: BTreeMap<&str, u64> = lost.iter().map(|(e, at)| (e.0.as_str(), *at)).collect();
+    serde_json::to_string(&lost).unwrap_or_default()
 }
 
 /// Reads a peer's [`KEY_ENGINE_LOST`]; anything but the JSON it gossips
