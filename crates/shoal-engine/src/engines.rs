@@ -262,6 +262,7 @@ impl Engines {
             started_ms: now_ms(),
             working: Inventory::new(),
             collisions: BTreeSet::new(),
+            withdrawn: vec![false; handle.shared.watchers.len()],
         };
         let task = tokio::spawn(async move {
             merger.run(shutdown).await;
@@ -283,20 +284,14 @@ struct Merger {
     working: Inventory,
     /// Container IDs already warned about.
     collisions: BTreeSet<String>,
+    /// Which engines are withdrawn. The merger alone decides; the shared
+    /// copy is for [`EnginesHandle::status`], so a batch takes no lock.
+    withdrawn: Vec<bool>,
 }
 
 impl Merger {
     fn watchers(&self) -> &[(&'static str, WatcherHandle)] {
         &self.handle.shared.watchers
-    }
-
-    fn withdrawn(&self) -> Vec<bool> {
-        self.handle
-            .shared
-            .withdrawn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
@@ -346,7 +341,7 @@ impl Merger {
         let withdrawn: Vec<bool> = statuses.iter().map(lost_too_long).collect();
         let ready = statuses.iter().any(|s| s.ready)
             && statuses.iter().zip(&withdrawn).all(|(s, w)| s.ready || *w);
-        let before = self.withdrawn();
+        let before = &self.withdrawn;
         let was_ready = *self.handle.shared.ready.borrow();
         for (i, (was, is)) in before.iter().zip(&withdrawn).enumerate() {
             let kind = self.watchers()[i].0;
@@ -364,13 +359,14 @@ impl Merger {
                 _ => {}
             }
         }
-        if before != withdrawn || (ready && !was_ready) {
-            *self
-                .handle
+        if *before != withdrawn || (ready && !was_ready) {
+            self.handle
                 .shared
                 .withdrawn
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = withdrawn;
+                .unwrap_or_else(|p| p.into_inner())
+                .clone_from(&withdrawn);
+            self.withdrawn = withdrawn;
             if ready || was_ready {
                 self.rebuild();
             }
@@ -384,7 +380,7 @@ impl Merger {
     fn snapshots(&self) -> Vec<Option<Arc<Inventory>>> {
         self.watchers()
             .iter()
-            .zip(self.withdrawn())
+            .zip(&self.withdrawn)
             .map(|((_, w), withdrawn)| (!withdrawn).then(|| w.inventory()))
             .collect()
     }
