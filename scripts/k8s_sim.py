@@ -534,21 +534,32 @@ class Cluster:
             now = time.monotonic()
             with self.lock:
                 pods = list(self.pods)
+            containers = [c for pod in pods if not pod.deleted for c in pod.containers]
+            states = self.states(containers)
             changed = False
-            for pod in pods:
-                if pod.deleted:
-                    continue
-                for c in pod.containers:
-                    changed |= self.tend(c, now)
+            for c in containers:
+                changed |= self.tend(c, now, states.get(c.docker_name, (False, False, 0)))
             if changed:
                 self.publish_endpoints()
             self.stopping.wait(0.2)
 
+    def states(self, containers):
+        """(running, paused, pid) of each container by its Docker name, in
+        one `docker inspect`; a container that is gone is left out."""
+        if not containers:
+            return {}
+        out = run("docker", "inspect", "-f",
+                  "{{.Name}} {{.State.Running}} {{.State.Paused}} {{.State.Pid}}",
+                  *[c.docker_name for c in containers], check=False)
+        states = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                states[parts[0].lstrip("/")] = (parts[1] == "true", parts[2] == "true", int(parts[3]))
+        return states
+
     def state(self, c):
-        out = run("docker", "inspect", "-f", "{{.State.Running}} {{.State.Paused}} {{.State.Pid}}",
-                  c.docker_name, check=False)
-        parts = out.split()
-        return (parts[0] == "true", parts[1] == "true", int(parts[2])) if len(parts) == 3 else (False, False, 0)
+        return self.states([c]).get(c.docker_name, (False, False, 0))
 
     def restart(self, c, why):
         c.restarts += 1
@@ -561,9 +572,9 @@ class Cluster:
         run("docker", "restart", "-t", str(c.pod.spec.get("terminationGracePeriodSeconds", 30)),
             c.docker_name, check=False)
 
-    def tend(self, c, now):
+    def tend(self, c, now, state):
         was_ready = c.ready
-        running, paused, _ = self.state(c)
+        running, paused, _ = state
         if not running and not paused:
             self.restart(c, "the container exited")
             return was_ready
