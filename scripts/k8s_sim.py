@@ -582,45 +582,45 @@ class Cluster:
             p = c.probes.get("startup")
             if p is None:
                 c.started = True
-            elif now >= p.due:
-                p.due = now + p.period
-                if self.probe(c, p):
+            else:
+                passed = self.step(c, p, now)
+                if passed:
                     c.started = True
-                else:
-                    p.failures += 1
-                    if p.failures >= p.failures_allowed:
-                        self.restart(c, "the startup probe failed")
+                elif passed is False and p.failures >= p.failures_allowed:
+                    self.restart(c, "the startup probe failed")
             if c.started:
                 for k in ("liveness", "readiness"):
                     if k in c.probes:
                         c.probes[k].due = now + c.probes[k].delay
         if c.started:
             p = c.probes.get("liveness")
-            if p and now >= p.due:
-                p.due = now + p.period
-                if self.probe(c, p):
-                    p.failures = 0
-                else:
-                    p.failures += 1
-                    if p.failures >= p.failures_allowed:
-                        self.restart(c, "the liveness probe failed")
-                        return was_ready
+            if p and self.step(c, p, now) is False and p.failures >= p.failures_allowed:
+                self.restart(c, "the liveness probe failed")
+                return was_ready
             p = c.probes.get("readiness")
             if p is None:
                 c.ready = True
-            elif now >= p.due:
-                p.due = now + p.period
-                if self.probe(c, p):
-                    p.failures = 0
-                    p.successes += 1
-                    if p.successes >= p.successes_needed:
-                        c.ready = True
-                else:
-                    p.successes = 0
-                    p.failures += 1
-                    if p.failures >= p.failures_allowed:
-                        c.ready = False
+            else:
+                passed = self.step(c, p, now)
+                if passed and p.successes >= p.successes_needed:
+                    c.ready = True
+                elif passed is False and p.failures >= p.failures_allowed:
+                    c.ready = False
         return c.ready != was_ready
+
+    def step(self, c, p, now):
+        """Runs probe `p` when it is due and counts the outcome in a row:
+        True or False, or None when it was not due."""
+        if now < p.due:
+            return None
+        p.due = now + p.period
+        if self.probe(c, p):
+            p.failures = 0
+            p.successes += 1
+            return True
+        p.successes = 0
+        p.failures += 1
+        return False
 
     def probe(self, c, p):
         spec = p.spec
