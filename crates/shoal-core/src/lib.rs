@@ -10,6 +10,7 @@
 pub mod changes;
 pub mod directory;
 pub mod filter;
+pub mod history;
 pub mod inventory;
 pub mod key;
 pub mod model;

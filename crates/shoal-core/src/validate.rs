@@ -116,7 +116,7 @@ fn shown(s: &str) -> String {
 
 /// Text of 1 to `max` bytes without control characters or, when `spaces`
 /// is false, white space.
-fn text(s: &str, max: usize, spaces: bool) -> Result<(), Invalid> {
+pub(crate) fn text(s: &str, max: usize, spaces: bool) -> Result<(), Invalid> {
     if s.is_empty() {
         return Err(Invalid::new("is empty"));
     }

@@ -232,6 +232,77 @@ pub struct LocalReply {
     pub records: Vec<ContainerRecord>,
 }
 
+/// `POST /_shoal/v1/history`: a node's own history store, for a fleet
+/// history query when each node keeps its own (embedded) store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryRequest {
+    /// The changes that match, oldest first, after `cursor`.
+    Changes(HistoryFilter),
+    /// The containers a key matched at a time (ms since the epoch).
+    AsOf {
+        /// The key.
+        key: LookupKey,
+        /// The time.
+        at_ms: i64,
+    },
+}
+
+/// Which changes a history query lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryFilter {
+    /// Exactly this container name.
+    pub name: Option<String>,
+    /// A container ID prefix.
+    pub id: Option<String>,
+    /// An address the container had.
+    pub ip: Option<String>,
+    /// A compose project.
+    pub project: Option<String>,
+    /// The node that recorded the change.
+    pub node: Option<String>,
+    /// A label the record had, `key` or `key=value`.
+    pub label: Option<String>,
+    /// From this time on (ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Before this time (ms, exclusive).
+    pub until_ms: Option<i64>,
+    /// At most this many (1 to [`MAX_HISTORY`]).
+    pub limit: u32,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+/// The most changes one history answer holds.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// One recorded change, as peers send it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryChange {
+    /// What happened (`started`, `stopped`, …).
+    pub kind: String,
+    /// Its key (see [`crate::history`]).
+    pub event_key: String,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The node that recorded it.
+    pub node: NodeId,
+    /// A stop's exit code.
+    pub exit_code: Option<i64>,
+    /// The network, the health status, the old name.
+    pub detail: Option<String>,
+    /// The record as it was.
+    pub record: ContainerRecord,
+}
+
+/// The answer to a [`HistoryRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    /// The matches, oldest first.
+    pub changes: Vec<HistoryChange>,
+    /// The cursor after the last one, when more remain.
+    pub next: Option<String>,
+}
+
 /// `POST /_shoal/v1/changes`: a node's numbered changes after a position,
 /// for the fleet watch. An answer waits up to `wait_ms` for a change when
 /// there is none yet (a long poll).
@@ -370,6 +441,59 @@ impl Validate for LocalReply {
     fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
         self.node.validate(now_ms).map_err(|e| e.at("node"))?;
         validate::records(&self.records, now_ms).map_err(|e| e.at("records"))
+    }
+}
+
+impl Validate for HistoryRequest {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        match self {
+            HistoryRequest::Changes(f) => {
+                if f.limit == 0 || f.limit as usize > MAX_HISTORY {
+                    return Err(Invalid::new(format!(
+                        "limit {} is not between 1 and {MAX_HISTORY}",
+                        f.limit
+                    ))
+                    .at("limit"));
+                }
+                for (name, v) in [
+                    ("name", &f.name),
+                    ("id", &f.id),
+                    ("ip", &f.ip),
+                    ("project", &f.project),
+                    ("node", &f.node),
+                    ("label", &f.label),
+                    ("cursor", &f.cursor),
+                ] {
+                    if let Some(v) = v {
+                        validate::text(v, 4096, true).map_err(|e| e.at(name))?;
+                    }
+                }
+                Ok(())
+            }
+            HistoryRequest::AsOf { key, .. } => key.validate(now_ms).map_err(|e| e.at("key")),
+        }
+    }
+}
+
+impl Validate for HistoryReply {
+    fn validate(&self, now_ms: u64) -> Result<(), Invalid> {
+        if self.changes.len() > MAX_HISTORY {
+            return Err(Invalid::new(format!(
+                "{} changes, over {MAX_HISTORY}",
+                self.changes.len()
+            ))
+            .at("changes"));
+        }
+        for (i, c) in self.changes.iter().enumerate() {
+            let at = |e: Invalid| e.at(format!("changes[{i}]"));
+            c.kind
+                .parse::<crate::history::ChangeKind>()
+                .map_err(|e| at(Invalid::new(e.to_string())))?;
+            c.node.validate(now_ms).map_err(at)?;
+            c.record.validate(now_ms).map_err(at)?;
+            validate::text(&c.event_key, 4096, true).map_err(at)?;
+        }
+        Ok(())
     }
 }
 

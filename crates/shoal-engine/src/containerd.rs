@@ -42,6 +42,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+use shoal_core::history::{ChangeKind, EventFacts};
 
 /// The socket containerd listens on by default.
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -669,6 +670,35 @@ fn event_container_id(topic: &str, event: &prost_types::Any) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
+/// What a containerd event means for the history. Only the main process's
+/// exit ends a run: an exec's exit names its own process ID.
+fn event_facts(
+    topic: &str,
+    event: &prost_types::Any,
+    timestamp: Option<prost_types::Timestamp>,
+) -> EventFacts {
+    use containerd_client::events::TaskExit;
+    let mut facts = EventFacts {
+        time_ns: timestamp.map(|t| t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos)),
+        ..EventFacts::default()
+    };
+    facts.kind = match topic {
+        "/tasks/start" => Some(ChangeKind::Started),
+        "/tasks/paused" => Some(ChangeKind::Paused),
+        "/tasks/resumed" => Some(ChangeKind::Unpaused),
+        "/containers/delete" => Some(ChangeKind::Removed),
+        "/tasks/exit" => match TaskExit::decode(event.value.as_slice()) {
+            Ok(exit) if exit.id == exit.container_id || exit.id.is_empty() => {
+                facts.exit_code = Some(i64::from(exit.exit_status));
+                Some(ChangeKind::Stopped)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    facts
+}
+
 #[async_trait]
 impl Engine for ContainerdEngine {
     fn kind(&self) -> &'static str {
@@ -758,9 +788,15 @@ impl Engine for ContainerdEngine {
                         .and_then(|e| event_container_id(&envelope.topic, e));
                     match id {
                         Some(id) if namespaces.watches(&envelope.namespace) => {
+                            let facts = envelope
+                                .event
+                                .as_ref()
+                                .map(|e| event_facts(&envelope.topic, e, envelope.timestamp))
+                                .unwrap_or_default();
                             Some(Ok(EngineEvent {
                                 container_id: remember(&known, &envelope.namespace, &id),
                                 action: envelope.topic.trim_start_matches('/').to_owned(),
+                                facts,
                             }))
                         }
                         _ => None,

@@ -21,6 +21,7 @@ use shoal_core::{
 use tokio::sync::OnceCell;
 
 use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+use shoal_core::history::{ChangeKind, EventFacts};
 
 /// The socket Docker listens on when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -162,9 +163,38 @@ pub fn event_container(ev: &EventMessage) -> Option<EngineEvent> {
         }
         _ => return None,
     };
+    let attribute = |k: &str| actor.attributes.as_ref()?.get(k).cloned();
+    let (kind, detail) = match verb {
+        "start" => (Some(ChangeKind::Started), None),
+        "die" => (Some(ChangeKind::Stopped), None),
+        "destroy" => (Some(ChangeKind::Removed), None),
+        "rename" => (
+            Some(ChangeKind::Renamed),
+            attribute("oldName").map(|n| n.trim_start_matches('/').to_owned()),
+        ),
+        "pause" => (Some(ChangeKind::Paused), None),
+        "unpause" => (Some(ChangeKind::Unpaused), None),
+        "health_status" => (
+            Some(ChangeKind::Health),
+            action.split_once(':').map(|(_, s)| s.trim().to_owned()),
+        ),
+        "connect" => (Some(ChangeKind::NetworkConnected), attribute("name")),
+        "disconnect" => (Some(ChangeKind::NetworkDisconnected), attribute("name")),
+        _ => (None, None),
+    };
     Some(EngineEvent {
         container_id: id,
         action: verb.to_owned(),
+        facts: EventFacts {
+            kind,
+            time_ns: ev
+                .time_nano
+                .or_else(|| ev.time.map(|s| s.saturating_mul(1_000_000_000))),
+            exit_code: (verb == "die")
+                .then(|| attribute("exitCode")?.parse().ok())
+                .flatten(),
+            detail,
+        },
     })
 }
 

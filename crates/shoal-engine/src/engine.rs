@@ -5,6 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use shoal_core::history::EventFacts;
 use shoal_core::{ContainerRecord, EngineId};
 
 /// Who an engine is.
@@ -37,6 +38,20 @@ pub struct EngineEvent {
     /// The engine's word for what happened (`start`, `die`, `connect`, …),
     /// for logs.
     pub action: String,
+    /// What it means for the history: the kind of change, the engine's
+    /// time, an exit code.
+    pub facts: EventFacts,
+}
+
+impl EngineEvent {
+    /// An event about `container_id` that the history does not keep.
+    pub fn new(container_id: impl Into<String>, action: impl Into<String>) -> Self {
+        EngineEvent {
+            container_id: container_id.into(),
+            action: action.into(),
+            facts: EventFacts::default(),
+        }
+    }
 }
 
 /// Why an engine call failed.

@@ -16,6 +16,7 @@ use shoal_core::{ContainerRecord, ContainerState, EngineId, Health, NetworkAttac
 use tokio::sync::broadcast;
 
 use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+use shoal_core::history::{ChangeKind, EventFacts};
 
 /// How many events a subscriber may fall behind before its stream is
 /// dropped, as Docker drops a slow consumer.
@@ -183,9 +184,30 @@ impl SyntheticEngine {
 
     fn emit(&self, id: &str, action: &str) {
         // No subscriber is fine: the watcher lists on connect.
+        // The history reads Docker's verbs.
+        let kind = match action {
+            "start" => Some(ChangeKind::Started),
+            "die" => Some(ChangeKind::Stopped),
+            "destroy" => Some(ChangeKind::Removed),
+            "rename" => Some(ChangeKind::Renamed),
+            "pause" => Some(ChangeKind::Paused),
+            "unpause" => Some(ChangeKind::Unpaused),
+            "connect" => Some(ChangeKind::NetworkConnected),
+            "disconnect" => Some(ChangeKind::NetworkDisconnected),
+            "health_status" => Some(ChangeKind::Health),
+            _ => None,
+        };
+        let time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .ok();
         let _ = self.events.send(Ok(EngineEvent {
-            container_id: id.to_owned(),
-            action: action.to_owned(),
+            facts: EventFacts {
+                kind,
+                time_ns,
+                ..EventFacts::default()
+            },
+            ..EngineEvent::new(id, action)
         }));
     }
 

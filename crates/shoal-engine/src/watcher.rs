@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
+use shoal_core::history::{self, Observed};
 use shoal_core::{ContainerRecord, Delta, EngineId, Inventory, NodeId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -64,6 +65,81 @@ pub struct WatcherConfig {
     /// Delta batches a slow subscriber may fall behind before it must
     /// resync from a snapshot (default 1024).
     pub delta_buffer: usize,
+    /// Where the changes go for the history, if anywhere (default none).
+    pub history: Option<HistorySink>,
+}
+
+/// Where watchers send the changes they see, for the history: a bounded
+/// queue that is never waited for. When it is full a change is dropped and
+/// counted: the history must not slow the inventory.
+#[derive(Clone, Debug)]
+pub struct HistorySink {
+    tx: mpsc::Sender<Observed>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl HistorySink {
+    /// A sink holding at most `capacity` changes, and its reader.
+    pub fn channel(capacity: usize) -> (HistorySink, mpsc::Receiver<Observed>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            HistorySink {
+                tx,
+                dropped: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Queues a change, or drops and counts it when the queue is full.
+    pub fn send(&self, change: Observed) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(change) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Changes dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Changes waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The last records of containers that stopped, so that a later removal
+/// can be recorded with what the container was. Bounded: the oldest are
+/// forgotten first.
+#[derive(Default)]
+struct Ended {
+    records: HashMap<String, Arc<ContainerRecord>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Ended {
+    const CAPACITY: usize = 4096;
+
+    fn put(&mut self, record: Arc<ContainerRecord>) {
+        let id = record.id.clone();
+        if self.records.insert(id.clone(), record).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.records.remove(&old);
+            }
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<Arc<ContainerRecord>> {
+        self.records.remove(id)
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<ContainerRecord>> {
+        self.records.get(id).cloned()
+    }
 }
 
 impl Default for WatcherConfig {
@@ -77,6 +153,7 @@ impl Default for WatcherConfig {
             event_batch: 512,
             event_queue: 16_384,
             delta_buffer: 1024,
+            history: None,
         }
     }
 }
@@ -328,6 +405,7 @@ pub struct Watcher {
     handle: WatcherHandle,
     working: Inventory,
     retries: InspectRetries,
+    ended: Ended,
 }
 
 impl Watcher {
@@ -352,6 +430,7 @@ impl Watcher {
             config,
             handle: handle.clone(),
             working: Inventory::new(),
+            ended: Ended::default(),
         };
         let task = tokio::spawn(watcher.run(shutdown));
         (handle, task)
@@ -477,6 +556,7 @@ impl Watcher {
         self.retries.sync_failed(&unreadable);
         let next = Inventory::from_records(records);
         let deltas = self.working.diff(&next);
+        self.record_sync(&deltas, now);
         // Keep records whose content did not change as they were, so the
         // diff of the next sync is against what readers saw.
         for d in &deltas {
@@ -533,12 +613,21 @@ impl Watcher {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut seen = HashSet::with_capacity(events.len());
         let ids: Vec<String> = events
-            .into_iter()
+            .iter()
             .inspect(|e| debug!(container = %e.container_id, action = %e.action, "engine event"))
-            .map(|e| e.container_id)
+            .map(|e| e.container_id.clone())
             .filter(|id| seen.insert(id.clone()))
             .collect();
+        // What each container was before, for the history.
+        let before: HashMap<String, Arc<ContainerRecord>> = match &self.config.history {
+            Some(_) => ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), self.working.get(id)?.clone())))
+                .collect(),
+            None => HashMap::new(),
+        };
         self.reread(identity, ids).await?;
+        self.record_events(&events, before);
         self.handle
             .update_status(|s| s.last_event_ms = Some(now_ms()));
         Ok(())
@@ -576,6 +665,93 @@ impl Watcher {
 
     fn publish(&self, deltas: Vec<Delta>) {
         self.handle.shared.published.publish(&self.working, deltas);
+    }
+
+    /// Sends the history what a batch of events did: each event that
+    /// names a change, with the container's record before and after.
+    fn record_events(
+        &mut self,
+        events: &[EngineEvent],
+        mut before: HashMap<String, Arc<ContainerRecord>>,
+    ) {
+        let Some(sink) = self.config.history.clone() else {
+            return;
+        };
+        let now = now_ms() as i64;
+        let live_before = before.clone();
+        // Containers whose stop or removal an event of this batch said.
+        let mut ended_here: HashSet<&str> = HashSet::new();
+        let mut removed_here: HashSet<&str> = HashSet::new();
+        for e in events {
+            let Some(kind) = e.facts.kind else { continue };
+            let id = e.container_id.as_str();
+            let after = self.working.get(id).cloned();
+            let was = match kind {
+                // Gone for good: its last record, if an earlier batch
+                // kept it.
+                history::ChangeKind::Removed => {
+                    removed_here.insert(id);
+                    before.get(id).cloned().or_else(|| self.ended.take(id))
+                }
+                // The container may have left the inventory on an earlier
+                // event (a kill): the stop then completes what was kept.
+                history::ChangeKind::Stopped => {
+                    before.get(id).cloned().or_else(|| self.ended.get(id))
+                }
+                _ => before.get(id).cloned(),
+            };
+            if let Some(change) = history::from_event(&e.facts, was.as_ref(), after.as_ref(), now) {
+                if change.kind.ends() {
+                    ended_here.insert(id);
+                }
+                sink.send(change);
+            }
+            // A start then a stop in one batch: the stop ends the run the
+            // start began.
+            if let Some(a) = after {
+                before.insert(id.to_owned(), a);
+            }
+        }
+        // Containers that left the inventory on events that did not say
+        // why (a kill before its die): their run ended now. The die, if
+        // it comes, adds its exit code to the same change.
+        for (id, was) in live_before {
+            if self.working.get(&id).is_some() {
+                continue;
+            }
+            if !ended_here.contains(id.as_str()) {
+                sink.send(history::stopped(was.clone(), now, None));
+            }
+            if !removed_here.contains(id.as_str()) {
+                self.ended.put(was);
+            }
+        }
+    }
+
+    /// Sends the history what a full sync found changed: containers that
+    /// started or stopped unseen, and what changed in the others. Called
+    /// before the deltas are applied.
+    fn record_sync(&mut self, deltas: &[Delta], now: u64) {
+        let Some(sink) = self.config.history.clone() else {
+            return;
+        };
+        let now = now as i64;
+        for d in deltas {
+            match d {
+                Delta::Upsert(r) => match self.working.get(&r.id) {
+                    None => sink.send(history::started(r.clone(), now)),
+                    Some(old) => {
+                        for change in history::from_sync_update(old, r, now) {
+                            sink.send(change);
+                        }
+                    }
+                },
+                Delta::Remove(r) => {
+                    sink.send(history::stopped(r.clone(), now, None));
+                    self.ended.put(r.clone());
+                }
+            }
+        }
     }
 }
 
