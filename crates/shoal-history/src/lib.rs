@@ -10,9 +10,10 @@
 //! (the engine's own time of the event, for instance), so that a change
 //! seen twice is the same key and a change that happens again is not.
 
+pub mod testing;
+
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use shoal_core::{ContainerRecord, LookupKey, NodeId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -20,80 +21,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 // bound, never spliced in.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-/// What happened to a container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// Created or started.
-    Started,
-    /// Given another name.
-    Renamed,
-    /// Connected to a network.
-    NetworkConnected,
-    /// Disconnected from a network.
-    NetworkDisconnected,
-    /// Its health changed.
-    Health,
-    /// Paused.
-    Paused,
-    /// Unpaused.
-    Unpaused,
-    /// Stopped or died (the record's state and exit say which).
-    Stopped,
-    /// Removed.
-    Removed,
-}
-
-impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 9] = [
-        Kind::Started,
-        Kind::Renamed,
-        Kind::NetworkConnected,
-        Kind::NetworkDisconnected,
-        Kind::Health,
-        Kind::Paused,
-        Kind::Unpaused,
-        Kind::Stopped,
-        Kind::Removed,
-    ];
-
-    /// Its name in the store and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Started => "started",
-            Kind::Renamed => "renamed",
-            Kind::NetworkConnected => "network_connected",
-            Kind::NetworkDisconnected => "network_disconnected",
-            Kind::Health => "health",
-            Kind::Paused => "paused",
-            Kind::Unpaused => "unpaused",
-            Kind::Stopped => "stopped",
-            Kind::Removed => "removed",
-        }
-    }
-
-    /// True when the container is no longer live after it.
-    pub fn ends(self) -> bool {
-        matches!(self, Kind::Stopped | Kind::Removed)
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = HistoryError;
-
-    fn from_str(s: &str) -> Result<Self, HistoryError> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| HistoryError::Corrupt(format!("unknown change kind {s:?}")))
-    }
-}
+pub use shoal_core::history::ChangeKind as Kind;
+use shoal_core::history::Observed;
 
 /// One recorded change.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,8 +35,29 @@ pub struct Change {
     pub at_ms: i64,
     /// The node that recorded it.
     pub node: NodeId,
-    /// The container's record as it was after the change.
+    /// A stop's exit code, when the engine said.
+    pub exit_code: Option<i64>,
+    /// The network of a connect or disconnect, the health status, the old
+    /// name of a rename.
+    pub detail: Option<String>,
+    /// The container's record as it was after the change (for a stop or a
+    /// removal, as it last lived).
     pub record: ContainerRecord,
+}
+
+impl Change {
+    /// What `node`'s watcher saw, to record.
+    pub fn observed(o: &Observed, node: &NodeId) -> Change {
+        Change {
+            kind: o.kind,
+            event_key: o.event_key.clone(),
+            at_ms: o.at_ms,
+            node: node.clone(),
+            exit_code: o.exit_code,
+            detail: o.detail.clone(),
+            record: ContainerRecord::clone(&o.record),
+        }
+    }
 }
 
 /// What went wrong in the store.
@@ -140,6 +90,8 @@ pub struct Query {
     pub project: Option<String>,
     /// The node that recorded it.
     pub node: Option<String>,
+    /// A label the record had: `key`, or `key=value`.
+    pub label: Option<String>,
     /// From this time on, in ms (inclusive).
     pub since_ms: Option<i64>,
     /// Before this time, in ms (exclusive).
@@ -215,7 +167,7 @@ pub struct Store {
     postgres: bool,
 }
 
-const COLUMNS: &str = "kind, event_key, at_ms, node, record";
+const COLUMNS: &str = "kind, event_key, at_ms, node, exit_code, detail, record";
 
 impl Store {
     /// Connects to `url`: `postgres://…`, or `sqlite://path` (created,
@@ -244,6 +196,9 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            // A database that is down fails a write or a query in seconds,
+            // not the pool's default half minute.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect(&url)
             .await?;
         if !postgres {
@@ -287,11 +242,15 @@ impl Store {
 
     /// Records changes in one transaction; a change already there (the
     /// same engine, container, kind and event key, recorded by another
-    /// node) is left as it is. Answers how many were new.
+    /// node) is left as it is, but for a stop's exit code it lacked (a
+    /// watcher may see a container leave before the engine says how it
+    /// exited). Answers how many were new or completed.
     pub async fn record(&self, changes: &[Change]) -> Result<u64, HistoryError> {
         let insert = self.sql(
-            "INSERT INTO changes (engine_id, container_id, kind, event_key, at_ms, node, name, project, record) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO changes (engine_id, container_id, kind, event_key, at_ms, node, name, project, exit_code, detail, record) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (engine_id, container_id, kind, event_key) DO UPDATE SET exit_code = excluded.exit_code \
+             WHERE changes.exit_code IS NULL AND excluded.exit_code IS NOT NULL",
         );
         let insert_ip = self.sql(
             "INSERT INTO change_ips (engine_id, container_id, kind, event_key, ip, at_ms) \
@@ -312,6 +271,8 @@ impl Store {
                 .bind(&c.node.0)
                 .bind(r.primary_name())
                 .bind(r.project.as_deref())
+                .bind(c.exit_code)
+                .bind(c.detail.as_deref())
                 .bind(record)
                 .execute(&mut *tx)
                 .await?;
@@ -342,10 +303,16 @@ impl Store {
         let record: String = row.try_get("record")?;
         let kind: String = row.try_get("kind")?;
         Ok(Change {
-            kind: kind.parse()?,
+            kind: kind
+                .parse()
+                .map_err(|e: shoal_core::history::UnknownKind| {
+                    HistoryError::Corrupt(e.to_string())
+                })?,
             event_key: row.try_get("event_key")?,
             at_ms: row.try_get("at_ms")?,
             node: NodeId(row.try_get("node")?),
+            exit_code: row.try_get("exit_code")?,
+            detail: row.try_get("detail")?,
             record: serde_json::from_str(&record)
                 .map_err(|e| HistoryError::Corrupt(format!("a stored record: {e}")))?,
         })
@@ -359,8 +326,59 @@ impl Store {
                 q.limit
             )));
         }
-        let mut sql =
-            format!("SELECT {COLUMNS}, engine_id, container_id FROM changes c WHERE 1 = 1");
+        let label = q.label.as_deref().map(|l| match l.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (l, None),
+        });
+        let mut cursor = q.cursor.as_deref().map(PageCursor::parse).transpose()?;
+        let mut out: Vec<Change> = Vec::new();
+        loop {
+            // Labels are in the record only: read on in pages until enough
+            // match.
+            let ask = if label.is_some() {
+                (q.limit * 2).clamp(256, 10_001)
+            } else {
+                q.limit + 1
+            };
+            let rows = self.fetch(q, cursor.as_ref(), ask).await?;
+            let exhausted = rows.len() < ask;
+            for c in rows {
+                cursor = Some(PageCursor::of(&c));
+                let wanted = match label {
+                    None => true,
+                    Some((k, v)) => match c.record.labels.get(k) {
+                        Some(have) => v.is_none_or(|v| v == have),
+                        None => false,
+                    },
+                };
+                if wanted {
+                    out.push(c);
+                    if out.len() > q.limit {
+                        break;
+                    }
+                }
+            }
+            if out.len() > q.limit || exhausted {
+                break;
+            }
+        }
+        let next = if out.len() > q.limit {
+            out.truncate(q.limit);
+            out.last().map(|c| PageCursor::of(c).to_string())
+        } else {
+            None
+        };
+        Ok(Page { changes: out, next })
+    }
+
+    /// Up to `n` changes that `q`'s columns match, after `cursor`.
+    async fn fetch(
+        &self,
+        q: &Query,
+        cursor: Option<&PageCursor>,
+        n: usize,
+    ) -> Result<Vec<Change>, HistoryError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM changes c WHERE 1 = 1");
         let mut binds: Vec<Bind> = Vec::new();
         if let Some(v) = &q.name {
             sql.push_str(" AND name = ?");
@@ -398,8 +416,7 @@ impl Store {
             sql.push_str(" AND at_ms < ?");
             binds.push(Bind::Int(v));
         }
-        if let Some(cursor) = &q.cursor {
-            let c = PageCursor::parse(cursor)?;
+        if let Some(c) = cursor {
             sql.push_str(
                 " AND (at_ms > ? OR (at_ms = ? AND (engine_id > ? OR (engine_id = ? AND (container_id > ? \
                  OR (container_id = ? AND (kind > ? OR (kind = ? AND event_key > ?))))))))",
@@ -408,16 +425,16 @@ impl Store {
                 Bind::Int(c.at_ms),
                 Bind::Int(c.at_ms),
                 Bind::Text(c.engine_id.clone()),
-                Bind::Text(c.engine_id),
+                Bind::Text(c.engine_id.clone()),
                 Bind::Text(c.container_id.clone()),
-                Bind::Text(c.container_id),
+                Bind::Text(c.container_id.clone()),
                 Bind::Text(c.kind.clone()),
-                Bind::Text(c.kind),
-                Bind::Text(c.event_key),
+                Bind::Text(c.kind.clone()),
+                Bind::Text(c.event_key.clone()),
             ]);
         }
         sql.push_str(" ORDER BY at_ms, engine_id, container_id, kind, event_key LIMIT ?");
-        binds.push(Bind::Int(q.limit as i64 + 1));
+        binds.push(Bind::Int(n as i64));
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for b in binds {
@@ -427,26 +444,7 @@ impl Store {
             };
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut changes = Vec::with_capacity(rows.len());
-        let mut last = None;
-        for row in rows.iter().take(q.limit) {
-            changes.push(Self::change_of(row)?);
-            last = Some(row);
-        }
-        let next = match (rows.len() > q.limit, last) {
-            (true, Some(row)) => Some(
-                PageCursor {
-                    at_ms: row.try_get("at_ms")?,
-                    engine_id: row.try_get("engine_id")?,
-                    container_id: row.try_get("container_id")?,
-                    kind: row.try_get("kind")?,
-                    event_key: row.try_get("event_key")?,
-                }
-                .to_string(),
-            ),
-            _ => None,
-        };
-        Ok(Page { changes, next })
+        rows.iter().map(Self::change_of).collect()
     }
 
     /// The containers `key` matched at `at_ms`: those whose last change at
@@ -532,6 +530,41 @@ struct PageCursor {
     container_id: String,
     kind: String,
     event_key: String,
+}
+
+impl PageCursor {
+    fn of(c: &Change) -> PageCursor {
+        PageCursor {
+            at_ms: c.at_ms,
+            engine_id: c.record.engine_id.0.clone(),
+            container_id: c.record.id.clone(),
+            kind: c.kind.as_str().to_owned(),
+            event_key: c.event_key.clone(),
+        }
+    }
+}
+
+/// The cursor that pages on after `c`: stores and nodes share one order
+/// (time, engine, container, kind, key), so a cursor from a merge of
+/// several stores' answers works on each of them.
+pub fn cursor_after(c: &Change) -> String {
+    PageCursor::of(c).to_string()
+}
+
+/// Checks that `cursor` is one a store gave, before any store is asked.
+pub fn check_cursor(cursor: &str) -> Result<(), HistoryError> {
+    PageCursor::parse(cursor).map(|_| ())
+}
+
+/// The order every store lists changes in.
+pub fn order_key(c: &Change) -> (i64, &str, &str, &str, &str) {
+    (
+        c.at_ms,
+        &c.record.engine_id.0,
+        &c.record.id,
+        c.kind.as_str(),
+        &c.event_key,
+    )
 }
 
 impl fmt::Display for PageCursor {

@@ -2,11 +2,8 @@
 //! (Debian's, started by the test with initdb in a temporary directory and
 //! pg_ctl on a free port, stopped when the test ends).
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use shoal_core::{ContainerRecord, EngineId, LookupKey, NodeId, parse_ref};
+use shoal_history::testing::TestPostgres;
 use shoal_history::{Change, HistoryError, Kind, Query, Store};
 
 fn record(id: &str, name: &str, ip: &str, project: Option<&str>) -> ContainerRecord {
@@ -51,6 +48,8 @@ fn change(kind: Kind, key: &str, at_ms: i64, node: &str, record: &ContainerRecor
         event_key: key.into(),
         at_ms,
         node: NodeId(node.into()),
+        exit_code: (kind == Kind::Stopped).then_some(137),
+        detail: (kind == Kind::Renamed).then(|| "old-name".to_owned()),
         record: record.clone(),
     }
 }
@@ -244,6 +243,46 @@ async fn suite(store: &Store) {
         vec![300, 400, 450, 500]
     );
     assert_eq!(at(450).await, vec![("db".into(), Kind::Started)]);
+
+    // A stop seen before the engine said how it exited gets its exit code
+    // when the engine's event comes, once.
+    let mut gone = record("f1", "late", "10.9.0.1", None);
+    gone.labels.insert("tier".into(), "front".into());
+    let mut early = change(Kind::Stopped, "end:run1", 600, "n1", &gone);
+    early.exit_code = None;
+    assert_eq!(store.record(&[early.clone()]).await.unwrap(), 1);
+    let mut told = early.clone();
+    told.exit_code = Some(3);
+    told.node = NodeId("n2".into());
+    assert_eq!(store.record(&[told.clone()]).await.unwrap(), 1);
+    assert_eq!(store.record(&[told, early]).await.unwrap(), 0);
+    let late = store
+        .query(&Query {
+            name: Some("late".into()),
+            ..all(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(late.changes.len(), 1);
+    assert_eq!(late.changes[0].exit_code, Some(3));
+    assert_eq!(late.changes[0].node.0, "n1", "the first writer stays");
+
+    // Labels are matched in the record, over as many pages as it takes.
+    let mut many = Vec::new();
+    for i in 0..300 {
+        let r = record(&format!("e{i:03}"), &format!("bulk{i}"), "10.8.0.1", None);
+        many.push(change(Kind::Started, "run", 700 + i, "n1", &r));
+    }
+    store.record(&many).await.unwrap();
+    for (label, want) in [("tier", 1), ("tier=front", 1), ("tier=back", 0)] {
+        let q = Query {
+            label: Some(label.into()),
+            ..all(1)
+        };
+        let page = store.query(&q).await.unwrap();
+        assert_eq!(page.changes.len(), want, "{label}");
+        assert!(page.next.is_none(), "{label}: one match, no next page");
+    }
 }
 
 #[test]
@@ -283,136 +322,16 @@ async fn the_store_on_sqlite() {
     let again = Store::connect(&url).await.unwrap();
     again.migrate().await.unwrap();
     let q = Query {
-        limit: 100,
+        limit: 1000,
         ..Query::default()
     };
-    assert_eq!(again.query(&q).await.unwrap().changes.len(), 4);
-}
-
-/// A PostgreSQL of the test's own: initdb in a temporary directory (as the
-/// `postgres` user when the test runs as root, which initdb refuses), a
-/// free port, a socket in the directory; stopped on drop.
-struct Postgres {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-fn postgres_bin() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.into_iter()
-        .rev()
-        .find(|d| d.join("initdb").exists())
-        .expect("no PostgreSQL: scripts/ensure-postgres.sh installs Debian's")
-}
-
-fn as_postgres_user(bin: &Path, tool: &str, args: &[&str]) -> Command {
-    let mut cmd = if current_uid() == 0 {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
-        c
-    } else {
-        Command::new(bin.join(tool))
-    };
-    cmd.args(args);
-    cmd
-}
-
-/// This process's user ID, read from /proc.
-fn current_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(0)
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let bin = postgres_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        if current_uid() == 0 {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-        let data_s = data.to_str().unwrap();
-        let out = as_postgres_user(
-            &bin,
-            "initdb",
-            &["-D", data_s, "-U", "shoal", "--auth=trust", "-E", "UTF8"],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let options = format!("-p {port} -k {} -h 127.0.0.1", dir.path().display());
-        let log = dir.path().join("log");
-        let out = as_postgres_user(
-            &bin,
-            "pg_ctl",
-            &[
-                "start",
-                "-w",
-                "-D",
-                data_s,
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-            ],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {} {}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Postgres { dir, bin, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://shoal@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        // pg_ctl signals the PID in the data directory's postmaster.pid.
-        let _ = as_postgres_user(
-            &self.bin,
-            "pg_ctl",
-            &["stop", "-w", "-m", "fast", "-D", data.to_str().unwrap()],
-        )
-        .output();
-    }
+    // 4 kept by the retention, the completed stop and 300 more.
+    assert_eq!(again.query(&q).await.unwrap().changes.len(), 305);
 }
 
 #[tokio::test]
 async fn the_store_on_postgres() {
-    let pg = Postgres::start();
+    let pg = TestPostgres::start();
     let store = Store::connect(&pg.url()).await.unwrap();
     suite(&store).await;
 }
