@@ -22,7 +22,7 @@ say() { echo "$me: $*" >&2; }
 docker image inspect "$image" >/dev/null 2>&1 || bash "$root/scripts/test-image.sh" >/dev/null
 ulimit -n 8192
 
-"$bin" node --node-id bench-watch --listen "127.0.0.1:$port" >"$work/node.log" 2>&1 &
+"$bin" node --data-dir "$work/data" --node-id bench-watch --listen "127.0.0.1:$port" >"$work/node.log" 2>&1 &
 node=$!
 trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null; rm -rf "$work"' EXIT
 bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$port/readyz" 30

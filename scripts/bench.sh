@@ -59,7 +59,7 @@ peers=$(printf '127.0.0.1:%s,' "${ports[@]}"); peers=${peers%,}
 bash "$root/scripts/cluster-secret.sh" "$work/cluster-secret"
 for i in 0 1 2; do
   n=$((i + 1))
-  "$bin" node --engine synthetic --synthetic-count "$per_node" --synthetic-prefix "n$n-" \
+  "$bin" node --data-dir "$work/data$n" --engine synthetic --synthetic-count "$per_node" --synthetic-prefix "n$n-" \
     --node-id "node$n" --listen "127.0.0.1:${ports[$i]}" --peers "$peers" --log-level warn \
     --cluster-secret-file "$work/cluster-secret" \
     >"$work/node$n.log" 2>&1 &

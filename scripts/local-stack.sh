@@ -59,7 +59,7 @@ up() {
   for i in "${nodes[@]}"; do
     local pidf="$state/node$i.pid"
     if alive "$pidf"; then say "node$i already runs (pid $(cat "$pidf"))"; continue; fi
-    "$bin" node --node-id "node$i" --listen "127.0.0.1:$(node_port "$i")" --peers "$peers" \
+    "$bin" node --node-id "node$i" --data-dir "$state/data$i" --listen "127.0.0.1:$(node_port "$i")" --peers "$peers" \
       --cluster-secret-file "$state/cluster-secret" >"$state/node$i.log" 2>&1 &
     echo $! > "$pidf"
   done

@@ -63,7 +63,7 @@ start_node() { # id ip
   # `ip netns exec` may fork: the node writes its own PID before it execs,
   # so that the test stops the node itself.
   in_ns bash -c 'echo $$ > "$0"; exec "$@"' "$work/$1.pid" \
-    "$bin" node --engine synthetic --synthetic-count 20 --synthetic-prefix "$1-" \
+    "$bin" node --data-dir "$work/$1-data" --engine synthetic --synthetic-count 20 --synthetic-prefix "$1-" \
     --node-id "$1" --listen "$2:7070" --peers-dns "$name:7070" >"$work/$1.log" 2>&1 &
   for _ in $(seq 1 50); do [ -s "$work/$1.pid" ] && break; sleep 0.1; done
   pids+=("$(cat "$work/$1.pid")")

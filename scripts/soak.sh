@@ -55,7 +55,7 @@ trap cleanup EXIT
 peers=""
 for p in "${ports[@]}"; do peers+="${peers:+,}127.0.0.1:$p"; done
 for i in "${!ports[@]}"; do
-  "$bin" node --node-id "soak$i" --listen "127.0.0.1:${ports[$i]}" --peers "$peers" \
+  "$bin" node --data-dir "$work/data$i" --node-id "soak$i" --listen "127.0.0.1:${ports[$i]}" --peers "$peers" \
     --cluster-secret-file "$work/cluster-secret" --log-level warn >"$work/node$i.log" 2>&1 &
   pids+=($!)
 done

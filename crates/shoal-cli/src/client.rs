@@ -53,6 +53,39 @@ pub struct GetArgs {
     /// Skip the node's hot cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Answer as of this time, from the history: RFC 3339
+    /// (2026-12-01T02:14:00Z) or ms since the epoch.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+/// `shoal history`.
+#[derive(Args, Debug, Default)]
+pub struct HistoryArgs {
+    /// A container ID prefix (hex), name or IP address; none for every
+    /// container.
+    pub reference: Option<String>,
+    /// Read the ref as this kind of key.
+    #[arg(long, value_parser = ["id", "name", "ip"])]
+    pub by: Option<String>,
+    /// Compose project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// The node that recorded the change.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A label the container had: key or key=value.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// From this time on: RFC 3339 or ms since the epoch.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many changes, the oldest first [default: every one].
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 /// `shoal ls`.
@@ -317,6 +350,26 @@ pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
     if let Some(by) = &get.by {
         url.query_pairs_mut().append_pair("by", by);
     }
+    if let Some(at) = &get.at {
+        url.query_pairs_mut().append_pair("at", at);
+        let a = client.get(client.http.get(url)).await?;
+        if client.output == Output::Json {
+            return print_json(&a.json);
+        }
+        let containers = a.json["containers"].as_array().cloned().unwrap_or_default();
+        print!("{}", container_table(&containers));
+        println!(
+            "(as of {}, from {} history, served by {}, {:.1} ms)",
+            s(&a.json["at"]),
+            s(&a.json["source"]),
+            s(&a.json["served_by"]),
+            a.took.as_secs_f64() * 1000.0
+        );
+        if let Some(note) = failed_nodes_note(&a.json) {
+            eprintln!("{note}");
+        }
+        return Ok(());
+    }
     let mut request = client.http.get(url);
     if get.no_cache {
         request = request.header("cache-control", "no-cache");
@@ -333,6 +386,84 @@ pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
         a.path.unwrap_or_else(|| s(&a.json["path"])),
         a.took.as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+/// The query of `shoal history REF`: an IP, an ID prefix (12 or more hex
+/// characters) or a name, unless `--by` says.
+fn history_ref(reference: &str, by: Option<&str>) -> (&'static str, String) {
+    let kind = match by {
+        Some("id") => "id",
+        Some("ip") => "ip",
+        Some(_) => "name",
+        None if reference.parse::<std::net::IpAddr>().is_ok() => "ip",
+        None if reference.len() >= 12 && reference.bytes().all(|b| b.is_ascii_hexdigit()) => "id",
+        None => "name",
+    };
+    (kind, reference.to_owned())
+}
+
+/// `shoal history [REF] [filters]`: a timeline of recorded changes.
+pub async fn history(args: &ClientArgs, h: HistoryArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let mut url = client.url(&["v1", "history"]);
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(r) = &h.reference {
+            let (k, v) = history_ref(r, h.by.as_deref());
+            q.append_pair(k, &v);
+        }
+        for (k, v) in [
+            ("project", &h.project),
+            ("node", &h.node),
+            ("label", &h.label),
+            ("since", &h.since),
+            ("until", &h.until),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(n) = h.limit {
+            q.append_pair("limit", &n.clamp(1, 10_000).to_string());
+        }
+    }
+    let a = if h.limit.is_some() {
+        client.get(client.http.get(url)).await?
+    } else {
+        client.get_all(url, "changes").await?
+    };
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let changes = a.json["changes"].as_array().cloned().unwrap_or_default();
+    let mut t = Table::new(["TIME", "CHANGE", "NAME", "ID", "NODE", "NETWORKS", "DETAIL"]);
+    for c in &changes {
+        let detail = match (&c["exit_code"], &c["detail"]) {
+            (Value::Number(code), _) => format!("exit {code}"),
+            (_, Value::String(d)) => d.clone(),
+            _ => "-".into(),
+        };
+        t.row([
+            s(&c["at"]),
+            s(&c["kind"]),
+            s(&c["name"]),
+            short(&c["container_id"]),
+            s(&c["node"]),
+            networks(&c["record"]),
+            detail,
+        ]);
+    }
+    print!("{}", t.render());
+    let n = changes.len();
+    println!(
+        "({n} change{}, from {} history)",
+        if n == 1 { "" } else { "s" },
+        s(&a.json["source"])
+    );
+    if let Some(note) = failed_nodes_note(&a.json) {
+        eprintln!("{note}");
+    }
     Ok(())
 }
 

@@ -39,6 +39,8 @@ enum Command {
     Watch(client::LsArgs),
     /// Show compose projects, or one project's containers.
     Projects(client::ProjectsArgs),
+    /// Show what happened to containers: a timeline from the history.
+    History(client::HistoryArgs),
     /// Bring a history store's schema up to date.
     Migrate(migrate_cmd::MigrateArgs),
     /// Load a node or nginx with lookups and report throughput and latency.
@@ -67,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Projects(args) => client::projects(&cli.client, args).await,
             Command::Bench(args) => bench_cmd::run(&cli.client, *args).await,
             Command::Migrate(args) => migrate_cmd::run(args).await,
+            Command::History(args) => client::history(&cli.client, args).await,
         }
     });
     match result {

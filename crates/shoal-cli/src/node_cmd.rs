@@ -229,6 +229,41 @@ pub struct NodeArgs {
     /// --cluster-secret.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The history store: postgres://USER:PASSWORD@HOST/DB, which every
+    /// node of a fleet can share, or sqlite://PATH [default: the embedded
+    /// store, sqlite://<data-dir>/history.db].
+    #[arg(
+        long,
+        env = "SHOAL_HISTORY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub history: Option<String>,
+    /// A file holding the history store's URL (for one with a password,
+    /// which a flag would show in the process list); instead of --history.
+    #[arg(
+        long,
+        env = "SHOAL_HISTORY_FILE",
+        value_name = "FILE",
+        conflicts_with = "history"
+    )]
+    pub history_file: Option<PathBuf>,
+    /// Where the embedded history store lives [default: /var/lib/shoal
+    /// for root, else $XDG_DATA_HOME/shoal or ~/.local/share/shoal].
+    #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep no history: no store is opened and `?at=` and `/v1/history`
+    /// answer 503.
+    #[arg(long, env = "SHOAL_NO_HISTORY", conflicts_with = "history")]
+    pub no_history: bool,
+    /// Do not bring the history schema up to date at startup (run
+    /// `shoal migrate` instead).
+    #[arg(long, env = "SHOAL_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Changes queued for the history store; while it is down, more are
+    /// dropped and counted [default: 100000].
+    #[arg(long, env = "SHOAL_HISTORY_BUFFER", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub history_buffer: Option<u64>,
     /// Log filter: a level (info, debug) or directives (shoal_engine=debug)
     /// [default: info].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
@@ -292,6 +327,12 @@ pub struct FileConfig {
     body_read_timeout: Option<Duration>,
     cluster_secret: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    history: Option<String>,
+    history_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    no_history: Option<bool>,
+    no_migrate: Option<bool>,
+    history_buffer: Option<u64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -355,6 +396,30 @@ fn cluster_secret(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Resu
                 );
             }
             Ok(Some(secret.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The history store's URL given inline or in a file; not both.
+fn history_url(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            bail!("invalid setting: set one of history and history-file, not both")
+        }
+        (Some(url), None) => Ok(Some(url)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "invalid setting: cannot read history-file {}",
+                    path.display()
+                )
+            })?;
+            let url = text.trim();
+            if url.is_empty() {
+                bail!("invalid setting: history-file {} is empty", path.display());
+            }
+            Ok(Some(url.to_owned()))
         }
         (None, None) => Ok(None),
     }
@@ -460,6 +525,22 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             args.cluster_secret.or(file.cluster_secret),
             args.cluster_secret_file.or(file.cluster_secret_file),
         )?,
+        history: if args.no_history || file.no_history == Some(true) {
+            None
+        } else {
+            let given = history_url(
+                args.history.or(file.history),
+                args.history_file.or(file.history_file),
+            )?;
+            Some(given.unwrap_or_else(|| {
+                shoal_history::default_url(args.data_dir.or(file.data_dir).as_deref())
+            }))
+        },
+        history_migrate: !(args.no_migrate || file.no_migrate == Some(true)),
+        history_buffer: args
+            .history_buffer
+            .or(file.history_buffer)
+            .map_or(d.history_buffer, |n| n as usize),
         ..d
     };
     node.validate()

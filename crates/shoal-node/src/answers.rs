@@ -16,6 +16,9 @@ pub const METHOD_LIST: &str = "Inventory.List";
 pub const METHOD_NODES: &str = "Inventory.Nodes";
 /// JSON-RPC `Inventory.Projects {name?}`: compose projects, or one project.
 pub const METHOD_PROJECTS: &str = "Inventory.Projects";
+/// JSON-RPC `History.Query {name?, id?, ip?, project?, node?, label?,
+/// since?, until?, limit?, cursor?}`: recorded changes.
+pub const METHOD_HISTORY: &str = "History.Query";
 
 /// How a lookup was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -200,6 +203,9 @@ pub struct NodeView {
     pub ring_share: f64,
     /// The last engine error, while it lasts.
     pub engine_error: Option<String>,
+    /// Its history writer: the store, whether it is up, and how many
+    /// changes it wrote, holds and dropped; `null` without history.
+    pub history: Option<crate::history::HistoryStatus>,
 }
 
 /// The answer to `GET /v1/nodes`.

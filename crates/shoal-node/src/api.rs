@@ -56,6 +56,7 @@ pub fn app(service: Shared) -> Router {
         .route(routes::RESYNC, post(peer_resync))
         .route(routes::INVALIDATE, post(peer_invalidate))
         .route(routes::CHANGES, post(peer_changes))
+        .route(routes::HISTORY, post(peer_history))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -74,6 +75,7 @@ pub fn app(service: Shared) -> Router {
         .route("/v1/projects", get(list_projects))
         .route("/v1/projects/{name}", get(get_project))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/history", get(history))
         .route("/v1/watch", get(watch))
         .route("/", get(crate::ui::index))
         .route("/ui/{file}", get(crate::ui::asset))
@@ -148,22 +150,25 @@ fn query_pairs(raw: &Option<String>) -> Result<Vec<QueryPair<'_>>, ApiError> {
     Ok(pairs)
 }
 
-/// Reads `?by=` (the only query a lookup takes).
-fn lookup_kind(raw: &Option<String>) -> Result<Option<KeyKind>, ApiError> {
-    let mut by = None;
+/// Reads a lookup's query: `by=` and `at=`.
+fn lookup_query(raw: &Option<String>) -> Result<(Option<KeyKind>, Option<i64>), ApiError> {
+    let (mut by, mut at) = (None, None);
     for (k, v) in query_pairs(raw)? {
         match k.as_ref() {
             "by" if by.is_none() => by = Some(v.parse::<KeyKind>()?),
-            "by" => return Err(ApiError::BadRequest("by is given more than once".into())),
+            "at" if at.is_none() => at = Some(crate::history::parse_time("at", &v)?),
+            "by" | "at" => {
+                return Err(ApiError::BadRequest(format!("{k} is given more than once")));
+            }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {:?}: a lookup takes only by=id|name|ip|project",
+                    "unknown query parameter {:?}: a lookup takes by=id|name|ip|project and at=TIME",
                     other.chars().take(64).collect::<String>()
                 )));
             }
         }
     }
-    Ok(by)
+    Ok((by, at))
 }
 
 fn lookup_response(service: &NodeService, answer: LookupAnswer) -> Response {
@@ -187,7 +192,11 @@ async fn get_container(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(reference) = reference?;
-    let key = parse_ref(&reference, lookup_kind(&query)?)?;
+    let (by, at) = lookup_query(&query)?;
+    let key = parse_ref(&reference, by)?;
+    if let Some(at_ms) = at {
+        return Ok(Json(service.lookup_at(&key, at_ms).await?).into_response());
+    }
     let options = LookupOptions {
         no_cache: headers
             .get_all(CACHE_CONTROL)
@@ -499,6 +508,33 @@ async fn peer_changes(
     Ok(bincode_response(
         &service.feed().serve_changes(&request).await,
     ))
+}
+
+async fn peer_history(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: shoal_core::wire::HistoryRequest = peer_body(body)?;
+    let Some(history) = service.history() else {
+        return Err(ApiError::Unavailable(format!(
+            "node {} keeps no history (--no-history)",
+            service.node_id()
+        )));
+    };
+    Ok(bincode_response(
+        &crate::history::answer_locally(history, &request).await?,
+    ))
+}
+
+/// `GET /v1/history?name=&id=&ip=&project=&node=&label=&since=&until=&limit=&cursor=`:
+/// the changes that match, oldest first, one page.
+async fn history(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(&query)?;
+    let filter = crate::history::read_filter(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))?;
+    Ok(Json(service.history_changes(filter).await?).into_response())
 }
 
 /// `GET /v1/watch`: the fleet's changes as Server-Sent Events (see

@@ -113,6 +113,15 @@ pub struct NodeConfig {
     pub max_batch_listings: usize,
     /// How long shutdown waits for requests in flight (default 10 s).
     pub shutdown_grace: Duration,
+    /// The history store: `sqlite://PATH` or `postgres://…` (default
+    /// none here; `shoal node` gives the embedded store under its data
+    /// directory unless told `--no-history`).
+    pub history: Option<String>,
+    /// Bring the store's schema up to date at startup (default true).
+    pub history_migrate: bool,
+    /// Changes queued for the store at most; more are dropped and counted
+    /// while it is down (default 100 000).
+    pub history_buffer: usize,
 }
 
 impl Default for NodeConfig {
@@ -153,6 +162,9 @@ impl Default for NodeConfig {
             max_scatters: 32,
             max_batch_listings: 8,
             shutdown_grace: Duration::from_secs(10),
+            history: None,
+            history_migrate: true,
+            history_buffer: 100_000,
         }
     }
 }
@@ -211,6 +223,7 @@ impl NodeConfig {
             ("watch-buffer", self.watch_buffer),
             ("max-scatters", self.max_scatters),
             ("max-batch-listings", self.max_batch_listings),
+            ("history-buffer", self.history_buffer),
         ] {
             if n == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -231,6 +244,16 @@ impl NodeConfig {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than zero"));
             }
+        }
+        if let Some(url) = &self.history
+            && !["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+        {
+            return Err(format!(
+                "history {:?}: give sqlite://PATH or postgres://USER@HOST/DB",
+                shoal_history::redacted(url)
+            ));
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! JSON-RPC 2.0 on `POST /jrpc`: `Inventory.Get {ref, by?}`,
+//! JSON-RPC 2.0 on `POST /jrpc`: `Inventory.Get {ref, by?, at?}`,
 //! `Inventory.List {filters?, limit?, cursor?}`,
-//! `Inventory.Projects {name?, limit?, cursor?}` and `Inventory.Nodes {}`,
+//! `Inventory.Projects {name?, limit?, cursor?}`, `Inventory.Nodes {}` and
+//! `History.Query {name?, id?, ip?, project?, node?, label?, since?,
+//! until?, limit?, cursor?}`,
 //! single calls and batches, with the standard error codes. Application
 //! errors carry the REST error code in `data.code`. A batch holds at most
 //! `max_batch` calls, of which at most `max_batch_listings` listings; each
@@ -19,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_core::{KeyKind, ListFilter, parse_ref};
 
-use crate::answers::{METHOD_GET, METHOD_LIST, METHOD_NODES, METHOD_PROJECTS};
+use crate::answers::{METHOD_GET, METHOD_HISTORY, METHOD_LIST, METHOD_NODES, METHOD_PROJECTS};
 use crate::error::ApiError;
 use crate::lookup::LookupOptions;
 use crate::page::Page;
@@ -144,14 +146,19 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
             }
             let listings = calls
                 .iter()
-                .filter(|c| matches!(c["method"].as_str(), Some(METHOD_LIST | METHOD_PROJECTS)))
+                .filter(|c| {
+                    matches!(
+                        c["method"].as_str(),
+                        Some(METHOD_LIST | METHOD_PROJECTS | METHOD_HISTORY)
+                    )
+                })
                 .count();
             let most = service.config().max_batch_listings;
             if listings > most {
                 let err = RpcError::new(
                     INVALID_REQUEST,
                     format!(
-                        "the batch has {listings} listing calls ({METHOD_LIST}, {METHOD_PROJECTS}); at most {most} are accepted"
+                        "the batch has {listings} listing calls ({METHOD_LIST}, {METHOD_PROJECTS}, {METHOD_HISTORY}); at most {most} are accepted"
                     ),
                 );
                 return (
@@ -346,7 +353,7 @@ async fn dispatch(
 ) -> Result<Value, RpcError> {
     match method {
         METHOD_GET => {
-            let p = named_params(params, &["ref", "by"])?;
+            let p = named_params(params, &["ref", "by", "at"])?;
             let reference = string_param(&p, "ref")?
                 .ok_or_else(|| RpcError::new(INVALID_PARAMS, "ref is required"))?;
             let by = string_param(&p, "by")?
@@ -354,7 +361,13 @@ async fn dispatch(
                 .transpose()
                 .map_err(|e| RpcError::from(ApiError::from(e)))?;
             let key = parse_ref(&reference, by).map_err(|e| RpcError::from(ApiError::from(e)))?;
-            to_value(service.lookup(&key, LookupOptions::default()).await?)
+            match string_param(&p, "at")? {
+                Some(at) => {
+                    let at_ms = crate::history::parse_time("at", &at)?;
+                    to_value(service.lookup_at(&key, at_ms).await?)
+                }
+                None => to_value(service.lookup(&key, LookupOptions::default()).await?),
+            }
         }
         METHOD_LIST => {
             let p = named_params(params, &["filters", "limit", "cursor"])?;
@@ -377,10 +390,35 @@ async fn dispatch(
             named_params(params, &[])?;
             to_value(service.nodes())
         }
+        METHOD_HISTORY => {
+            const NAMES: [&str; 10] = [
+                "name", "id", "ip", "project", "node", "label", "since", "until", "limit", "cursor",
+            ];
+            let p = named_params(params, &NAMES)?;
+            let mut pairs = Vec::new();
+            for name in NAMES {
+                let value = match p.get(name) {
+                    None | Some(Value::Null) => continue,
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) if matches!(name, "limit" | "since" | "until") => {
+                        n.to_string()
+                    }
+                    Some(_) => {
+                        return Err(RpcError::new(
+                            INVALID_PARAMS,
+                            format!("{name} must be a string"),
+                        ));
+                    }
+                };
+                pairs.push((name, value));
+            }
+            let filter = crate::history::read_filter(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
+            to_value(service.history_changes(filter).await?)
+        }
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method {:?} not found; methods: {METHOD_GET}, {METHOD_LIST}, {METHOD_PROJECTS}, {METHOD_NODES}",
+                "method {:?} not found; methods: {METHOD_GET}, {METHOD_LIST}, {METHOD_PROJECTS}, {METHOD_NODES}, {METHOD_HISTORY}",
                 other.chars().take(64).collect::<String>()
             ),
         )),

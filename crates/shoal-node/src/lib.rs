@@ -22,6 +22,7 @@ pub mod encoded;
 pub mod error;
 pub mod gossip;
 pub mod guard;
+pub mod history;
 pub mod jrpc;
 pub mod lookup;
 pub mod membership;
@@ -130,12 +131,31 @@ pub async fn run_with(
     config.advertise = api_address(&config, bound);
     let incarnation = clock::now_ms();
     let tasks_stop = shutdown.child_token();
+    // The history writer stops last, after the watchers, so that it
+    // writes what they saw up to the end.
+    let history_stop = CancellationToken::new();
+    let (history, history_task) = match &config.history {
+        Some(url) => {
+            let (history, rx) = history::History::new(url, config.history_buffer);
+            let task = tokio::spawn(history::run_writer(
+                history.clone(),
+                rx,
+                config.node_id.clone(),
+                config.history_migrate,
+                std::time::Duration::from_secs(5),
+                history_stop.clone(),
+            ));
+            (Some(history), Some(task))
+        }
+        None => (None, None),
+    };
     let (engines, engines_task) = Engines::spawn(
         engines,
         EnginesConfig {
             watcher: WatcherConfig {
                 node: config.node_id.clone(),
                 resync_interval: config.resync_interval,
+                history: history.as_ref().map(|h| h.sink()),
                 ..WatcherConfig::default()
             },
             withdraw_after: config.engine_lost_after,
@@ -187,7 +207,8 @@ pub async fn run_with(
             peers,
             incarnation,
         )
-        .counting_gossip_refusals(gossip.refusals()),
+        .counting_gossip_refusals(gossip.refusals())
+        .with_history(history),
     );
     let mut tasks = service.spawn_tasks(membership.ring_changes(), &tasks_stop);
     let membership = Arc::new(membership);
@@ -236,6 +257,10 @@ pub async fn run_with(
     }
     if let Err(e) = engines_task.await {
         warn!(error = %e, "engines task failed");
+    }
+    history_stop.cancel();
+    if let Some(task) = history_task {
+        let _ = task.await;
     }
     if let Ok(membership) = Arc::try_unwrap(membership) {
         membership.shutdown().await;

@@ -51,6 +51,9 @@ pub const KEY_LAST_EVENT: &str = "last_event_ms";
 /// ms since the epoch, or empty while every engine answers (the common
 /// case, read on every answer without parsing).
 pub const KEY_ENGINE_LOST: &str = "engine_lost_ms";
+/// Key of a member's history: a JSON
+/// [`crate::history::HistoryStatus`], or empty without one.
+pub const KEY_HISTORY: &str = "history";
 /// Key of a member's readiness.
 pub const KEY_READY: &str = "ready";
 /// Key of the owners a member's publishes failed to reach since their last

@@ -83,6 +83,8 @@ pub struct NodeState<'a> {
     pub gossip_refused: &'a AtomicU64,
     /// Peer requests refused by the cluster secret check, if there is one.
     pub peer_refused: Option<&'a AtomicU64>,
+    /// The history writer, if the node keeps history.
+    pub history: Option<crate::history::HistoryStatus>,
 }
 
 /// The node's metrics.
@@ -116,6 +118,10 @@ pub struct Metrics {
     invalidation_flushes: Counter,
     gossip_refused: Counter,
     peer_refused: Counter,
+    history_written: Counter,
+    history_dropped: Counter,
+    history_queued: Gauge,
+    history_up: Gauge,
 }
 
 /// Labels of a forward.
@@ -166,6 +172,10 @@ impl Metrics {
             invalidation_flushes: Counter::default(),
             gossip_refused: Counter::default(),
             peer_refused: Counter::default(),
+            history_written: Counter::default(),
+            history_dropped: Counter::default(),
+            history_queued: Gauge::default(),
+            history_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
@@ -302,6 +312,26 @@ impl Metrics {
             m.peer_refused.clone(),
         );
         registry.register(
+            "history_written",
+            "Changes this node recorded in the history store (new to it)",
+            m.history_written.clone(),
+        );
+        registry.register(
+            "history_dropped",
+            "Changes dropped because the history queue was full (the store was down or slow)",
+            m.history_dropped.clone(),
+        );
+        registry.register(
+            "history_queued",
+            "Changes waiting to be written to the history store",
+            m.history_queued.clone(),
+        );
+        registry.register(
+            "history_up",
+            "1 while the history store takes writes, 0 while it does not, -1 without history",
+            m.history_up.clone(),
+        );
+        registry.register(
             "publish_lag_seconds",
             "From the watcher reading a change to an owner having it, per delivery",
             publisher.lag.clone(),
@@ -339,7 +369,8 @@ impl Metrics {
             crate::answers::METHOD_GET
             | crate::answers::METHOD_LIST
             | crate::answers::METHOD_NODES
-            | crate::answers::METHOD_PROJECTS => method.to_owned(),
+            | crate::answers::METHOD_PROJECTS
+            | crate::answers::METHOD_HISTORY => method.to_owned(),
             _ => "invalid".to_owned(),
         };
         let outcome = if ok { "ok" } else { "error" };
@@ -382,6 +413,21 @@ impl Metrics {
             counter
                 .inner()
                 .store(source.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        match &node.history {
+            Some(h) => {
+                self.history_written
+                    .inner()
+                    .store(h.written, Ordering::Relaxed);
+                self.history_dropped
+                    .inner()
+                    .store(h.dropped, Ordering::Relaxed);
+                self.history_queued.set(h.queued as i64);
+                self.history_up.set(i64::from(h.up));
+            }
+            None => {
+                self.history_up.set(-1);
+            }
         }
         let status = engines.status();
         let counters = engines.counters();

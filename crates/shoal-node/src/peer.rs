@@ -289,6 +289,8 @@ pub mod routes {
     /// `POST`: a node's numbered changes, for the fleet watch (a long
     /// poll).
     pub const CHANGES: &str = "/_shoal/v1/changes";
+    /// `POST`: a node's own history store, for a fleet history query.
+    pub const HISTORY: &str = "/_shoal/v1/history";
 }
 
 /// The kind of a peer call, for fault injection and metrics.
@@ -310,6 +312,8 @@ pub enum CallKind {
     Invalidate,
     /// [`routes::CHANGES`].
     Changes,
+    /// [`routes::HISTORY`].
+    History,
 }
 
 impl CallKind {
@@ -324,6 +328,7 @@ impl CallKind {
             routes::RESYNC => CallKind::Resync,
             routes::INVALIDATE => CallKind::Invalidate,
             routes::CHANGES => CallKind::Changes,
+            routes::HISTORY => CallKind::History,
             p if p.starts_with(routes::LOOKUP) => CallKind::Lookup,
             _ => return None,
         })
@@ -436,6 +441,18 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<ChangesReply, PeerError> {
         self.typed((to, addr), routes::CHANGES, Some(r), timeout)
+            .await
+    }
+
+    /// Asks a node's own history store.
+    pub async fn history(
+        &self,
+        to: &NodeId,
+        addr: &str,
+        r: &shoal_core::wire::HistoryRequest,
+        timeout: Duration,
+    ) -> Result<shoal_core::wire::HistoryReply, PeerError> {
+        self.typed((to, addr), routes::HISTORY, Some(r), timeout)
             .await
     }
 

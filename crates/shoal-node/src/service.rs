@@ -61,6 +61,8 @@ pub struct NodeService {
     record_json: crate::encoded::RecordJson,
     /// The fleet's change feed, for `/v1/watch`.
     feed: Arc<crate::watch::Feed>,
+    /// The history writer's state and store, if the node keeps history.
+    history: Option<Arc<crate::history::History>>,
 }
 
 /// Resync requests waiting for the publisher; more are refused (the owner
@@ -133,6 +135,7 @@ impl NodeService {
         ));
         NodeService {
             feed,
+            history: None,
             peer_guard,
             gossip_refusals: Arc::default(),
             resyncs,
@@ -157,6 +160,16 @@ impl NodeService {
             gossip_refusals: refusals,
             ..self
         }
+    }
+
+    /// The same, keeping `history` (whose sink its watchers feed).
+    pub fn with_history(self, history: Option<Arc<crate::history::History>>) -> Self {
+        NodeService { history, ..self }
+    }
+
+    /// The node's history, if it keeps one.
+    pub fn history(&self) -> Option<&Arc<crate::history::History>> {
+        self.history.as_ref()
     }
 
     /// With a cluster secret, the check of peer requests.
@@ -282,6 +295,7 @@ impl NodeService {
                 engines: &self.engines,
                 gossip_refused: self.gossip_refusals.count(),
                 peer_refused: self.peer_guard.as_ref().map(|g| g.refused()),
+                history: self.history.as_ref().map(|h| h.status()),
             },
             now_ms(),
         )
@@ -552,6 +566,12 @@ impl NodeService {
                     ready: ready || stale,
                     ring_share: view.ring.share(&m.node),
                     engine_error: error,
+                    history: if me {
+                        self.history.as_ref().map(|h| h.status())
+                    } else {
+                        m.value(crate::membership::KEY_HISTORY)
+                            .and_then(|v| serde_json::from_str(v).ok())
+                    },
                 }
             })
             .collect();
@@ -614,7 +634,132 @@ impl NodeService {
             KEY_ENGINES,
             serde_json::to_string(&engine_views(&s, false)).unwrap_or_default(),
         ));
+        if let Some(h) = &self.history {
+            let mut status = h.status();
+            // Gossip is small: the first line of an error says enough.
+            status.error = status
+                .error
+                .map(|e| e.lines().next().unwrap_or("").chars().take(200).collect());
+            values.push((
+                crate::membership::KEY_HISTORY,
+                serde_json::to_string(&status).unwrap_or_default(),
+            ));
+        }
         values
+    }
+
+    /// `GET /v1/history`: the changes that match, oldest first, one page;
+    /// from the shared store, or from every live node's own.
+    pub async fn history_changes(
+        &self,
+        filter: shoal_core::wire::HistoryFilter,
+    ) -> Result<crate::history::HistoryAnswer, ApiError> {
+        let limit = filter.limit as usize;
+        let request = shoal_core::wire::HistoryRequest::Changes(filter);
+        let (answers, nodes, source) = self.ask_history(&request).await?;
+        let (changes, next_cursor) = crate::history::merge_changes(answers, limit);
+        Ok(crate::history::HistoryAnswer {
+            changes: changes.into_iter().map(crate::history::view).collect(),
+            next_cursor,
+            source,
+            nodes,
+            served_by: self.node_id().clone(),
+        })
+    }
+
+    /// `GET /v1/containers/{ref}?at=`: the containers `key` matched then.
+    pub async fn lookup_at(
+        &self,
+        key: &LookupKey,
+        at_ms: i64,
+    ) -> Result<crate::history::PastAnswer, ApiError> {
+        let request = crate::history::as_of_request(key, at_ms);
+        let (answers, nodes, source) = self.ask_history(&request).await?;
+        let containers = crate::history::merge_past(answers);
+        if containers.is_empty() && nodes.failed.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no container matched {key} at {}",
+                crate::history::rfc3339_ms(at_ms)
+            )));
+        }
+        Ok(crate::history::PastAnswer {
+            at: crate::history::rfc3339_ms(at_ms),
+            containers,
+            source,
+            nodes,
+            served_by: self.node_id().clone(),
+        })
+    }
+
+    /// Asks the shared store, or every live node's own store.
+    async fn ask_history(
+        &self,
+        request: &shoal_core::wire::HistoryRequest,
+    ) -> Result<
+        (
+            Vec<shoal_core::wire::HistoryReply>,
+            NodesCovered,
+            &'static str,
+        ),
+        ApiError,
+    > {
+        let own = self.history.as_ref();
+        if let Some(h) = own.filter(|h| h.shared()) {
+            let reply = crate::history::answer_locally(h, request).await?;
+            let nodes = NodesCovered {
+                ok: vec![self.node_id().clone()],
+                failed: Vec::new(),
+            };
+            return Ok((vec![reply], nodes, "postgres"));
+        }
+        let view = self.view.load_full();
+        crate::lookup::joined(&view)?;
+        let timeout = self.config.scatter_timeout;
+        let calls = view.live().map(|m| {
+            let node = m.node.clone();
+            let addr = m.api.clone();
+            async move {
+                let r = if node == *self.node_id() {
+                    match own {
+                        Some(h) => crate::history::answer_locally(h, request).await,
+                        None => Err(ApiError::Unavailable(
+                            "this node keeps no history (--no-history)".to_owned(),
+                        )),
+                    }
+                } else {
+                    self.peers
+                        .history(&node, &addr, request, timeout)
+                        .await
+                        .map_err(|e| ApiError::Unavailable(e.to_string()))
+                };
+                (node, r)
+            }
+        });
+        let mut answers = Vec::new();
+        let mut nodes = NodesCovered::default();
+        for (node, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(reply) => {
+                    answers.push(reply);
+                    nodes.ok.push(node);
+                }
+                // The query itself is wrong: no node would take it.
+                Err(ApiError::BadRequest(m)) => return Err(ApiError::BadRequest(m)),
+                Err(e) => nodes.failed.push(crate::history::failed(node, e)),
+            }
+        }
+        if answers.is_empty() {
+            return Err(ApiError::Unavailable(format!(
+                "no node could answer from its history: {}",
+                nodes
+                    .failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.node, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        Ok((answers, nodes, "nodes"))
     }
 
     /// Readiness: every engine's first sync is done (or an engine that

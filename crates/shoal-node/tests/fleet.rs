@@ -94,6 +94,8 @@ async fn start_node_with(
         node_id: name.into(),
         peers: seeds,
         cluster_secret: secret,
+        // Each node its own embedded store: `{node}` names it.
+        history: base.history.as_ref().map(|h| h.replace("{node}", name)),
         ..base
     };
     let task = {
@@ -1814,4 +1816,91 @@ async fn a_watch_cut_off_in_its_opening_resumes_without_a_gap() {
         "the cut block again, and the five after it"
     );
     assert_eq!(again.last_id.unwrap().split(',').count(), 8);
+}
+
+/// Every node keeps its own embedded history store: a fleet query at any
+/// node asks all eight and merges them, each change once, page by page;
+/// `?at=` finds another node's container; a node that cannot answer is
+/// named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_query_over_embedded_stores_asks_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = NodeConfig {
+        history: Some(format!("sqlite://{}/{{node}}.db", dir.path().display())),
+        ..test_config()
+    };
+    let mut fleet = Fleet::start_configured(8, None, base).await;
+    let all = 8 * PER_NODE;
+    let asker = fleet.nodes[3].addr.clone();
+    let read_all = |fleet: &Fleet, addr: String| {
+        let (http, addr) = (fleet.http.clone(), addr);
+        async move {
+            let mut changes = Vec::new();
+            let mut failed = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let url = format!("http://{addr}/v1/history?limit=77{cursor}");
+                let page: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+                changes.extend(page["changes"].as_array().unwrap().iter().cloned());
+                failed.extend(page["nodes"]["failed"].as_array().unwrap().iter().cloned());
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = format!("&cursor={c}"),
+                    None => return (changes, failed),
+                }
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let changes = loop {
+        let (changes, failed) = read_all(&fleet, asker.clone()).await;
+        if changes.len() >= all && failed.is_empty() {
+            break changes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {all} starts, failed {failed:?}",
+            changes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(changes.len(), all, "each start once over the pages");
+    let ids: std::collections::BTreeSet<&str> = changes
+        .iter()
+        .map(|c| c["container_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), all);
+    let at: Vec<u64> = changes
+        .iter()
+        .map(|c| c["at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+
+    // Another node's container, as of now, from here.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (status, then) = fleet
+        .get(&asker, &format!("/v1/containers/f7-9?at={now}"))
+        .await;
+    assert_eq!(status, 200, "{then}");
+    assert_eq!(then["containers"][0]["node"], "f7");
+    assert_eq!(then["source"], "nodes");
+
+    // A node that stopped answering is named, the rest still answer.
+    fleet.kill(5).await;
+    let (status, partial) = fleet.get(&asker, "/v1/history?limit=10000").await;
+    assert_eq!(status, 200, "{partial}");
+    let failed: Vec<&str> = partial["nodes"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["node"].as_str().unwrap())
+        .collect();
+    let served = partial["changes"].as_array().unwrap().len();
+    // f5 is named until the others count it dead, then no longer asked.
+    assert!(
+        served == all - PER_NODE && (failed == ["f5"] || failed.is_empty()),
+        "failed {failed:?}, {served} changes"
+    );
 }

@@ -24,6 +24,9 @@ pub struct NodeProcess {
     // A file rather than a pipe: a pipe nobody reads fills up and blocks
     // a node that logs a lot.
     log: tempfile::NamedTempFile,
+    /// Its own data directory (the embedded history store), kept across
+    /// restarts.
+    pub data_dir: tempfile::TempDir,
 }
 
 impl NodeProcess {
@@ -41,6 +44,7 @@ impl NodeProcess {
             port,
             args: extra.iter().map(|s| s.to_string()).collect(),
             log: tempfile::NamedTempFile::new().unwrap(),
+            data_dir: tempfile::tempdir().unwrap(),
         };
         node.respawn();
         node
@@ -58,6 +62,7 @@ impl NodeProcess {
             .args(["node", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(&self.args)
             .env_remove("SHOAL_CONFIG")
+            .env("SHOAL_DATA_DIR", self.data_dir.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
