@@ -43,9 +43,10 @@ lint: build-deps ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 # Where no registry answers, the bases are built locally (deploy/base-image.sh);
-# with one, set BASE_IMAGE=debian:bookworm-slim NGINX_BASE_IMAGE=debian:bookworm-slim.
+# with one, set BASE_IMAGE=debian:bookworm-slim NGINX_BASE_IMAGE=debian:bookworm-slim POSTGRES_BASE_IMAGE=debian:bookworm-slim.
 BASE_IMAGE ?= shoal/debian:bookworm-slim
 NGINX_BASE_IMAGE ?= shoal/nginx-base:bookworm
+POSTGRES_BASE_IMAGE ?= shoal/postgres-base:bookworm
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
 export DOCKER_GID ?= $(shell stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)
 
@@ -54,22 +55,29 @@ base-images:
 	@if [ "$(BASE_IMAGE)" = shoal/debian:bookworm-slim ]; then bash deploy/base-image.sh; fi
 
 .PHONY: images
-images: build base-images ## build the images shoal/node and shoal/nginx
+images: build base-images ## build the images shoal/node, shoal/nginx and shoal/postgres
 	docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t shoal/node:latest .
 	docker build -q -f deploy/nginx.Dockerfile --build-arg BASE_IMAGE=$(NGINX_BASE_IMAGE) -t shoal/nginx:latest .
+	docker build -q -f deploy/postgres.Dockerfile --build-arg BASE_IMAGE=$(POSTGRES_BASE_IMAGE) -t shoal/postgres:latest .
 
 .PHONY: up
-up: images ## start three nodes and nginx on :8080 with docker compose
+up: images ## start three nodes, their PostgreSQL and nginx on :8080 with docker compose
 	bash scripts/ensure-docker.sh --with-compose
 	bash scripts/cluster-secret.sh .shoal/cluster-secret "$(DOCKER_GID)"
+	bash scripts/history-url.sh .shoal/postgres-password .shoal/history-url "$(DOCKER_GID)"
 	$(COMPOSE) -p shoal up -d
 	bash scripts/wait-http.sh http://127.0.0.1:$${SHOAL_HTTP_PORT:-8080}/readyz 60
 	@echo "stack up: node1 node2 node3 behind nginx on http://localhost:$${SHOAL_HTTP_PORT:-8080}"
 	@echo "try: curl localhost:$${SHOAL_HTTP_PORT:-8080}/v1/containers/<name>   or   target/release/shoal get <name>"
 	@echo "     target/release/shoal watch   (changes as they happen), or http://localhost:$${SHOAL_HTTP_PORT:-8080}/ in a browser"
+	@echo "     target/release/shoal history <name>   (what happened to it),   shoal get <ip> --at <time>"
 
 .PHONY: down
-down: ## stop and remove what `make up` started (containers, network)
+down: ## stop and remove what `make up` started (containers, network); the history volume stays
+	-$(COMPOSE) -p shoal down --remove-orphans
+
+.PHONY: down-all
+down-all: ## `make down`, and remove the history volume too
 	-$(COMPOSE) -p shoal down --remove-orphans -v
 
 .PHONY: logs

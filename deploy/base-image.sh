@@ -2,6 +2,7 @@
 # Builds the base images locally, for machines that reach no image registry:
 #   shoal/debian:bookworm-slim   Debian 12 minbase (what debian:bookworm-slim is)
 #   shoal/nginx-base:bookworm    the same plus Debian's nginx-light
+#   shoal/postgres-base:bookworm the same plus Debian's postgresql (15)
 # with debootstrap from the machine's own Debian mirror (the one apt uses)
 # and `docker import`. With a registry, the Dockerfiles use the standard
 # base images unchanged and this script is not needed.
@@ -11,6 +12,7 @@ set -euo pipefail
 me=base-image
 base=shoal/debian:bookworm-slim
 nginx_base=shoal/nginx-base:bookworm
+postgres_base=shoal/postgres-base:bookworm
 force=${1:-}
 
 say() { echo "$me: $*" >&2; }
@@ -18,8 +20,8 @@ die() { say "$*"; exit 1; }
 
 have() { [ "$force" != "--force" ] && docker image inspect "$1" >/dev/null 2>&1; }
 
-if have "$base" && have "$nginx_base"; then
-  say "$base and $nginx_base are there (--force rebuilds)"
+if have "$base" && have "$nginx_base" && have "$postgres_base"; then
+  say "$base, $nginx_base and $postgres_base are there (--force rebuilds)"
   exit 0
 fi
 
@@ -62,14 +64,26 @@ import() { # rootfs image
 slim "$rootfs"
 import "$rootfs" "$base"
 
-# nginx-light inside the same tree, without starting any service.
-printf '#!/bin/sh\nexit 101\n' > "$rootfs/usr/sbin/policy-rc.d"
-chmod +x "$rootfs/usr/sbin/policy-rc.d"
-cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
-chroot "$rootfs" apt-get update -qq >/dev/null
-chroot "$rootfs" apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
-  || die "installing nginx-light in the image failed"
-rm -f "$rootfs/usr/sbin/policy-rc.d"
-: > "$rootfs/etc/resolv.conf"
-slim "$rootfs"
-import "$rootfs" "$nginx_base"
+# A package inside a copy of the same tree, without starting any service.
+with_package() { # image package... ; the tree is copied first
+  local image=$1 tree="$work/tree-$RANDOM"
+  shift
+  cp -a "$rootfs" "$tree"
+  printf '#!/bin/sh\nexit 101\n' > "$tree/usr/sbin/policy-rc.d"
+  chmod +x "$tree/usr/sbin/policy-rc.d"
+  cp /etc/resolv.conf "$tree/etc/resolv.conf"
+  chroot "$tree" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive chroot "$tree" apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "installing $* in the image failed"
+  rm -f "$tree/usr/sbin/policy-rc.d"
+  : > "$tree/etc/resolv.conf"
+  slim "$tree"
+  import "$tree" "$image"
+  rm -rf "$tree"
+}
+
+with_package "$nginx_base" nginx-light
+# Debian's server. The cluster its package makes is not used: the image's
+# entrypoint makes its own in the data volume.
+with_package "$postgres_base" postgresql
+

@@ -70,6 +70,7 @@ remove_stack
 # to the stack's own network otherwise.
 docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
 bash "$root/scripts/cluster-secret.sh" "$root/.shoal/cluster-secret" "$DOCKER_GID"
+bash "$root/scripts/history-url.sh" "$root/.shoal/postgres-password" "$root/.shoal/history-url" "$DOCKER_GID"
 $compose -p "$project" -f "$root/docker-compose.yml" up -d >/dev/null 2>&1 \
   || { $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 20 >&2; fail "compose up"; }
 bash "$root/scripts/wait-http.sh" "$base/readyz" 60 || fail "nothing ready behind nginx"
@@ -139,7 +140,7 @@ ok "a container started and removed: added (${added_ms} ms after docker run) the
 web_python=$(bash "$root/scripts/browser-deps.sh")
 mkdir -p "$root/target/web-test"
 big_port=17199
-"$root/target/release/shoal" node --engine synthetic --synthetic-count 10000 --node-id big \
+"$root/target/release/shoal" node --data-dir "$tmp/big-data" --engine synthetic --synthetic-count 10000 --node-id big \
   --listen "127.0.0.1:$big_port" > "$tmp/big.log" 2>&1 &
 big_pid=$!
 bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$big_port/readyz" 30 || fail "the 10,000-container node did not start"
@@ -247,6 +248,44 @@ code=$(get /v1/containers/10.215.0.2)
   || fail "10.215.0.2 answered $code, not ctr-web"
 ok "a container of this host's containerd (ctr run, own network namespace) found through :$port by name and address, watched by node4"
 remove_containerd
+
+# History, as a new user asks it: a container ran and stopped; who had its
+# address then? Answered through :$port from the stack's PostgreSQL; the
+# answer outlives the database's container (its data is in the volume).
+hist=e2e-hist-$$
+docker run -d --name "$hist" --network "$net" "$image" sleep 600 >/dev/null
+for _ in $(seq 1 100); do [ "$(get "/v1/containers/$hist")" = 200 ] && break; sleep 0.1; done
+hip=$(json "d['containers'][0]['networks']['$net']['ip']")
+sleep 1
+then_ms=$(date +%s%3N)
+sleep 1
+docker stop -t 1 "$hist" >/dev/null
+docker rm "$hist" >/dev/null
+history_says() { # kinds of $hist's changes, and the source, through nginx
+  [ "$(get "/v1/history?name=$hist")" = 200 ] || return 1
+  json "' '.join(c['kind'] + ('=' + str(c['exit_code']) if 'exit_code' in c else '') for c in d['changes']) + ' from ' + d['source']"
+}
+for _ in $(seq 1 100); do history_says | grep -q removed && break; sleep 0.2; done
+said=$(history_says || true)
+case "$said" in
+  *started*stopped=137*removed*" from postgres") ;;
+  *) fail "the history of $hist through :$port: ${said:-nothing} ($(head -c 300 "$tmp/b"))" ;;
+esac
+asked_at() { # the name of who had $hip at $then_ms, from which store
+  [ "$(get "/v1/containers/$hip?at=$then_ms")" = 200 ] || { head -c 300 "$tmp/b"; return 1; }
+  json "d['containers'][0]['names'][0] + ' from ' + d['source']"
+}
+who=$(asked_at) || fail "who had $hip at $then_ms: $who"
+[ "$who" = "$hist from postgres" ] || fail "who had $hip at $then_ms: $who"
+[ "$(get "/v1/containers/$hip")" = 404 ] || fail "$hip still answers now that $hist is gone"
+"$root/target/release/shoal" --server "127.0.0.1:$port" history "$hist" > "$tmp/hist" \
+  && grep -q 'exit 137' "$tmp/hist" || fail "shoal history $hist: $(cat "$tmp/hist")"
+$compose -p "$project" -f "$root/docker-compose.yml" rm -sf postgres >/dev/null 2>&1
+$compose -p "$project" -f "$root/docker-compose.yml" up -d postgres >/dev/null 2>&1
+who=""
+for _ in $(seq 1 100); do who=$(asked_at 2>/dev/null) && break; sleep 0.2; done
+[ "$who" = "$hist from postgres" ] || fail "after the database container was made anew: ${who:-no answer}"
+ok "history through :$port from PostgreSQL: $hist ($said); $hip at $then_ms was $hist; the same after the database's container was replaced (volume kept)"
 
 # Stop one node: lookups through nginx keep succeeding.
 $compose -p "$project" -f "$root/docker-compose.yml" stop -t 1 node2 >/dev/null 2>&1

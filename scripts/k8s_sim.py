@@ -397,6 +397,10 @@ class Cluster:
 
     def host_path(self, node, path):
         if not self.host_root:
+            # Each simulated host has its own state directory (shoal's
+            # history store), not this machine's.
+            if path.startswith("/var/lib/"):
+                return os.path.join(self.work, "host-state", node, path.lstrip("/"))
             return path
         return os.path.join(self.host_root, node, path.lstrip("/"))
 
