@@ -506,6 +506,44 @@ pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
 }
 
 /// `shoal nodes`.
+/// `shoal tasks`: the scheduler's tasks at the node asked.
+pub async fn tasks(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let a = client
+        .get(client.http.get(client.url(&["v1", "tasks"])))
+        .await?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let mut t = Table::new([
+        "TASK", "SPEC", "SCOPE", "RUNS ON", "LAST RUN", "OUTCOME", "TOOK", "NEXT RUN",
+    ]);
+    for task in a.json["tasks"].as_array().into_iter().flatten() {
+        let last = &task["last_run"];
+        let outcome = match (last["outcome"].as_str(), last["detail"].as_str()) {
+            (Some(o), Some(d)) => format!("{o}: {d}"),
+            (Some(o), None) => o.to_owned(),
+            _ => "-".to_owned(),
+        };
+        t.row([
+            s(&task["name"]),
+            s(&task["spec"]),
+            s(&task["scope"]),
+            s(&task["runs_on"]),
+            s(&last["at"]),
+            outcome,
+            last["duration_ms"]
+                .as_i64()
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "-".into()),
+            s(&task["next_run"]),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("(tasks of {})", s(&a.json["served_by"]));
+    Ok(())
+}
+
 pub async fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
     let a = client

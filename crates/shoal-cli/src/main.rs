@@ -41,6 +41,8 @@ enum Command {
     Projects(client::ProjectsArgs),
     /// Show what happened to containers: a timeline from the history.
     History(client::HistoryArgs),
+    /// Show the scheduler's tasks: spec, last run, outcome, next run.
+    Tasks,
     /// Bring a history store's schema up to date.
     Migrate(migrate_cmd::MigrateArgs),
     /// Load a node or nginx with lookups and report throughput and latency.
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench_cmd::run(&cli.client, *args).await,
             Command::Migrate(args) => migrate_cmd::run(args).await,
             Command::History(args) => client::history(&cli.client, args).await,
+            Command::Tasks => client::tasks(&cli.client).await,
         }
     });
     match result {

@@ -260,6 +260,10 @@ pub struct NodeArgs {
     /// `shoal migrate` instead).
     #[arg(long, env = "SHOAL_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// The history.retention task deletes history older than this
+    /// [default: 30d].
+    #[arg(long, env = "SHOAL_HISTORY_RETENTION", value_parser = parse_duration)]
+    pub history_retention: Option<Duration>,
     /// Changes queued for the history store; while it is down, more are
     /// dropped and counted [default: 100000].
     #[arg(long, env = "SHOAL_HISTORY_BUFFER", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -333,6 +337,10 @@ pub struct FileConfig {
     no_history: Option<bool>,
     no_migrate: Option<bool>,
     history_buffer: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    history_retention: Option<Duration>,
+    /// `scheduler: {jobs: [{name, spec, desc, payload}]}`.
+    scheduler: Option<SchedulerFile>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -399,6 +407,14 @@ fn cluster_secret(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Resu
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The file's `scheduler` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    #[serde(default)]
+    jobs: Vec<shoal_node::scheduler::JobConfig>,
 }
 
 /// The history store's URL given inline or in a file; not both.
@@ -541,6 +557,11 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .history_buffer
             .or(file.history_buffer)
             .map_or(d.history_buffer, |n| n as usize),
+        history_retention: args
+            .history_retention
+            .or(file.history_retention)
+            .unwrap_or(d.history_retention),
+        scheduler_jobs: file.scheduler.map(|s| s.jobs),
         ..d
     };
     node.validate()
@@ -1037,5 +1058,81 @@ mod tests {
     fn the_sample_config_in_the_repo_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/shoal.example.yaml");
         FileConfig::load(&path).unwrap();
+        let args = NodeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        let jobs = r.node.jobs().unwrap();
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(
+            jobs[1].task,
+            shoal_node::scheduler::Task::Retention {
+                keep: Duration::from_secs(7 * 86_400)
+            }
+        );
+    }
+
+    #[test]
+    fn history_settings_resolve_and_bad_ones_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = NodeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
+        let r = resolve(args, None).unwrap();
+        assert_eq!(
+            r.node.history.as_deref(),
+            Some(format!("sqlite://{}/history.db", dir.path().display()).as_str())
+        );
+        assert!(r.node.history_migrate);
+        let none = NodeArgs {
+            no_history: true,
+            ..Default::default()
+        };
+        assert_eq!(resolve(none, None).unwrap().node.history, None);
+        let url = file("postgres://shoal:secret@db/shoal\n");
+        let from_file = NodeArgs {
+            history_file: Some(url.path().to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(from_file, None).unwrap().node.history.as_deref(),
+            Some("postgres://shoal:secret@db/shoal")
+        );
+        for (yaml, says) in [
+            (
+                "history: mysql://db/x\n",
+                "give sqlite://PATH or postgres://",
+            ),
+            (
+                "history-retention: 10s\n",
+                "history-retention must be at least 1m",
+            ),
+            (
+                "scheduler:\n  jobs:\n    - {name: history.snapshot, spec: \"@every soon\"}\n",
+                "not a duration",
+            ),
+            (
+                "scheduler:\n  jobs:\n    - {name: history.vacuum, spec: \"@every 1h\"}\n",
+                "no such task",
+            ),
+            (
+                "scheduler:\n  jobs:\n    - {name: history.snapshot, spec: \"@every 1h\"}\n    - {name: history.snapshot, spec: \"@every 2h\"}\n",
+                "given twice",
+            ),
+            (
+                "scheduler:\n  jobs:\n    - {name: history.snapshot, spec: \"@every 1h\", colour: red}\n",
+                "colour",
+            ),
+        ] {
+            let f = file(yaml);
+            let args = NodeArgs {
+                config: Some(f.path().to_owned()),
+                ..Default::default()
+            };
+            let e = format!("{:#}", resolve(args, None).unwrap_err());
+            assert!(e.contains(says), "{yaml}: {e}");
+        }
     }
 }

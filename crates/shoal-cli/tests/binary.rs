@@ -222,7 +222,7 @@ fn shoal_migrate_brings_the_history_schema_up_to_date() {
         let out = shoal(&["migrate", "--data-dir", data.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(
-            text(&out.stdout).contains("schema at version 2"),
+            text(&out.stdout).contains("schema at version 3"),
             "{}",
             text(&out.stdout)
         );

@@ -43,11 +43,14 @@ pub enum ChangeKind {
     Stopped,
     /// Removed.
     Removed,
+    /// Not a change: the container as a periodic snapshot found it live,
+    /// so that "as of" needs no change older than the retention.
+    Snapshot,
 }
 
 impl ChangeKind {
     /// Every kind.
-    pub const ALL: [ChangeKind; 9] = [
+    pub const ALL: [ChangeKind; 10] = [
         ChangeKind::Started,
         ChangeKind::Renamed,
         ChangeKind::NetworkConnected,
@@ -57,6 +60,7 @@ impl ChangeKind {
         ChangeKind::Unpaused,
         ChangeKind::Stopped,
         ChangeKind::Removed,
+        ChangeKind::Snapshot,
     ];
 
     /// Its name in the store and the API.
@@ -71,6 +75,7 @@ impl ChangeKind {
             ChangeKind::Unpaused => "unpaused",
             ChangeKind::Stopped => "stopped",
             ChangeKind::Removed => "removed",
+            ChangeKind::Snapshot => "snapshot",
         }
     }
 
@@ -185,6 +190,19 @@ pub fn removed(last: Arc<ContainerRecord>, at_ms: i64) -> Observed {
         exit_code: None,
         detail: None,
         record: last,
+    }
+}
+
+/// A live container as the snapshot of `slot_ms` (the start of the
+/// scheduler's period, the same at every node) found it at `now_ms`.
+pub fn snapshot(record: Arc<ContainerRecord>, slot_ms: i64, now_ms: i64) -> Observed {
+    Observed {
+        kind: ChangeKind::Snapshot,
+        event_key: format!("snap:{slot_ms}"),
+        at_ms: now_ms,
+        exit_code: None,
+        detail: None,
+        record,
     }
 }
 

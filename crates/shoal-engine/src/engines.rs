@@ -197,6 +197,14 @@ impl EnginesHandle {
             .collect()
     }
 
+    /// Asks every watcher for a full resync now (see
+    /// [`crate::WatcherHandle::resync`]).
+    pub fn resync(&self) {
+        for (_, w) in &self.shared.watchers {
+            w.resync();
+        }
+    }
+
     /// The watchers' counters, summed.
     pub fn counters(&self) -> EnginesCounters {
         let mut sum = EnginesCounters::default();

@@ -47,7 +47,9 @@ use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStrea
 pub struct WatcherConfig {
     /// The node stamped on every record.
     pub node: NodeId,
-    /// How often to reconcile with a full list (default 60 s).
+    /// How often to reconcile with a full list (default 60 s); zero for
+    /// never on its own, only when asked ([`WatcherHandle::resync`], the
+    /// node's scheduler).
     pub resync_interval: Duration,
     /// First reconnect delay, and first re-read delay of a container whose
     /// inspect failed (default 100 ms); it doubles per failure.
@@ -244,6 +246,8 @@ struct Shared {
     status: Mutex<WatcherStatus>,
     ready: watch::Sender<bool>,
     counters: WatcherCounters,
+    /// Asks the watcher for a full resync now.
+    resync_now: tokio::sync::Notify,
 }
 
 /// The read side of a watcher. Cheap to clone.
@@ -277,6 +281,12 @@ impl WatcherHandle {
     /// Counters of the watcher's work.
     pub fn counters(&self) -> &WatcherCounters {
         &self.shared.counters
+    }
+
+    /// Asks for a full resync (list and inspect everything) as soon as the
+    /// watcher is connected; asks made meanwhile count once.
+    pub fn resync(&self) {
+        self.shared.resync_now.notify_one();
     }
 
     /// Resolves once the first full sync is done.
@@ -422,6 +432,7 @@ impl Watcher {
                 status: Mutex::new(WatcherStatus::default()),
                 ready: watch::channel(false).0,
                 counters: WatcherCounters::default(),
+                resync_now: tokio::sync::Notify::new(),
             }),
         };
         let watcher = Watcher {
@@ -487,11 +498,14 @@ impl Watcher {
         backoff.reset();
         info!(engine = %identity, containers = self.working.len(), "inventory synced");
 
+        // Zero: only when asked.
+        let every = self.config.resync_interval;
         let mut resync = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.resync_interval,
-            self.config.resync_interval,
+            tokio::time::Instant::now() + every.max(Duration::from_secs(1)),
+            every.max(Duration::from_secs(1)),
         );
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let periodic = !every.is_zero();
         let mut batch = Vec::with_capacity(self.config.event_batch);
         loop {
             let next_retry = self.retries.next_due();
@@ -512,9 +526,13 @@ impl Watcher {
                         .collect::<Result<Vec<_>, _>>()?;
                     self.apply_events(&identity, events).await?;
                 }
-                _ = resync.tick() => {
+                _ = resync.tick(), if periodic => {
                     self.sync(&identity).await?;
                     debug!(containers = self.working.len(), "periodic resync done");
+                }
+                _ = self.handle.shared.resync_now.notified() => {
+                    self.sync(&identity).await?;
+                    debug!(containers = self.working.len(), "resync on request done");
                 }
                 _ = retry_due => {
                     let ids = self.retries.due(tokio::time::Instant::now());

@@ -12,7 +12,6 @@
 
 pub mod testing;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use shoal_core::{ContainerRecord, LookupKey, NodeId};
@@ -110,6 +109,9 @@ pub struct Page {
     /// The cursor of the next page, if there is more.
     pub next: Option<String>,
 }
+
+/// The most containers one "as of" question may have matched over time.
+pub const MAX_CANDIDATES: usize = 1000;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -378,7 +380,8 @@ impl Store {
         cursor: Option<&PageCursor>,
         n: usize,
     ) -> Result<Vec<Change>, HistoryError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM changes c WHERE 1 = 1");
+        // Snapshots are not changes: only "as of" reads them.
+        let mut sql = format!("SELECT {COLUMNS} FROM changes c WHERE kind <> 'snapshot'");
         let mut binds: Vec<Bind> = Vec::new();
         if let Some(v) = &q.name {
             sql.push_str(" AND name = ?");
@@ -390,8 +393,10 @@ impl Store {
                     "id {v:?} is not an ID prefix (hex)"
                 )));
             }
-            sql.push_str(" AND container_id LIKE ?");
-            binds.push(Bind::Text(format!("{}%", v.to_ascii_lowercase())));
+            // A prefix as a range: an index serves it in both databases.
+            sql.push_str(" AND container_id >= ? AND container_id < ?");
+            binds.push(Bind::Text(v.to_ascii_lowercase()));
+            binds.push(Bind::Text(format!("{}~", v.to_ascii_lowercase())));
         }
         if let Some(v) = &q.ip {
             sql.push_str(
@@ -449,53 +454,80 @@ impl Store {
 
     /// The containers `key` matched at `at_ms`: those whose last change at
     /// or before it left them live, and whose record then matched.
+    ///
+    /// Two steps, each on an index: the containers the key ever matched
+    /// up to then (at most [`MAX_CANDIDATES`]), then each one's last
+    /// change at or before the time.
     pub async fn as_of(&self, key: &LookupKey, at_ms: i64) -> Result<Vec<Change>, HistoryError> {
         let (candidates, value) = match key {
             LookupKey::Ip(ip) => (
-                "SELECT DISTINCT engine_id, container_id FROM change_ips WHERE ip = ? AND at_ms <= ?",
+                "SELECT DISTINCT engine_id, container_id FROM change_ips WHERE ip = ? AND at_ms <= ? LIMIT ?",
                 ip.to_string(),
             ),
             LookupKey::Name(n) => (
-                "SELECT DISTINCT engine_id, container_id FROM changes WHERE name = ? AND at_ms <= ?",
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE name = ? AND at_ms <= ? LIMIT ?",
                 n.clone(),
             ),
             LookupKey::Project(p) => (
-                "SELECT DISTINCT engine_id, container_id FROM changes WHERE project = ? AND at_ms <= ?",
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE project = ? AND at_ms <= ? LIMIT ?",
                 p.clone(),
             ),
+            // A prefix as a range, which both databases read off an index
+            // (LIKE uses one only under some collations).
             LookupKey::Id(prefix) => (
-                "SELECT DISTINCT engine_id, container_id FROM changes WHERE container_id LIKE ? AND at_ms <= ?",
-                format!("{prefix}%"),
+                "SELECT DISTINCT engine_id, container_id FROM changes WHERE container_id >= ? \
+                 AND container_id < ? AND at_ms <= ? LIMIT ?",
+                prefix.clone(),
             ),
         };
-        let sql = self.sql(&format!(
-            "SELECT {COLUMNS}, engine_id, container_id FROM changes c \
-             WHERE EXISTS (SELECT 1 FROM ({candidates}) k WHERE k.engine_id = c.engine_id AND k.container_id = c.container_id) \
-             AND c.at_ms = (SELECT MAX(at_ms) FROM changes l WHERE l.engine_id = c.engine_id \
-                            AND l.container_id = c.container_id AND l.at_ms <= ?)"
-        ));
-        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(value)
+        let mut candidates = sqlx::query(AssertSqlSafe(self.sql(candidates).as_str())).bind(value);
+        if let LookupKey::Id(prefix) = key {
+            candidates = candidates.bind(format!("{prefix}~"));
+        }
+        let rows = candidates
             .bind(at_ms)
-            .bind(at_ms)
+            .bind(MAX_CANDIDATES as i64 + 1)
             .fetch_all(&self.pool)
             .await?;
-        // Per container, its last change (an ending one wins a tie).
-        let mut last: BTreeMap<(String, String), Change> = BTreeMap::new();
+        if rows.len() > MAX_CANDIDATES {
+            return Err(HistoryError::BadQuery(format!(
+                "{key} matched more than {MAX_CANDIDATES} containers up to then; narrow it"
+            )));
+        }
+        let last = self.sql(&format!(
+            "SELECT {COLUMNS} FROM changes WHERE engine_id = ? AND container_id = ? AND at_ms <= ? \
+             ORDER BY at_ms DESC LIMIT 16"
+        ));
+        let mut out = Vec::new();
         for row in &rows {
-            let c = Self::change_of(row)?;
-            let k = (c.record.engine_id.0.clone(), c.record.id.clone());
-            match last.get(&k) {
-                Some(held) if held.kind.ends() || !c.kind.ends() && held.kind >= c.kind => {}
-                _ => {
-                    last.insert(k, c);
+            let engine: String = row.try_get("engine_id")?;
+            let container: String = row.try_get("container_id")?;
+            let latest = sqlx::query(AssertSqlSafe(last.as_str()))
+                .bind(engine)
+                .bind(container)
+                .bind(at_ms)
+                .fetch_all(&self.pool)
+                .await?;
+            // Its last change; of several at that very ms, an ending one.
+            let mut held: Option<Change> = None;
+            for row in &latest {
+                let c = Self::change_of(row)?;
+                if held.as_ref().is_some_and(|h| h.at_ms != c.at_ms) {
+                    break;
+                }
+                match &held {
+                    Some(h) if h.kind.ends() || !c.kind.ends() && h.kind >= c.kind => {}
+                    _ => held = Some(c),
                 }
             }
+            if let Some(c) = held.filter(|c| !c.kind.ends() && key.matches(&c.record)) {
+                out.push(c);
+            }
         }
-        Ok(last
-            .into_values()
-            .filter(|c| !c.kind.ends() && key.matches(&c.record))
-            .collect())
+        out.sort_by(|a, b| {
+            (&a.record.engine_id, &a.record.id).cmp(&(&b.record.engine_id, &b.record.id))
+        });
+        Ok(out)
     }
 
     /// Deletes what happened before `at_ms`; answers how many changes went.
@@ -515,6 +547,109 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// One run of a scheduled task, as the store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRun {
+    /// The task.
+    pub name: String,
+    /// The period it ran for (its start, ms since the epoch).
+    pub slot_ms: i64,
+    /// The node that ran it.
+    pub node: String,
+    /// When it started and, once done, finished (ms since the epoch).
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// `running`, `ok` or `failed`.
+    pub outcome: String,
+    /// What it did, or why it failed.
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Claims the run of `name` for the period `slot_ms` for `node`: true
+    /// when this call made the claim, false when the period was claimed
+    /// already (by this node or another).
+    pub async fn claim_run(
+        &self,
+        name: &str,
+        slot_ms: i64,
+        node: &str,
+        started_ms: i64,
+    ) -> Result<bool, HistoryError> {
+        let sql = self.sql(
+            "INSERT INTO task_runs (name, slot_ms, node, started_ms, outcome) \
+             VALUES (?, ?, ?, ?, 'running') ON CONFLICT DO NOTHING",
+        );
+        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(name)
+            .bind(slot_ms)
+            .bind(node)
+            .bind(started_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how a claimed run ended.
+    pub async fn finish_run(
+        &self,
+        name: &str,
+        slot_ms: i64,
+        finished_ms: i64,
+        ok: bool,
+        detail: &str,
+    ) -> Result<(), HistoryError> {
+        let sql = self.sql(
+            "UPDATE task_runs SET finished_ms = ?, outcome = ?, detail = ? WHERE name = ? AND slot_ms = ?",
+        );
+        sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(finished_ms)
+            .bind(if ok { "ok" } else { "failed" })
+            .bind(detail)
+            .bind(name)
+            .bind(slot_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The last runs of `name`, newest first.
+    pub async fn runs(&self, name: &str, limit: usize) -> Result<Vec<TaskRun>, HistoryError> {
+        let sql = self.sql(
+            "SELECT name, slot_ms, node, started_ms, finished_ms, outcome, detail FROM task_runs \
+             WHERE name = ? ORDER BY slot_ms DESC LIMIT ?",
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(name)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TaskRun {
+                    name: r.try_get("name")?,
+                    slot_ms: r.try_get("slot_ms")?,
+                    node: r.try_get("node")?,
+                    started_ms: r.try_get("started_ms")?,
+                    finished_ms: r.try_get("finished_ms")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes task runs of periods before `slot_ms` (retention).
+    pub async fn delete_runs_before(&self, slot_ms: i64) -> Result<u64, HistoryError> {
+        let sql = self.sql("DELETE FROM task_runs WHERE slot_ms < ?");
+        Ok(sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(slot_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 

@@ -267,6 +267,59 @@ async fn suite(store: &Store) {
     assert_eq!(late.changes[0].exit_code, Some(3));
     assert_eq!(late.changes[0].node.0, "n1", "the first writer stays");
 
+    // A task's period is claimed once, whoever asks; its outcome is kept.
+    assert!(
+        store
+            .claim_run("history.retention", 3600, "n1", 3601)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_run("history.retention", 3600, "n2", 3602)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_run("history.retention", 7200, "n2", 7201)
+            .await
+            .unwrap()
+    );
+    store
+        .finish_run("history.retention", 3600, 3650, true, "deleted 3")
+        .await
+        .unwrap();
+    let runs = store.runs("history.retention", 10).await.unwrap();
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r.slot_ms, r.node.as_str(), r.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [(7200, "n2", "running"), (3600, "n1", "ok")]
+    );
+    assert_eq!(runs[1].detail.as_deref(), Some("deleted 3"));
+    assert_eq!(store.delete_runs_before(7200).await.unwrap(), 1);
+
+    // A snapshot is no change: "as of" reads it, the listing does not.
+    let snap = record("5a", "snapped", "10.7.0.1", None);
+    store
+        .record(&[change(Kind::Snapshot, "snap:1000", 1000, "n1", &snap)])
+        .await
+        .unwrap();
+    let listed = store
+        .query(&Query {
+            name: Some("snapped".into()),
+            ..all(10)
+        })
+        .await
+        .unwrap();
+    assert!(listed.changes.is_empty());
+    let found = store
+        .as_of(&parse_ref("snapped", None).unwrap(), 1001)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+
     // Labels are matched in the record, over as many pages as it takes.
     let mut many = Vec::new();
     for i in 0..300 {

@@ -76,6 +76,7 @@ pub fn app(service: Shared) -> Router {
         .route("/v1/projects/{name}", get(get_project))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/history", get(history))
+        .route("/v1/tasks", get(tasks))
         .route("/v1/watch", get(watch))
         .route("/", get(crate::ui::index))
         .route("/ui/{file}", get(crate::ui::asset))
@@ -508,6 +509,15 @@ async fn peer_changes(
     Ok(bincode_response(
         &service.feed().serve_changes(&request).await,
     ))
+}
+
+/// `GET /v1/tasks`: the scheduler's tasks, their last and next runs.
+async fn tasks(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    no_query(&query, "/v1/tasks")?;
+    Ok(Json(service.tasks().await).into_response())
 }
 
 async fn peer_history(

@@ -122,6 +122,11 @@ pub struct NodeConfig {
     /// Changes queued for the store at most; more are dropped and counted
     /// while it is down (default 100 000).
     pub history_buffer: usize,
+    /// The retention deletes history older than this (default 30 days).
+    pub history_retention: Duration,
+    /// The scheduler's jobs (`scheduler.jobs` of the YAML file); none
+    /// given: the defaults of [`crate::scheduler::Job::defaults`].
+    pub scheduler_jobs: Option<Vec<crate::scheduler::JobConfig>>,
 }
 
 impl Default for NodeConfig {
@@ -165,11 +170,32 @@ impl Default for NodeConfig {
             history: None,
             history_migrate: true,
             history_buffer: 100_000,
+            history_retention: Duration::from_secs(30 * 86_400),
+            scheduler_jobs: None,
         }
     }
 }
 
 impl NodeConfig {
+    /// The scheduler's jobs: those configured, else the defaults. Each name
+    /// at most once.
+    pub fn jobs(&self) -> Result<Vec<crate::scheduler::Job>, String> {
+        use crate::scheduler::Job;
+        let Some(given) = &self.scheduler_jobs else {
+            return Ok(Job::defaults(self.resync_interval, self.history_retention));
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        given
+            .iter()
+            .map(|c| {
+                if !seen.insert(c.name.as_str()) {
+                    return Err(format!("scheduler job {:?} is given twice", c.name));
+                }
+                Job::from_config(c, self.history_retention)
+            })
+            .collect()
+    }
+
     /// The address to show for this node: `advertise`, else the listen
     /// address.
     pub fn advertised(&self) -> String {
@@ -245,6 +271,10 @@ impl NodeConfig {
                 return Err(format!("{name} must be longer than zero"));
             }
         }
+        if self.history_retention < Duration::from_secs(60) {
+            return Err("history-retention must be at least 1m".into());
+        }
+        self.jobs()?;
         if let Some(url) = &self.history
             && !["sqlite://", "postgres://", "postgresql://"]
                 .iter()

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod page;
 pub mod peer;
 pub mod publisher;
+pub mod scheduler;
 pub mod service;
 pub mod ui;
 pub mod watch;
@@ -154,7 +155,18 @@ pub async fn run_with(
         EnginesConfig {
             watcher: WatcherConfig {
                 node: config.node_id.clone(),
-                resync_interval: config.resync_interval,
+                // With inventory.reconcile on the scheduler, the watchers
+                // resync only when it asks.
+                resync_interval: if config
+                    .jobs()
+                    .map_err(NodeError::Config)?
+                    .iter()
+                    .any(|j| j.task == scheduler::Task::Reconcile)
+                {
+                    std::time::Duration::ZERO
+                } else {
+                    config.resync_interval
+                },
                 history: history.as_ref().map(|h| h.sink()),
                 ..WatcherConfig::default()
             },
@@ -211,6 +223,7 @@ pub async fn run_with(
         .with_history(history),
     );
     let mut tasks = service.spawn_tasks(membership.ring_changes(), &tasks_stop);
+    tasks.extend(service.spawn_scheduler(&tasks_stop));
     let membership = Arc::new(membership);
     tasks.push(tokio::spawn(gossip_self(
         service.clone(),

@@ -63,6 +63,8 @@ pub struct NodeService {
     feed: Arc<crate::watch::Feed>,
     /// The history writer's state and store, if the node keeps history.
     history: Option<Arc<crate::history::History>>,
+    /// The scheduler's jobs and their last runs here.
+    scheduler: Arc<crate::scheduler::Scheduler>,
 }
 
 /// Resync requests waiting for the publisher; more are refused (the owner
@@ -133,9 +135,15 @@ impl NodeService {
                 ..Default::default()
             },
         ));
+        // Checked by `NodeConfig::validate`; a config that was not gets
+        // the defaults.
+        let jobs = config.jobs().unwrap_or_else(|_| {
+            crate::scheduler::Job::defaults(config.resync_interval, config.history_retention)
+        });
         NodeService {
             feed,
             history: None,
+            scheduler: crate::scheduler::Scheduler::new(jobs),
             peer_guard,
             gossip_refusals: Arc::default(),
             resyncs,
@@ -165,6 +173,23 @@ impl NodeService {
     /// The same, keeping `history` (whose sink its watchers feed).
     pub fn with_history(self, history: Option<Arc<crate::history::History>>) -> Self {
         NodeService { history, ..self }
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Arc<crate::scheduler::Scheduler> {
+        &self.scheduler
+    }
+
+    /// `GET /v1/tasks`.
+    pub async fn tasks(self: &Arc<Self>) -> crate::scheduler::TasksAnswer {
+        let host = NodeTasks(self.clone());
+        self.scheduler.view(&host).await
+    }
+
+    /// Runs the scheduler's jobs until `stop`.
+    pub fn spawn_scheduler(self: &Arc<Self>, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+        self.scheduler
+            .spawn(Arc::new(NodeTasks(self.clone())), stop)
     }
 
     /// The node's history, if it keeps one.
@@ -856,5 +881,46 @@ fn summarize(name: String, records: &[Arc<ContainerRecord>]) -> ProjectSummary {
         containers: records.len(),
         services,
         nodes,
+    }
+}
+
+/// What the scheduler's tasks do on this node.
+pub struct NodeTasks(pub Arc<NodeService>);
+
+impl crate::scheduler::TaskHost for NodeTasks {
+    fn me(&self) -> NodeId {
+        self.0.node_id().clone()
+    }
+
+    fn owner_of(&self, key: &LookupKey) -> Option<NodeId> {
+        self.0
+            .view
+            .load()
+            .ring
+            .owners(key)
+            .first()
+            .map(|n| (*n).clone())
+    }
+
+    fn store(&self) -> Option<(Arc<shoal_history::Store>, bool)> {
+        let h = self.0.history.as_ref()?;
+        Some((h.store().ok()?, h.shared()))
+    }
+
+    fn snapshot(&self, slot_ms: i64) -> usize {
+        let Some(h) = &self.0.history else { return 0 };
+        let sink = h.sink();
+        let now = now_ms() as i64;
+        let inventory = self.0.engines.inventory();
+        let mut n = 0;
+        for r in inventory.records() {
+            sink.send(shoal_core::history::snapshot(r.clone(), slot_ms, now));
+            n += 1;
+        }
+        n
+    }
+
+    fn reconcile(&self) {
+        self.0.engines.resync();
     }
 }

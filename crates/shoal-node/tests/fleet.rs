@@ -1827,6 +1827,8 @@ async fn a_history_query_over_embedded_stores_asks_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let base = NodeConfig {
         history: Some(format!("sqlite://{}/{{node}}.db", dir.path().display())),
+        // The synthetic starts are dated January 2026: no retention here.
+        scheduler_jobs: Some(Vec::new()),
         ..test_config()
     };
     let mut fleet = Fleet::start_configured(8, None, base).await;
@@ -1903,4 +1905,87 @@ async fn a_history_query_over_embedded_stores_asks_every_node() {
         served == all - PER_NODE && (failed == ["f5"] || failed.is_empty()),
         "failed {failed:?}, {served} changes"
     );
+}
+
+/// A fleet-wide task (the retention of a shared PostgreSQL, every second)
+/// runs once per period across three nodes, at the ring owner of its
+/// name; when that node dies, the next owner runs it, and no period is
+/// run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (Debian's): make test runs it"]
+async fn a_fleet_task_runs_once_per_period_and_moves_when_its_owner_dies() {
+    use shoal_node::scheduler::{JobConfig, RETENTION, task_key};
+    let pg = shoal_history::testing::TestPostgres::start();
+    let base = NodeConfig {
+        history: Some(pg.url()),
+        scheduler_jobs: Some(vec![JobConfig {
+            name: RETENTION.into(),
+            spec: "@every 1s".into(),
+            desc: "the test's".into(),
+            payload: None,
+        }]),
+        ..test_config()
+    };
+    let mut fleet = Fleet::start_configured(3, None, base).await;
+    // Before the fleet converged, a node alone took itself for the owner
+    // and may have run a period: once, like any other.
+    let converged = shoal_node::clock::now_ms() as i64 + 1000;
+    let owner = fleet.ring().owners(&task_key(RETENTION))[0].0.clone();
+    let store = shoal_history::Store::connect(&pg.url()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all_runs = store.runs(RETENTION, 100).await.unwrap();
+    let slots: HashSet<i64> = all_runs.iter().map(|r| r.slot_ms).collect();
+    assert_eq!(slots.len(), all_runs.len(), "a period twice: {all_runs:?}");
+    let runs: Vec<_> = all_runs
+        .into_iter()
+        .filter(|r| r.slot_ms > converged)
+        .collect();
+    assert!(runs.len() >= 3, "a run a second: {runs:?}");
+    assert!(
+        runs.iter().all(|r| r.node == owner && r.outcome == "ok"),
+        "only {owner} runs it: {runs:?}"
+    );
+    let slots: HashSet<i64> = runs.iter().map(|r| r.slot_ms).collect();
+    assert_eq!(slots.len(), runs.len(), "a period twice: {runs:?}");
+    let asker = fleet
+        .nodes
+        .iter()
+        .find(|n| n.name != owner)
+        .unwrap()
+        .addr
+        .clone();
+    let (_, tasks) = fleet.get(&asker, "/v1/tasks").await;
+    let task = &tasks["tasks"][0];
+    assert_eq!(task["scope"], "fleet", "{tasks}");
+    assert_eq!(task["runs_on"], owner.as_str(), "{tasks}");
+    assert_eq!(task["last_run"]["node"], owner.as_str(), "{tasks}");
+
+    let killed_at = shoal_node::clock::now_ms() as i64;
+    let i = fleet.nodes.iter().position(|n| n.name == owner).unwrap();
+    fleet.kill(i).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (next, took_over) = loop {
+        let runs = store.runs(RETENTION, 100).await.unwrap();
+        if let Some(r) = runs
+            .iter()
+            .find(|r| r.slot_ms > killed_at && r.node != owner)
+        {
+            break (r.node.clone(), r.slot_ms);
+        }
+        assert!(Instant::now() < deadline, "nobody took over: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let runs = store.runs(RETENTION, 1000).await.unwrap();
+    let after: Vec<_> = runs.iter().filter(|r| r.slot_ms >= took_over).collect();
+    assert!(
+        after.len() >= 3,
+        "a run a second since {took_over}: {runs:?}"
+    );
+    assert!(
+        after.iter().all(|r| r.node == next),
+        "one new owner: {after:?}"
+    );
+    let slots: HashSet<i64> = runs.iter().map(|r| r.slot_ms).collect();
+    assert_eq!(slots.len(), runs.len(), "a period twice: {runs:?}");
 }
