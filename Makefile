@@ -123,6 +123,10 @@ bench-node: build ## only make bench's lookups sent to one node (about 2 minutes
 bench-watch: build test-deps ## 1,000 /v1/watch streams at one node against none, under the same Docker churn; writes BENCHMARKS.md's Watchers section (about 1 minute)
 	bash scripts/bench-watch.sh
 
+.PHONY: bench-history
+bench-history: build ## history writes/s on SQLite and PostgreSQL, ?at= on a million changes, freshness with history on against off; writes BENCHMARKS.md's History section (a few minutes)
+	bash scripts/bench-history.sh
+
 SOAK_SECONDS ?= 1800
 .PHONY: soak
 soak: build test-deps ## five real nodes under container churn and lookups for SOAK_SECONDS (default 1800): anonymous memory and fds must stay flat

@@ -12,13 +12,17 @@
 //! - `docker`: freshness of `docker run` / `docker rm` on a real engine as
 //!   seen through another node (with `no-cache`, and with plain GETs at a
 //!   node that does not own the name), and the same name lookups answered
-//!   by asking the engine (list + inspect).
+//!   by asking the engine (list + inspect);
+//! - `history`: history writes sustained on SQLite and PostgreSQL, `?at=`
+//!   on a million changes, and the watcher's freshness with history on
+//!   against off (`make bench-history`).
 //!
 //! `make bench` runs all three and writes BENCHMARKS.md.
 
 mod docker;
 mod fallback;
 mod fleet;
+mod history;
 mod scale;
 
 use std::time::Duration;
@@ -64,6 +68,9 @@ enum Scenario {
     Fallback(fallback::FallbackArgs),
     /// Freshness and the ask-the-engine baseline on a real Docker engine.
     Docker(docker::DockerArgs),
+    /// History: writes sustained, `?at=` on a million changes, and the
+    /// watcher's freshness with history on against off.
+    History(history::HistoryArgs),
 }
 
 /// Parses `10s`, `250ms`.
@@ -100,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Scale(a) => json(scale::run(a).await),
             Scenario::Fallback(a) => json(fallback::run(a).await),
             Scenario::Docker(a) => json(docker::run(a).await),
+            Scenario::History(a) => json(history::run(a).await),
         }
     });
     // Nodes' tasks may still be winding down; do not wait for them.
