@@ -136,7 +136,11 @@ impl Ended {
     }
 
     fn take(&mut self, id: &str) -> Option<Arc<ContainerRecord>> {
-        self.records.remove(id)
+        let taken = self.records.remove(id);
+        if taken.is_some() {
+            self.order.retain(|o| o != id);
+        }
+        taken
     }
 
     fn get(&self, id: &str) -> Option<Arc<ContainerRecord>> {

@@ -110,6 +110,10 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Rows one INSERT statement carries (11 values each: well under both
+/// databases' limits on parameters).
+const ROWS_PER_INSERT: usize = 64;
+
 /// The most containers one "as of" question may have matched over time.
 pub const MAX_CANDIDATES: usize = 1000;
 
@@ -201,18 +205,28 @@ impl Store {
             // A database that is down fails a write or a query in seconds,
             // not the pool's default half minute.
             .acquire_timeout(std::time::Duration::from_secs(3))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if !postgres {
+                        // On every connection the pool opens: WAL, so a
+                        // crash loses nothing committed; NORMAL sync, which
+                        // in WAL mode is safe against a process crash (a
+                        // power loss may undo the last commits) and spares
+                        // an fsync per transaction; writers wait for each
+                        // other instead of failing.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
-        if !postgres {
-            // Writers wait for each other instead of failing; a crash
-            // loses nothing committed.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-            sqlx::query("PRAGMA busy_timeout = 5000")
-                .execute(&pool)
-                .await?;
-        }
         Ok(Store { pool, postgres })
     }
 
@@ -248,54 +262,88 @@ impl Store {
     /// watcher may see a container leave before the engine says how it
     /// exited). Answers how many were new or completed.
     pub async fn record(&self, changes: &[Change]) -> Result<u64, HistoryError> {
-        let insert = self.sql(
-            "INSERT INTO changes (engine_id, container_id, kind, event_key, at_ms, node, name, project, exit_code, detail, record) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (engine_id, container_id, kind, event_key) DO UPDATE SET exit_code = excluded.exit_code \
-             WHERE changes.exit_code IS NULL AND excluded.exit_code IS NOT NULL",
-        );
-        let insert_ip = self.sql(
-            "INSERT INTO change_ips (engine_id, container_id, kind, event_key, ip, at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        );
+        // One change once per batch (a stop seen twice keeps the exit
+        // code): PostgreSQL refuses to update one row twice in a statement.
+        let mut seen: std::collections::HashMap<(&str, &str, &str, &str), usize> =
+            std::collections::HashMap::with_capacity(changes.len());
+        let mut batch: Vec<Change> = Vec::with_capacity(changes.len());
+        for c in changes {
+            let key = (
+                c.record.engine_id.0.as_str(),
+                c.record.id.as_str(),
+                c.kind.as_str(),
+                c.event_key.as_str(),
+            );
+            match seen.get(&key) {
+                Some(&i) => {
+                    if batch[i].exit_code.is_none() {
+                        batch[i].exit_code = c.exit_code;
+                    }
+                }
+                None => {
+                    seen.insert(key, batch.len());
+                    batch.push(c.clone());
+                }
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
-        for c in changes {
-            let r = &c.record;
-            let record =
-                serde_json::to_string(r).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
-            let done = sqlx::query(AssertSqlSafe(insert.as_str()))
-                .bind(&r.engine_id.0)
-                .bind(&r.id)
-                .bind(c.kind.as_str())
-                .bind(&c.event_key)
-                .bind(c.at_ms)
-                .bind(&c.node.0)
-                .bind(r.primary_name())
-                .bind(r.project.as_deref())
-                .bind(c.exit_code)
-                .bind(c.detail.as_deref())
-                .bind(record)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                continue;
-            }
-            new += 1;
-            let mut ips: Vec<String> = r.ips().map(|ip| ip.to_string()).collect();
-            ips.sort();
-            ips.dedup();
-            for ip in ips {
-                sqlx::query(AssertSqlSafe(insert_ip.as_str()))
-                    .bind(&r.engine_id.0)
-                    .bind(&r.id)
+        // Many rows a statement: each statement is a trip to the
+        // database's worker, which is most of what a row costs.
+        for chunk in batch.chunks(ROWS_PER_INSERT) {
+            let sql = self.sql(&format!(
+                "INSERT INTO changes (engine_id, container_id, kind, event_key, at_ms, node, name, project, exit_code, detail, record) \
+                 VALUES {} \
+                 ON CONFLICT (engine_id, container_id, kind, event_key) DO UPDATE SET exit_code = excluded.exit_code \
+                 WHERE changes.exit_code IS NULL AND excluded.exit_code IS NOT NULL",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for c in chunk {
+                let r = &c.record;
+                let record =
+                    serde_json::to_string(r).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                q = q
+                    .bind(r.engine_id.0.clone())
+                    .bind(r.id.clone())
                     .bind(c.kind.as_str())
-                    .bind(&c.event_key)
-                    .bind(ip)
+                    .bind(c.event_key.clone())
                     .bind(c.at_ms)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(c.node.0.clone())
+                    .bind(r.primary_name().to_owned())
+                    .bind(r.project.clone())
+                    .bind(c.exit_code)
+                    .bind(c.detail.clone())
+                    .bind(record);
             }
+            new += q.execute(&mut *tx).await?.rows_affected();
+        }
+        // The addresses each change's record had (a change already there
+        // has them already: nothing is added).
+        let mut ips: Vec<(&Change, String)> = Vec::new();
+        for c in &batch {
+            let mut mine: Vec<String> = c.record.ips().map(|ip| ip.to_string()).collect();
+            mine.sort();
+            mine.dedup();
+            ips.extend(mine.into_iter().map(|ip| (c, ip)));
+        }
+        for chunk in ips.chunks(ROWS_PER_INSERT) {
+            let sql = self.sql(&format!(
+                "INSERT INTO change_ips (engine_id, container_id, kind, event_key, ip, at_ms) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for (c, ip) in chunk {
+                q = q
+                    .bind(c.record.engine_id.0.clone())
+                    .bind(c.record.id.clone())
+                    .bind(c.kind.as_str())
+                    .bind(c.event_key.clone())
+                    .bind(ip.clone())
+                    .bind(c.at_ms);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(new)
