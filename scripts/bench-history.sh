@@ -40,7 +40,7 @@ section = f"""## History: writes, `?at=` on a million changes, freshness with hi
 Written by `make bench-history` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shoal {commit}, release
 build; `shoal-sim history`). The changes are written as a node's writer
 writes them: batches of 512, one transaction each, every change with its
-whole record (about 0.6 KB of JSON) and its addresses. 50,000 containers,
+whole record as JSON and its addresses. 50,000 containers,
 each living two days somewhere in 30 days with its changes spread over its
 life, on addresses reused from a pool of 60,000. PostgreSQL is Debian's,
 started by the run on loopback (fsync on, as shipped); SQLite is a WAL
