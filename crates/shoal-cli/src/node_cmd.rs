@@ -1090,7 +1090,23 @@ mod tests {
             no_history: true,
             ..Default::default()
         };
-        assert_eq!(resolve(none, None).unwrap().node.history, None);
+        let none = resolve(none, None).unwrap().node;
+        assert_eq!(none.history, None);
+        let jobs: Vec<String> = none.jobs().unwrap().into_iter().map(|j| j.name).collect();
+        assert_eq!(
+            jobs,
+            ["inventory.reconcile"],
+            "no history tasks without history"
+        );
+        let f = file(
+            "no-history: true\nscheduler:\n  jobs:\n    - {name: history.snapshot, spec: \"@every 1h\"}\n",
+        );
+        let args = NodeArgs {
+            config: Some(f.path().to_owned()),
+            ..Default::default()
+        };
+        let e = format!("{:#}", resolve(args, None).unwrap_err());
+        assert!(e.contains("needs the history"), "{e}");
         let url = file("postgres://shoal:secret@db/shoal\n");
         let from_file = NodeArgs {
             history_file: Some(url.path().to_owned()),

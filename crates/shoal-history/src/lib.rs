@@ -76,30 +76,9 @@ pub enum HistoryError {
     BadQuery(String),
 }
 
-/// Which changes to list, oldest first.
-#[derive(Clone, Debug, Default)]
-pub struct Query {
-    /// Exactly this container name.
-    pub name: Option<String>,
-    /// A container ID prefix (hex).
-    pub id: Option<String>,
-    /// An address the record had.
-    pub ip: Option<String>,
-    /// A compose project.
-    pub project: Option<String>,
-    /// The node that recorded it.
-    pub node: Option<String>,
-    /// A label the record had: `key`, or `key=value`.
-    pub label: Option<String>,
-    /// From this time on, in ms (inclusive).
-    pub since_ms: Option<i64>,
-    /// Before this time, in ms (exclusive).
-    pub until_ms: Option<i64>,
-    /// At most this many (1 to 10000).
-    pub limit: usize,
-    /// Where the previous page ended.
-    pub cursor: Option<String>,
-}
+/// Which changes to list, oldest first: the peer wire's filter, so a node
+/// hands a peer's question to its store as it came.
+pub use shoal_core::wire::HistoryFilter as Query;
 
 /// One page of changes.
 #[derive(Clone, Debug)]
@@ -370,10 +349,10 @@ impl Store {
 
     /// The changes `q` asks for, oldest first, one page.
     pub async fn query(&self, q: &Query) -> Result<Page, HistoryError> {
-        if !(1..=10_000).contains(&q.limit) {
+        let limit = q.limit as usize;
+        if !(1..=10_000).contains(&limit) {
             return Err(HistoryError::BadQuery(format!(
-                "limit {} is not between 1 and 10000",
-                q.limit
+                "limit {limit} is not between 1 and 10000"
             )));
         }
         let label = q.label.as_deref().map(|l| match l.split_once('=') {
@@ -386,9 +365,9 @@ impl Store {
             // Labels are in the record only: read on in pages until enough
             // match.
             let ask = if label.is_some() {
-                (q.limit * 2).clamp(256, 10_001)
+                (limit * 2).clamp(256, 10_001)
             } else {
-                q.limit + 1
+                limit + 1
             };
             let rows = self.fetch(q, cursor.as_ref(), ask).await?;
             let exhausted = rows.len() < ask;
@@ -403,17 +382,17 @@ impl Store {
                 };
                 if wanted {
                     out.push(c);
-                    if out.len() > q.limit {
+                    if out.len() > limit {
                         break;
                     }
                 }
             }
-            if out.len() > q.limit || exhausted {
+            if out.len() > limit || exhausted {
                 break;
             }
         }
-        let next = if out.len() > q.limit {
-            out.truncate(q.limit);
+        let next = if out.len() > limit {
+            out.truncate(limit);
             out.last().map(|c| PageCursor::of(c).to_string())
         } else {
             None

@@ -182,7 +182,10 @@ impl NodeConfig {
     pub fn jobs(&self) -> Result<Vec<crate::scheduler::Job>, String> {
         use crate::scheduler::Job;
         let Some(given) = &self.scheduler_jobs else {
-            return Ok(Job::defaults(self.resync_interval, self.history_retention));
+            // Without history, only the tasks that need none.
+            let mut jobs = Job::defaults(self.resync_interval, self.history_retention);
+            jobs.retain(|j| self.history.is_some() || !j.needs_history());
+            return Ok(jobs);
         };
         let mut seen = std::collections::BTreeSet::new();
         given
@@ -191,7 +194,14 @@ impl NodeConfig {
                 if !seen.insert(c.name.as_str()) {
                     return Err(format!("scheduler job {:?} is given twice", c.name));
                 }
-                Job::from_config(c, self.history_retention)
+                let job = Job::from_config(c, self.history_retention)?;
+                if job.needs_history() && self.history.is_none() {
+                    return Err(format!(
+                        "scheduler job {:?} needs the history, and this node keeps none (no-history)",
+                        c.name
+                    ));
+                }
+                Ok(job)
             })
             .collect()
     }

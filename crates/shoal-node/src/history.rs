@@ -24,7 +24,7 @@ use shoal_core::history::Observed;
 use shoal_core::wire::{HistoryChange, HistoryFilter, HistoryReply, HistoryRequest};
 use shoal_core::{ContainerRecord, LookupKey, NodeId};
 use shoal_engine::watcher::HistorySink;
-use shoal_history::{Change, HistoryError, Query, Store};
+use shoal_history::{Change, HistoryError, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -326,21 +326,6 @@ pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn to_query(f: &HistoryFilter) -> Query {
-    Query {
-        name: f.name.clone(),
-        id: f.id.clone(),
-        ip: f.ip.clone(),
-        project: f.project.clone(),
-        node: f.node.clone(),
-        label: f.label.clone(),
-        since_ms: f.since_ms,
-        until_ms: f.until_ms,
-        limit: f.limit as usize,
-        cursor: f.cursor.clone(),
-    }
-}
-
 fn to_wire(c: Change) -> HistoryChange {
     HistoryChange {
         kind: c.kind.as_str().to_owned(),
@@ -380,7 +365,7 @@ pub async fn answer_locally(
     let store = history.store()?;
     match request {
         HistoryRequest::Changes(f) => {
-            let page = store.query(&to_query(f)).await.map_err(store_error)?;
+            let page = store.query(f).await.map_err(store_error)?;
             Ok(HistoryReply {
                 changes: page.changes.into_iter().map(to_wire).collect(),
                 next: page.next,

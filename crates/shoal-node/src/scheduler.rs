@@ -256,6 +256,11 @@ impl Job {
         .collect()
     }
 
+    /// True for the tasks that read or write the history store.
+    pub fn needs_history(&self) -> bool {
+        !matches!(self.task, Task::Reconcile)
+    }
+
     /// True when one node runs it for the fleet: the retention of a
     /// shared store.
     pub fn fleet_wide(&self, shared_store: bool) -> bool {
@@ -388,7 +393,7 @@ impl Scheduler {
             }
         }
         let started = now_ms() as i64;
-        let needs_store = !matches!(job.task, Task::Reconcile);
+        let needs_store = job.needs_history();
         if needs_store {
             let Some((store, _)) = &store else {
                 self.finished(
