@@ -498,6 +498,19 @@ impl Lookups {
         (answered, failed)
     }
 
+    /// One of the node's `max_scatters` fleet-wide calls, or 503 with
+    /// `Retry-After` when all are taken: every call that asks every node
+    /// (listings, the fallback, history queries over embedded stores)
+    /// holds one while it runs.
+    pub fn scatter_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.scatters.try_acquire().map_err(|_| {
+            ApiError::Overloaded(format!(
+                "this node is running its limit of {} fleet-wide listings; retry shortly",
+                self.max_scatters
+            ))
+        })
+    }
+
     /// Asks every live node for its own matches, within the scatter
     /// deadline; each container once (the freshest copy), by node then ID.
     /// At most `max_scatters` run at once: one more is shed, since each
@@ -508,12 +521,7 @@ impl Lookups {
     ) -> Result<(Vec<Arc<ContainerRecord>>, NodesCovered), ApiError> {
         let view = self.view.load_full();
         joined(&view)?;
-        let Ok(_permit) = self.scatters.try_acquire() else {
-            return Err(ApiError::Overloaded(format!(
-                "this node is running its limit of {} fleet-wide listings; retry shortly",
-                self.max_scatters
-            )));
-        };
+        let _permit = self.scatter_permit()?;
         let targets = view
             .live()
             .map(|m| (m.node.clone(), Some(m.api.clone())))

@@ -739,6 +739,9 @@ impl NodeService {
         }
         let view = self.view.load_full();
         crate::lookup::joined(&view)?;
+        // It asks every node, like a listing: it takes one of the node's
+        // fleet-wide permits.
+        let _permit = self.lookups.scatter_permit()?;
         let timeout = self.config.scatter_timeout;
         let calls = view.live().map(|m| {
             let node = m.node.clone();

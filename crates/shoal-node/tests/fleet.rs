@@ -1989,3 +1989,54 @@ async fn a_fleet_task_runs_once_per_period_and_moves_when_its_owner_dies() {
     let slots: HashSet<i64> = runs.iter().map(|r| r.slot_ms).collect();
     assert_eq!(slots.len(), runs.len(), "a period twice: {runs:?}");
 }
+
+/// A history query over embedded stores asks every node, like a listing,
+/// so it takes one of the node's `max-scatters` permits: with one permit
+/// held by a slow query, the next is shed with 503 and `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_query_takes_a_scatter_permit() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = NodeConfig {
+        history: Some(format!("sqlite://{}/{{node}}.db", dir.path().display())),
+        scheduler_jobs: Some(Vec::new()),
+        max_scatters: 1,
+        ..test_config()
+    };
+    let fleet = Fleet::start_configured(2, None, base).await;
+    let (asker, other) = (fleet.nodes[0].addr.clone(), fleet.nodes[1].addr.clone());
+    // Both stores open before the slow query starts.
+    for _ in 0..100 {
+        if fleet.get(&asker, "/v1/history?limit=1").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet.nodes[0].peers.set(
+        &other,
+        Some(CallKind::History),
+        Fault::Delay(Duration::from_millis(600)),
+    );
+    let slow = {
+        let (http, asker) = (fleet.http.clone(), asker.clone());
+        tokio::spawn(async move {
+            http.get(format!("http://{asker}/v1/history?limit=5"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let shed = fleet
+        .http
+        .get(format!("http://{asker}/v1/history?limit=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status().as_u16(), 503);
+    assert!(shed.headers().contains_key("retry-after"));
+    let body: Value = shed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert_eq!(slow.await.unwrap(), 200);
+}
