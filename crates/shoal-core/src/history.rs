@@ -20,10 +20,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::model::{ContainerRecord, ContainerState};
+use serde::{Deserialize, Serialize};
 
-/// What happened to a container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+use crate::model::{ContainerRecord, ContainerState, NodeId};
+
+/// What happened to a container. Its serde name is [`ChangeKind::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     /// Created or started.
     Started,
@@ -137,6 +140,41 @@ pub struct Observed {
     /// The container as it was after the change (for a stop or removal,
     /// as it last lived).
     pub record: Arc<ContainerRecord>,
+}
+
+/// One recorded change: what the store keeps and peers send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What happened.
+    pub kind: ChangeKind,
+    /// Its key (see the module's doc).
+    pub event_key: String,
+    /// When, in ms since the epoch.
+    pub at_ms: i64,
+    /// The node that recorded it.
+    pub node: NodeId,
+    /// A stop's exit code, when the engine said.
+    pub exit_code: Option<i64>,
+    /// See [`EventFacts::detail`].
+    pub detail: Option<String>,
+    /// The container's record as it was after the change (for a stop or a
+    /// removal, as it last lived).
+    pub record: ContainerRecord,
+}
+
+impl Change {
+    /// What `node`'s watcher saw, to record.
+    pub fn observed(o: &Observed, node: &NodeId) -> Change {
+        Change {
+            kind: o.kind,
+            event_key: o.event_key.clone(),
+            at_ms: o.at_ms,
+            node: node.clone(),
+            exit_code: o.exit_code,
+            detail: o.detail.clone(),
+            record: ContainerRecord::clone(&o.record),
+        }
+    }
 }
 
 /// Reads an RFC 3339 time into ms since the epoch.
@@ -410,6 +448,12 @@ mod tests {
     fn kinds_read_back_from_their_names() {
         for k in ChangeKind::ALL {
             assert_eq!(k.as_str().parse::<ChangeKind>(), Ok(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(
+                json,
+                format!("\"{}\"", k.as_str()),
+                "serde names are the store's"
+            );
         }
         assert!("exploded".parse::<ChangeKind>().is_err());
     }

@@ -275,30 +275,11 @@ pub struct HistoryFilter {
 /// The most changes one history answer holds.
 pub const MAX_HISTORY: usize = 10_000;
 
-/// One recorded change, as peers send it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryChange {
-    /// What happened (`started`, `stopped`, …).
-    pub kind: String,
-    /// Its key (see [`crate::history`]).
-    pub event_key: String,
-    /// When (ms since the epoch).
-    pub at_ms: i64,
-    /// The node that recorded it.
-    pub node: NodeId,
-    /// A stop's exit code.
-    pub exit_code: Option<i64>,
-    /// The network, the health status, the old name.
-    pub detail: Option<String>,
-    /// The record as it was.
-    pub record: ContainerRecord,
-}
-
 /// The answer to a [`HistoryRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryReply {
     /// The matches, oldest first.
-    pub changes: Vec<HistoryChange>,
+    pub changes: Vec<crate::history::Change>,
     /// The cursor after the last one, when more remain.
     pub next: Option<String>,
 }
@@ -486,9 +467,6 @@ impl Validate for HistoryReply {
         }
         for (i, c) in self.changes.iter().enumerate() {
             let at = |e: Invalid| e.at(format!("changes[{i}]"));
-            c.kind
-                .parse::<crate::history::ChangeKind>()
-                .map_err(|e| at(Invalid::new(e.to_string())))?;
             c.node.validate(now_ms).map_err(at)?;
             c.record.validate(now_ms).map_err(at)?;
             validate::text(&c.event_key, 4096, true).map_err(at)?;

@@ -14,50 +14,14 @@ pub mod testing;
 
 use std::fmt;
 
-use shoal_core::{ContainerRecord, LookupKey, NodeId};
+use shoal_core::{LookupKey, NodeId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Every statement is built from this file's own text and `?`s; values are
 // bound, never spliced in.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+pub use shoal_core::history::Change;
 pub use shoal_core::history::ChangeKind as Kind;
-use shoal_core::history::Observed;
-
-/// One recorded change.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Change {
-    /// What happened.
-    pub kind: Kind,
-    /// The caller's key of this occurrence (see the crate's doc).
-    pub event_key: String,
-    /// When, in ms since the epoch.
-    pub at_ms: i64,
-    /// The node that recorded it.
-    pub node: NodeId,
-    /// A stop's exit code, when the engine said.
-    pub exit_code: Option<i64>,
-    /// The network of a connect or disconnect, the health status, the old
-    /// name of a rename.
-    pub detail: Option<String>,
-    /// The container's record as it was after the change (for a stop or a
-    /// removal, as it last lived).
-    pub record: ContainerRecord,
-}
-
-impl Change {
-    /// What `node`'s watcher saw, to record.
-    pub fn observed(o: &Observed, node: &NodeId) -> Change {
-        Change {
-            kind: o.kind,
-            event_key: o.event_key.clone(),
-            at_ms: o.at_ms,
-            node: node.clone(),
-            exit_code: o.exit_code,
-            detail: o.detail.clone(),
-            record: ContainerRecord::clone(&o.record),
-        }
-    }
-}
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]

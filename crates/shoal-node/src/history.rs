@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use shoal_core::history::Observed;
-use shoal_core::wire::{HistoryChange, HistoryFilter, HistoryReply, HistoryRequest};
+use shoal_core::wire::{HistoryFilter, HistoryReply, HistoryRequest};
 use shoal_core::{ContainerRecord, LookupKey, NodeId};
 use shoal_engine::watcher::HistorySink;
 use shoal_history::{Change, HistoryError, Store};
@@ -326,30 +326,6 @@ pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn to_wire(c: Change) -> HistoryChange {
-    HistoryChange {
-        kind: c.kind.as_str().to_owned(),
-        event_key: c.event_key,
-        at_ms: c.at_ms,
-        node: c.node,
-        exit_code: c.exit_code,
-        detail: c.detail,
-        record: c.record,
-    }
-}
-
-fn from_wire(c: HistoryChange) -> Option<Change> {
-    Some(Change {
-        kind: c.kind.parse().ok()?,
-        event_key: c.event_key,
-        at_ms: c.at_ms,
-        node: c.node,
-        exit_code: c.exit_code,
-        detail: c.detail,
-        record: c.record,
-    })
-}
-
 fn store_error(e: HistoryError) -> ApiError {
     match e {
         HistoryError::BadQuery(m) => ApiError::BadRequest(m),
@@ -367,14 +343,14 @@ pub async fn answer_locally(
         HistoryRequest::Changes(f) => {
             let page = store.query(f).await.map_err(store_error)?;
             Ok(HistoryReply {
-                changes: page.changes.into_iter().map(to_wire).collect(),
+                changes: page.changes,
                 next: page.next,
             })
         }
         HistoryRequest::AsOf { key, at_ms } => {
             let changes = store.as_of(key, *at_ms).await.map_err(store_error)?;
             Ok(HistoryReply {
-                changes: changes.into_iter().map(to_wire).collect(),
+                changes,
                 next: None,
             })
         }
@@ -388,7 +364,7 @@ pub fn merge_changes(answers: Vec<HistoryReply>, limit: usize) -> (Vec<Change>, 
     let mut all: Vec<Change> = Vec::new();
     for a in answers {
         more |= a.next.is_some();
-        all.extend(a.changes.into_iter().filter_map(from_wire));
+        all.extend(a.changes);
     }
     all.sort_by(|a, b| shoal_history::order_key(a).cmp(&shoal_history::order_key(b)));
     all.dedup_by(|a, b| shoal_history::order_key(a) == shoal_history::order_key(b));
@@ -408,11 +384,7 @@ pub fn merge_changes(answers: Vec<HistoryReply>, limit: usize) -> (Vec<Change>, 
 /// answer.
 pub fn merge_past(answers: Vec<HistoryReply>) -> Vec<PastRecord> {
     let mut latest: std::collections::BTreeMap<(String, String), Change> = Default::default();
-    for c in answers
-        .into_iter()
-        .flat_map(|a| a.changes)
-        .filter_map(from_wire)
-    {
+    for c in answers.into_iter().flat_map(|a| a.changes) {
         let k = (c.record.engine_id.0.clone(), c.record.id.clone());
         match latest.get(&k) {
             Some(held) if held.at_ms >= c.at_ms => {}
