@@ -22,14 +22,14 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use shoal_core::history::Observed;
 use shoal_core::wire::{HistoryFilter, HistoryReply, HistoryRequest};
-use shoal_core::{ContainerRecord, LookupKey, NodeId};
+use shoal_core::{ContainerRecord, NodeId};
 use shoal_engine::watcher::HistorySink;
 use shoal_history::{Change, HistoryError, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::answers::{FailedNode, NodesCovered};
+use crate::answers::NodesCovered;
 use crate::error::ApiError;
 
 /// Changes the writer records in one transaction, at most.
@@ -496,20 +496,4 @@ pub fn read_filter<'a>(
         *slot = Some(v.to_owned());
     }
     Ok(f)
-}
-
-/// A node that could not answer a history scatter.
-pub fn failed(node: NodeId, error: impl ToString) -> FailedNode {
-    FailedNode {
-        node,
-        error: error.to_string(),
-    }
-}
-
-/// The key of `?at=` as the store reads it.
-pub fn as_of_request(key: &LookupKey, at_ms: i64) -> HistoryRequest {
-    HistoryRequest::AsOf {
-        key: key.clone(),
-        at_ms,
-    }
 }

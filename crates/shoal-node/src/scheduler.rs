@@ -345,11 +345,6 @@ impl Scheduler {
         })
     }
 
-    /// Its jobs.
-    pub fn jobs(&self) -> &[Job] {
-        &self.jobs
-    }
-
     /// Runs every job until `stop`.
     pub fn spawn(
         self: &Arc<Self>,

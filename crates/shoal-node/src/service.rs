@@ -698,7 +698,10 @@ impl NodeService {
         key: &LookupKey,
         at_ms: i64,
     ) -> Result<crate::history::PastAnswer, ApiError> {
-        let request = crate::history::as_of_request(key, at_ms);
+        let request = shoal_core::wire::HistoryRequest::AsOf {
+            key: key.clone(),
+            at_ms,
+        };
         let (answers, nodes, source) = self.ask_history(&request).await?;
         let containers = crate::history::merge_past(answers);
         if containers.is_empty() && nodes.failed.is_empty() {
@@ -773,7 +776,10 @@ impl NodeService {
                 }
                 // The query itself is wrong: no node would take it.
                 Err(ApiError::BadRequest(m)) => return Err(ApiError::BadRequest(m)),
-                Err(e) => nodes.failed.push(crate::history::failed(node, e)),
+                Err(e) => nodes.failed.push(crate::answers::FailedNode {
+                    node,
+                    error: e.to_string(),
+                }),
             }
         }
         if answers.is_empty() {
