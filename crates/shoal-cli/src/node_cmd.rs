@@ -229,6 +229,31 @@ pub struct NodeArgs {
     /// --cluster-secret.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The API token (at least 16 characters): creating jobs needs it as
+    /// `Authorization: Bearer <token>`; without one, this node creates no
+    /// jobs. Prefer --api-token-file.
+    #[arg(long, env = "SHOAL_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// A file holding the API token (surrounding whitespace is dropped);
+    /// instead of --api-token.
+    #[arg(long, env = "SHOAL_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Reads need the API token too (every route but /healthz, /readyz
+    /// and /metrics; the web view then cannot list).
+    #[arg(long, env = "SHOAL_API_TOKEN_READS")]
+    pub api_token_reads: bool,
+    /// Jobs waiting for a worker on this node; more are refused with 429
+    /// [default: 100].
+    #[arg(long, env = "SHOAL_QUEUE_SIZE", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub queue_size: Option<usize>,
+    /// Workers creating job containers at once [default: 10].
+    #[arg(long, env = "SHOAL_WORKER_COUNT", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub worker_count: Option<usize>,
+    /// Retries, with doubling waits, of a job's engine calls that failed
+    /// for a reason that may pass (a missing image is not retried)
+    /// [default: 3].
+    #[arg(long, env = "SHOAL_JOB_RETRIES", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub job_retries: Option<u32>,
     /// The history store: postgres://USER:PASSWORD@HOST/DB, which every
     /// node of a fleet can share, or sqlite://PATH [default: the embedded
     /// store, sqlite://<data-dir>/history.db].
@@ -331,6 +356,12 @@ pub struct FileConfig {
     body_read_timeout: Option<Duration>,
     cluster_secret: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    api_token: Option<String>,
+    api_token_file: Option<PathBuf>,
+    api_token_reads: Option<bool>,
+    queue_size: Option<usize>,
+    worker_count: Option<usize>,
+    job_retries: Option<u32>,
     history: Option<String>,
     history_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -382,26 +413,28 @@ pub struct Resolved {
 }
 
 /// The secret given inline or the contents of the file naming it; not both,
-/// since which one wins would be a guess.
-fn cluster_secret(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+/// since which one wins would be a guess. `name` is the setting's
+/// (`cluster-secret`, `api-token`).
+fn secret(
+    name: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<String>> {
     match (inline, file) {
         (Some(_), Some(_)) => {
-            bail!("invalid setting: set one of cluster-secret and cluster-secret-file, not both")
+            bail!("invalid setting: set one of {name} and {name}-file, not both")
         }
         (Some(secret), None) => Ok(Some(secret)),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!(
-                    "invalid setting: cannot read cluster-secret-file {}",
+                    "invalid setting: cannot read {name}-file {}",
                     path.display()
                 )
             })?;
             let secret = text.trim();
             if secret.is_empty() {
-                bail!(
-                    "invalid setting: cluster-secret-file {} is empty",
-                    path.display()
-                );
+                bail!("invalid setting: {name}-file {} is empty", path.display());
             }
             Ok(Some(secret.to_owned()))
         }
@@ -537,7 +570,23 @@ pub fn resolve(args: NodeArgs, docker_host_env: Option<String>) -> anyhow::Resul
             .body_read_timeout
             .or(file.body_read_timeout)
             .unwrap_or(d.body_read_timeout),
-        cluster_secret: cluster_secret(
+        api_token: secret(
+            "api-token",
+            args.api_token.or(file.api_token),
+            args.api_token_file.or(file.api_token_file),
+        )?,
+        api_token_reads: args.api_token_reads || file.api_token_reads == Some(true),
+        queue_size: args.queue_size.or(file.queue_size).unwrap_or(d.queue_size),
+        worker_count: args
+            .worker_count
+            .or(file.worker_count)
+            .unwrap_or(d.worker_count),
+        job_retries: args
+            .job_retries
+            .or(file.job_retries)
+            .unwrap_or(d.job_retries),
+        cluster_secret: secret(
+            "cluster-secret",
             args.cluster_secret.or(file.cluster_secret),
             args.cluster_secret_file.or(file.cluster_secret_file),
         )?,

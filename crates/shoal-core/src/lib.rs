@@ -12,6 +12,7 @@ pub mod directory;
 pub mod filter;
 pub mod history;
 pub mod inventory;
+pub mod jobs;
 pub mod key;
 pub mod model;
 pub mod placement;

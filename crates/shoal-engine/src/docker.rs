@@ -10,9 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EventMessage,
+    EventMessageTypeEnum, HostConfig,
+};
 use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, StartContainerOptions, WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use shoal_core::{
@@ -20,8 +24,11 @@ use shoal_core::{
 };
 use tokio::sync::OnceCell;
 
-use crate::engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+use crate::engine::{
+    Engine, EngineError, EngineEvent, EngineIdentity, EventStream, LabelledContainer, NewContainer,
+};
 use shoal_core::history::{ChangeKind, EventFacts};
+use shoal_core::jobs::JOB_LABEL;
 
 /// The socket Docker listens on when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -46,8 +53,13 @@ const CONTAINER_ACTIONS: &[&str] = &[
 ];
 const NETWORK_ACTIONS: &[&str] = &["connect", "disconnect"];
 
-/// How long one API call (list, inspect, info) may take.
+/// How long one API call (list, inspect, info, create, start) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The timeout of a wait: none. A job may run for hours. bollard bounds
+/// only the time to the response's head, which dockerd sends before it
+/// blocks, but a proxy in between may hold the head back; a duration this
+/// long overflows tokio's deadline, and tokio then sets none.
+const NO_TIMEOUT: Duration = Duration::from_secs(u64::MAX);
 /// Events a little older than the subscription are replayed too: the
 /// engine's clock and ours may differ, and re-reading is idempotent.
 const SINCE_MARGIN: time::Duration = time::Duration::seconds(2);
@@ -306,6 +318,65 @@ fn ports_from(map: HashMap<String, Option<Vec<bollard::models::PortBinding>>>) -
     ports
 }
 
+/// The body of `docker create` for a job's container: its command, env,
+/// labels and limits, and nothing that widens what the container may do
+/// (no privilege, mounts, host network or capabilities). An invalid limit
+/// is the reason why, for [`EngineError::Refused`].
+fn create_body(c: &NewContainer) -> Result<ContainerCreateBody, String> {
+    // The job spec refuses these already; the engine never relies on it.
+    if let Some(net) = c
+        .network
+        .as_deref()
+        .filter(|n| *n == "host" || n.starts_with("container:"))
+    {
+        return Err(format!(
+            "network {net:?} would share another namespace: a job gets its own"
+        ));
+    }
+    let nano_cpus = match c.cpus {
+        None => None,
+        Some(cpus) if cpus.is_finite() && cpus > 0.0 => Some((cpus * 1e9).round() as i64),
+        Some(cpus) => return Err(format!("cpus must be a positive number, not {cpus}")),
+    };
+    let memory = c
+        .memory_bytes
+        .map(|m| i64::try_from(m).map_err(|_| format!("a memory limit of {m} bytes is too large")))
+        .transpose()?;
+    Ok(ContainerCreateBody {
+        image: Some(c.image.clone()),
+        // None, not an empty list: the image's own command runs.
+        cmd: (!c.cmd.is_empty()).then(|| c.cmd.clone()),
+        env: (!c.env.is_empty()).then(|| c.env.clone()),
+        labels: Some(
+            c.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            nano_cpus,
+            memory,
+            network_mode: c.network.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// True when the engine's 404 on create is about the image (a missing
+/// network is a 404 too on recent engines).
+fn no_such_image(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("no such image")
+}
+
+/// The exit code in a list entry's status (`Exited (7) 3 seconds ago`),
+/// which saves an inspect per exited container; `None` when the status
+/// does not read that way.
+fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
 #[async_trait]
 impl Engine for DockerEngine {
     fn kind(&self) -> &'static str {
@@ -397,6 +468,208 @@ impl Engine for DockerEngine {
                 status_code: 404, ..
             }) => Ok(None),
             Err(e) => Err(classify(&self.host, e)),
+        }
+    }
+
+    /// Docker creates containers.
+    fn cannot_create(&self) -> Option<String> {
+        None
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        let docker = self.client().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(classify(&self.host, e)),
+        }
+    }
+
+    /// `docker create` without the pull the CLI would make. The name is the
+    /// job's, so a retry after a crash or a lost answer finds the container
+    /// the first try made (the engine answers 409) instead of a second one.
+    async fn create(&self, c: &NewContainer) -> Result<String, EngineError> {
+        let docker = self.client().await?;
+        let body = create_body(c).map_err(EngineError::Refused)?;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&c.name)
+            .build();
+        let message = match docker.create_container(Some(options), body).await {
+            Ok(created) => {
+                for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
+                    // A limit the kernel cannot apply is dropped with only
+                    // a warning.
+                    tracing::warn!(host = %self.host, container = %c.name, "docker create: {warning}");
+                }
+                return Ok(created.id);
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => return self.created_before(docker, c).await,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if no_such_image(&message) => {
+                return Err(EngineError::Refused(format!(
+                    "image {:?} is not on this engine ({message}); shoal does not pull images",
+                    c.image
+                )));
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400 | 404,
+                message,
+            }) => message,
+            Err(e) => return Err(classify(&self.host, e)),
+        };
+        Err(EngineError::Refused(format!(
+            "the engine refused to create {}: {message}",
+            c.name
+        )))
+    }
+
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        let docker = self.client().await?;
+        match docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+        {
+            // 304: started already (bollard passes it as success; both are
+            // taken).
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            // 404: no such container or network; 400: the command cannot
+            // run (no such executable). Neither changes on a retry.
+            Err(BollardError::DockerResponseServerError {
+                status_code: status_code @ (400 | 404),
+                message,
+            }) => Err(EngineError::Refused(format!(
+                "the engine refused to start {id} (HTTP {status_code}): {message}"
+            ))),
+            Err(e) => Err(classify(&self.host, e)),
+        }
+    }
+
+    /// Waits on a client without the call timeout. A container that exited
+    /// already (or never started) answers at once with its exit code.
+    async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+        let waiter = self.client().await?.clone().with_timeout(NO_TIMEOUT);
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut answers = waiter.wait_container(id, Some(options));
+        match answers.next().await {
+            Some(Ok(answer)) => Ok(answer.status_code),
+            // bollard turns every nonzero exit code into this error.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            })) => Err(EngineError::Refused(format!("wait for {id}: {message}"))),
+            Some(Err(e)) => Err(classify(&self.host, e)),
+            None => Err(EngineError::Unreachable(format!(
+                "{}: the wait for {id} ended without an exit code",
+                self.host
+            ))),
+        }
+    }
+
+    async fn labelled(&self, key: &str) -> Result<Vec<LabelledContainer>, EngineError> {
+        let docker = self.client().await?;
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![key]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| classify(&self.host, e))?;
+        let mut found = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            let value = c.labels.and_then(|mut l| l.remove(key)).unwrap_or_default();
+            let state = c.state.unwrap_or(ContainerSummaryStateEnum::EMPTY);
+            let live = matches!(
+                state,
+                ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::PAUSED
+                    | ContainerSummaryStateEnum::RESTARTING
+            );
+            let mut exit_code = None;
+            if matches!(
+                state,
+                ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD
+            ) {
+                exit_code = c.status.as_deref().and_then(exit_code_from_status);
+                if exit_code.is_none() {
+                    match docker
+                        .inspect_container(&id, None::<InspectContainerOptions>)
+                        .await
+                    {
+                        Ok(i) => exit_code = i.state.and_then(|s| s.exit_code),
+                        // Removed since the list: it is not there anymore.
+                        Err(BollardError::DockerResponseServerError {
+                            status_code: 404, ..
+                        }) => continue,
+                        Err(e) => return Err(classify(&self.host, e)),
+                    }
+                }
+            }
+            found.push(LabelledContainer {
+                id,
+                value,
+                live,
+                exit_code,
+            });
+        }
+        Ok(found)
+    }
+}
+
+impl DockerEngine {
+    /// After a 409 on create: the container of that name is the job's own
+    /// when it carries the job's label with the same value (an earlier try
+    /// made it); any other is someone else's and is left alone.
+    async fn created_before(
+        &self,
+        docker: &Docker,
+        c: &NewContainer,
+    ) -> Result<String, EngineError> {
+        let existing = match docker
+            .inspect_container(&c.name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(existing) => existing,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                // Removed between the create and the inspect: a retry
+                // creates it.
+                return Err(EngineError::Api(format!(
+                    "{}: the name {} was taken, then freed",
+                    self.host, c.name
+                )));
+            }
+            Err(e) => return Err(classify(&self.host, e)),
+        };
+        let theirs = existing
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.as_ref())
+            .and_then(|labels| labels.get(JOB_LABEL));
+        match (c.labels.get(JOB_LABEL), theirs, existing.id) {
+            (Some(ours), Some(theirs), Some(id)) if ours == theirs => Ok(id),
+            (_, _, id) => Err(EngineError::Refused(format!(
+                "the name {} is taken by another container ({})",
+                c.name,
+                id.as_deref()
+                    .map_or("unknown", |id| &id[..id.len().min(12)])
+            ))),
         }
     }
 }
@@ -531,5 +804,90 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(record_from_inspect(live), Ok(Some(_))));
+    }
+
+    fn job(cmd: &[&str]) -> NewContainer {
+        NewContainer {
+            name: "shoal-job-1".into(),
+            image: "busybox:1".into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            labels: [(JOB_LABEL.to_owned(), "1".to_owned())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_job_container_gets_its_limits_and_nothing_that_widens_it() {
+        let body = create_body(&NewContainer {
+            env: vec!["A=1".into()],
+            cpus: Some(1.0 / 3.0),
+            memory_bytes: Some(64 << 20),
+            network: Some("jobs".into()),
+            ..job(&["sh", "-c", "exit 7"])
+        })
+        .unwrap();
+        assert_eq!(body.image.as_deref(), Some("busybox:1"));
+        assert_eq!(body.cmd.unwrap(), ["sh", "-c", "exit 7"]);
+        assert_eq!(body.env.unwrap(), ["A=1"]);
+        assert_eq!(body.labels.unwrap()[JOB_LABEL], "1");
+        let host = body.host_config.unwrap();
+        assert_eq!(host.nano_cpus, Some(333_333_333));
+        assert_eq!(host.memory, Some(64 << 20));
+        assert_eq!(host.network_mode.as_deref(), Some("jobs"));
+        assert_eq!(host.privileged, None);
+        assert_eq!(host.binds, None);
+        assert_eq!(host.mounts, None);
+        assert_eq!(host.cap_add, None);
+    }
+
+    #[test]
+    fn an_empty_command_keeps_the_images_and_no_limit_is_none() {
+        let body = create_body(&job(&[])).unwrap();
+        assert_eq!(body.cmd, None, "an empty Cmd would not be the image's");
+        let host = body.host_config.unwrap();
+        assert_eq!(
+            (host.nano_cpus, host.memory, host.network_mode),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn limits_docker_cannot_take_and_shared_namespaces_are_refused_before_the_call() {
+        for cpus in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let c = NewContainer {
+                cpus: Some(cpus),
+                ..job(&[])
+            };
+            assert!(create_body(&c).is_err(), "{cpus}");
+        }
+        for network in ["host", "container:abc"] {
+            let c = NewContainer {
+                network: Some(network.into()),
+                ..job(&[])
+            };
+            assert!(create_body(&c).is_err(), "{network}");
+        }
+        let c = NewContainer {
+            memory_bytes: Some(u64::MAX),
+            ..job(&[])
+        };
+        assert!(create_body(&c).is_err());
+    }
+
+    #[test]
+    fn the_exit_code_is_read_from_a_list_status() {
+        assert_eq!(exit_code_from_status("Exited (7) 3 seconds ago"), Some(7));
+        assert_eq!(
+            exit_code_from_status("Exited (137) About a minute ago"),
+            Some(137)
+        );
+        assert_eq!(exit_code_from_status("Up 2 seconds"), None);
+        assert_eq!(exit_code_from_status("Created"), None);
+    }
+
+    #[test]
+    fn a_404_on_create_is_about_the_image_only_when_it_says_so() {
+        assert!(no_such_image("No such image: shoal-test/no-such-image:0"));
+        assert!(!no_such_image("network nope-net not found"));
     }
 }

@@ -1,6 +1,7 @@
 //! The `Engine` trait: the few calls the watcher needs from a container
 //! engine, so that Docker and the synthetic engine are interchangeable.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -67,6 +68,59 @@ pub enum EngineError {
     /// The event stream ended or fell behind.
     #[error("event stream lost: {0}")]
     StreamLost(String),
+    /// The engine refused the request for good (no such image, a bad
+    /// setting): trying again gives the same answer.
+    #[error("{0}")]
+    Refused(String),
+    /// This engine cannot do that (containerd and the synthetic engine
+    /// create no containers).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl EngineError {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unreachable(_) | EngineError::Api(_) | EngineError::StreamLost(_)
+        )
+    }
+}
+
+/// A container a job asks an engine to create, as `docker create`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewContainer {
+    /// Its name (`shoal-job-<id>`): a container of that name that exists
+    /// already is the one (a retry after a crash finds it).
+    pub name: String,
+    /// The image, which must be on the engine: nothing is pulled.
+    pub image: String,
+    /// The command; empty keeps the image's.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// Labels, the job's ID among them.
+    pub labels: BTreeMap<String, String>,
+    /// CPUs, as `--cpus`.
+    pub cpus: Option<f64>,
+    /// Memory in bytes, as `--memory`.
+    pub memory_bytes: Option<u64>,
+    /// A network to attach instead of the default bridge.
+    pub network: Option<String>,
+}
+
+/// A container found by its label (see [`Engine::labelled`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelledContainer {
+    /// Its full ID.
+    pub id: String,
+    /// The label's value.
+    pub value: String,
+    /// Running (or paused, restarting).
+    pub live: bool,
+    /// Its exit code, once it exited.
+    pub exit_code: Option<i64>,
 }
 
 /// A stream of events that starts no later than the `subscribe` call that
@@ -95,4 +149,47 @@ pub trait Engine: Send + Sync + 'static {
     /// record's `node`, `engine_id` and `updated_at` are left for the
     /// watcher to fill.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerRecord>, EngineError>;
+
+    /// Why this engine cannot create containers, or `None` when it can.
+    fn cannot_create(&self) -> Option<String> {
+        Some(format!(
+            "the {} engine does not create containers",
+            self.kind()
+        ))
+    }
+
+    /// True when the image is on the engine.
+    async fn has_image(&self, _image: &str) -> Result<bool, EngineError> {
+        Err(self.unsupported())
+    }
+
+    /// Creates the container, or finds the one of that name (created by an
+    /// earlier try) and answers its ID. Never pulls an image: a missing one
+    /// is [`EngineError::Refused`].
+    async fn create(&self, _container: &NewContainer) -> Result<String, EngineError> {
+        Err(self.unsupported())
+    }
+
+    /// Starts a created container (a running one is left as it is).
+    async fn start(&self, _id: &str) -> Result<(), EngineError> {
+        Err(self.unsupported())
+    }
+
+    /// Waits for the container to exit and answers its exit code.
+    async fn wait(&self, _id: &str) -> Result<i64, EngineError> {
+        Err(self.unsupported())
+    }
+
+    /// Every container, in any state, that carries the label `key`.
+    async fn labelled(&self, _key: &str) -> Result<Vec<LabelledContainer>, EngineError> {
+        Err(self.unsupported())
+    }
+
+    /// The error of a call this engine does not make.
+    fn unsupported(&self) -> EngineError {
+        EngineError::Unsupported(
+            self.cannot_create()
+                .unwrap_or_else(|| format!("the {} engine does not do that", self.kind())),
+        )
+    }
 }

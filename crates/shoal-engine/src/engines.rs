@@ -136,6 +136,8 @@ pub struct EnginesCounters {
 }
 
 struct Shared {
+    /// The engines, in order of precedence.
+    engines: Vec<Arc<dyn Engine>>,
     watchers: Vec<(&'static str, WatcherHandle)>,
     published: Published,
     withdrawn: Mutex<Vec<bool>>,
@@ -150,6 +152,22 @@ pub struct EnginesHandle {
 }
 
 impl EnginesHandle {
+    /// The engine that creates this node's job containers: the first that
+    /// can. Otherwise why none can.
+    pub fn creator(&self) -> Result<Arc<dyn Engine>, String> {
+        let mut why = Vec::new();
+        for e in &self.shared.engines {
+            match e.cannot_create() {
+                None => return Ok(e.clone()),
+                Some(w) => why.push(w),
+            }
+        }
+        if why.is_empty() {
+            why.push("the node watches no engine".to_owned());
+        }
+        Err(why.join("; "))
+    }
+
     /// The node's inventory: an immutable snapshot, read without a lock.
     pub fn inventory(&self) -> Arc<Inventory> {
         self.shared.published.inventory()
@@ -250,14 +268,16 @@ impl Engines {
     ) -> (EnginesHandle, JoinHandle<()>) {
         let mut watchers = Vec::with_capacity(engines.len());
         let mut tasks = Vec::with_capacity(engines.len());
-        for engine in engines {
+        for engine in &engines {
             let kind = engine.kind();
-            let (handle, task) = Watcher::spawn(engine, config.watcher.clone(), shutdown.clone());
+            let (handle, task) =
+                Watcher::spawn(engine.clone(), config.watcher.clone(), shutdown.clone());
             watchers.push((kind, handle));
             tasks.push(task);
         }
         let handle = EnginesHandle {
             shared: Arc::new(Shared {
+                engines,
                 withdrawn: Mutex::new(vec![false; watchers.len()]),
                 watchers,
                 published: Published::new(config.watcher.delta_buffer),

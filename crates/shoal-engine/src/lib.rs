@@ -18,7 +18,9 @@ pub mod watcher;
 
 pub use containerd::ContainerdEngine;
 pub use docker::DockerEngine;
-pub use engine::{Engine, EngineError, EngineEvent, EngineIdentity, EventStream};
+pub use engine::{
+    Engine, EngineError, EngineEvent, EngineIdentity, EventStream, LabelledContainer, NewContainer,
+};
 pub use engines::{
     EngineState, Engines, EnginesConfig, EnginesCounters, EnginesHandle, EnginesStatus,
 };

@@ -14,10 +14,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use shoal_core::{ContainerState, Health, Inventory, LookupKey};
-use shoal_engine::{DockerEngine, Engine, EngineError, EngineIdentity, EventStream};
+use shoal_engine::{
+    DockerEngine, Engine, EngineError, EngineIdentity, EventStream, LabelledContainer, NewContainer,
+};
 use watching::{CONVERGE, by, eventually, ready, watch};
 
 const IMAGE: &str = "shoal-test/busybox:latest";
+/// An image no engine has: shoal must say so, not pull it.
+const MISSING_IMAGE: &str = "shoal-test/no-such-image:0";
 
 fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -482,4 +486,159 @@ async fn an_engine_restart_converges_with_nothing_stale() {
     })
     .await;
     stop.cancel();
+}
+
+/// A job ID shaped like a UUID, new for every run so that runs never share
+/// a container.
+fn job_id() -> String {
+    let n: u128 = rand::random();
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A job's container as the node asks for it.
+fn job_container(job: &str, cmd: &[&str]) -> NewContainer {
+    NewContainer {
+        name: format!("shoal-job-{job}"),
+        image: IMAGE.to_owned(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        env: vec!["SHOAL_TEST=1".to_owned()],
+        labels: [("shoal.job".to_owned(), job.to_owned())].into(),
+        cpus: Some(0.5),
+        memory_bytes: Some(64 << 20),
+        network: None,
+    }
+}
+
+fn labelled_as<'a>(found: &'a [LabelledContainer], id: &str) -> &'a LabelledContainer {
+    found
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("labelled finds {id}: {found:?}"))
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker engine and the test image: make test runs it"]
+async fn a_job_container_is_created_once_started_and_waited_for() {
+    require_image(None);
+    let mut cleanup = Cleanup::new(None);
+    let engine = DockerEngine::connect(&DockerEngine::default_host()).unwrap();
+    assert_eq!(engine.cannot_create(), None);
+    assert!(engine.has_image(IMAGE).await.unwrap());
+    assert!(!engine.has_image(MISSING_IMAGE).await.unwrap());
+
+    let job = job_id();
+    let new = job_container(&job, &["sh", "-c", "exit 7"]);
+    cleanup.container(&new.name);
+    let id = engine.create(&new).await.unwrap();
+    assert_eq!(
+        engine.create(&new).await.unwrap(),
+        id,
+        "a retry finds the container the first try made"
+    );
+    let same_job = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=shoal.job={job}"),
+    ]);
+    assert_eq!(same_job, id, "one container for the job");
+    let host_config = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.Privileged}} \
+         {{.HostConfig.NetworkMode}} {{json .Config.Cmd}} {{json .Config.Env}}",
+        &id,
+    ]);
+    assert!(
+        host_config.starts_with(&format!(
+            "500000000 {} false default [\"sh\",\"-c\",\"exit 7\"] ",
+            64 << 20
+        )),
+        "{host_config}"
+    );
+    assert!(host_config.contains("\"SHOAL_TEST=1\""), "{host_config}");
+
+    engine.start(&id).await.unwrap();
+    assert_eq!(engine.wait(&id).await.unwrap(), 7);
+    assert_eq!(
+        engine.wait(&id).await.unwrap(),
+        7,
+        "an exited container answers at once"
+    );
+
+    // A job still running: started twice is started once, and it is live.
+    let running_job = job_id();
+    let running = job_container(&running_job, &["sleep", "600"]);
+    cleanup.container(&running.name);
+    let running_id = engine.create(&running).await.unwrap();
+    engine.start(&running_id).await.unwrap();
+    engine.start(&running_id).await.unwrap();
+
+    let found = engine.labelled("shoal.job").await.unwrap();
+    assert_eq!(
+        labelled_as(&found, &id),
+        &LabelledContainer {
+            id: id.clone(),
+            value: job.clone(),
+            live: false,
+            exit_code: Some(7),
+        }
+    );
+    assert_eq!(
+        labelled_as(&found, &running_id),
+        &LabelledContainer {
+            id: running_id.clone(),
+            value: running_job.clone(),
+            live: true,
+            exit_code: None,
+        }
+    );
+
+    // Not pulled: refused, naming the image.
+    let missing = NewContainer {
+        image: MISSING_IMAGE.to_owned(),
+        ..job_container(&job_id(), &[])
+    };
+    cleanup.container(&missing.name);
+    match engine.create(&missing).await {
+        Err(e @ EngineError::Refused(_)) => {
+            let text = e.to_string();
+            assert!(text.contains(MISSING_IMAGE), "{text}");
+            assert!(text.contains("does not pull"), "{text}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("a missing image is refused: {other:?}"),
+    }
+
+    // A container of that name that is not the job's is left alone.
+    let taken = job_container(&job_id(), &[]);
+    cleanup.container(&taken.name);
+    let stranger = docker(&["create", "--name", &taken.name, IMAGE, "true"]);
+    match engine.create(&taken).await {
+        Err(EngineError::Refused(text)) => assert!(text.contains("taken"), "{text}"),
+        other => panic!("a name taken by another container is refused: {other:?}"),
+    }
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.Id}}", &taken.name]),
+        stranger,
+        "the stranger is untouched"
+    );
+
+    // A container that is not there: refused, not retried.
+    for result in [
+        engine.start("shoal-job-none").await.map(|_| 0),
+        engine.wait("shoal-job-none").await,
+    ] {
+        assert!(matches!(result, Err(EngineError::Refused(_))), "{result:?}");
+    }
 }

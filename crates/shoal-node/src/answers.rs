@@ -19,6 +19,15 @@ pub const METHOD_PROJECTS: &str = "Inventory.Projects";
 /// JSON-RPC `History.Query {name?, id?, ip?, project?, node?, label?,
 /// since?, until?, limit?, cursor?}`: recorded changes.
 pub const METHOD_HISTORY: &str = "History.Query";
+/// JSON-RPC `ContainerService.Create [{image, arguments, resources, env,
+/// name?, labels?, node?, network?}]`: queues a job (needs the API token).
+pub const METHOD_CREATE: &str = "ContainerService.Create";
+/// JSON-RPC `ContainerService.Status [{job_id}]`: a job, as its owner has
+/// it.
+pub const METHOD_STATUS: &str = "ContainerService.Status";
+/// JSON-RPC `ContainerService.List {status?, node?, limit?}`: the fleet's
+/// jobs.
+pub const METHOD_JOBS: &str = "ContainerService.List";
 
 /// How a lookup was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

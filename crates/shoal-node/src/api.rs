@@ -57,6 +57,7 @@ pub fn app(service: Shared) -> Router {
         .route(routes::INVALIDATE, post(peer_invalidate))
         .route(routes::CHANGES, post(peer_changes))
         .route(routes::HISTORY, post(peer_history))
+        .route(routes::JOBS, post(peer_jobs))
         .layer(middleware::from_fn_with_state(service.clone(), peer_auth))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -77,6 +78,8 @@ pub fn app(service: Shared) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/history", get(history))
         .route("/v1/tasks", get(tasks))
+        .route("/v1/jobs", get(list_jobs).post(create_job))
+        .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/watch", get(watch))
         .route("/", get(crate::ui::index))
         .route("/ui/{file}", get(crate::ui::asset))
@@ -84,6 +87,7 @@ pub fn app(service: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(service.clone(), read_auth))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             guard::Gate::public(&limits),
@@ -288,11 +292,128 @@ fn no_query(query: &Option<String>, route: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn jsonrpc(State(service): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn jsonrpc(
+    State(service): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
     match body {
-        Ok(body) => jrpc::handle(&service, &body).await,
+        Ok(body) => jrpc::handle(&service, &body, authorization).await,
         Err(e) => jrpc::body_error(ApiError::from(e)),
     }
+}
+
+/// With `--api-token-reads`, every public route but the probes and the
+/// metrics needs the API token.
+async fn read_auth(State(service): State<Shared>, request: Request, next: Next) -> Response {
+    if service.config().api_token_reads
+        && !matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
+    {
+        let authorization = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(e) = service
+            .api_token()
+            .check(authorization, "reading this node")
+        {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `POST /v1/jobs`: creates a job (needs the API token); 202 with its ID.
+async fn create_job(
+    State(service): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    service.api_token().check(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        "creating a job",
+    )?;
+    no_query(&query, "POST /v1/jobs")?;
+    let body = body?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let spec = crate::jobs::spec_from_json(&value)?;
+    let created = service.jobs().create(spec).await?;
+    Ok((StatusCode::ACCEPTED, Json(created)).into_response())
+}
+
+/// `GET /v1/jobs/{id}`: one job, as its owner has it.
+async fn get_job(
+    State(service): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    no_query(&query, "/v1/jobs/{id}")?;
+    let id =
+        shoal_core::jobs::JobId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let record = service.jobs().status(&id).await?;
+    Ok(Json(crate::jobs::JobView::from(&record)).into_response())
+}
+
+/// `GET /v1/jobs?status=&node=&limit=`: the fleet's jobs, oldest first.
+async fn list_jobs(
+    State(service): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = job_filter(query_pairs(&query)?)?;
+    Ok(Json(service.jobs().list(&filter).await).into_response())
+}
+
+/// Reads `status`, `node` and `limit` of a job listing.
+pub fn job_filter<'a>(
+    pairs: impl IntoIterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+) -> Result<crate::jobs::JobFilter, ApiError> {
+    let mut filter = crate::jobs::JobFilter::default();
+    for (k, v) in pairs {
+        match &*k {
+            "status" => filter.state = Some(v.parse().map_err(ApiError::BadRequest)?),
+            "node" => {
+                if !shoal_core::is_plain_name(&v) {
+                    return Err(ApiError::BadRequest(format!("{v:?} is not a node ID")));
+                }
+                filter.node = Some(NodeId(v.into_owned()));
+            }
+            "limit" => {
+                filter.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=crate::jobs::MAX_LIST).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit {v:?} is not between 1 and {}",
+                            crate::jobs::MAX_LIST
+                        ))
+                    })?
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: /v1/jobs takes status, node and limit"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn peer_jobs(
+    State(service): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: shoal_core::jobs::JobRequest = peer_body(body)?;
+    let reply = service.jobs().clone().handle(request).await;
+    Ok(bincode_response(&reply))
 }
 
 async fn noop() -> StatusCode {

@@ -35,6 +35,60 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use shoal_core::NodeId;
 
+/// The API token (`--api-token`) that writes (job creation) need, and
+/// reads too with `--api-token-reads`: `Authorization: Bearer <token>`.
+/// Only the token's SHA-256 is kept, and a presented token is compared by
+/// its SHA-256, so the comparison's time says nothing about the token.
+pub struct ApiToken {
+    digest: Option<[u8; 32]>,
+}
+
+impl ApiToken {
+    /// The check of `token`; `None`: nothing that needs a token is allowed.
+    pub fn new(token: Option<&str>) -> Self {
+        ApiToken {
+            digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    /// True when a token is configured.
+    pub fn is_set(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// Checks the `Authorization` header's value; `what` names what the
+    /// token is needed for, for the message.
+    pub fn check(&self, authorization: Option<&[u8]>, what: &str) -> Result<(), crate::ApiError> {
+        let Some(expected) = &self.digest else {
+            return Err(crate::ApiError::Forbidden(format!(
+                "{what} is off on this node: it has no API token (start it with --api-token, \
+                 SHOAL_API_TOKEN or --api-token-file)"
+            )));
+        };
+        let Some(value) = authorization else {
+            return Err(crate::ApiError::Unauthorized(format!(
+                "{what} needs the API token: send Authorization: Bearer <token>"
+            )));
+        };
+        let presented = value
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.strip_prefix(b"bearer "))
+            .map(|t| t.trim_ascii());
+        let Some(presented) = presented else {
+            return Err(crate::ApiError::Unauthorized(
+                "the Authorization header must be Bearer <token>".into(),
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        if &digest != expected {
+            return Err(crate::ApiError::Unauthorized(format!(
+                "{what}: the API token is wrong"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The header with the MAC (of the request, and of the response).
 pub const AUTH_HEADER: &str = "x-shoal-auth";
 /// The header with the signing time, in Unix seconds.

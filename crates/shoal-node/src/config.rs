@@ -127,6 +127,18 @@ pub struct NodeConfig {
     /// The scheduler's jobs (`scheduler.jobs` of the YAML file); none
     /// given: the defaults of [`crate::scheduler::Job::defaults`].
     pub scheduler_jobs: Option<Vec<crate::scheduler::JobConfig>>,
+    /// The API token (`--api-token`): creating jobs needs it as
+    /// `Authorization: Bearer`; without one, no job is created here.
+    pub api_token: Option<String>,
+    /// Reads need the token too (`--api-token-reads`; default off).
+    pub api_token_reads: bool,
+    /// Jobs waiting for a worker on this node at most (default 100).
+    pub queue_size: usize,
+    /// Workers creating job containers at once (default 10).
+    pub worker_count: usize,
+    /// Retries of a job's engine calls that failed for a reason that may
+    /// pass (default 3).
+    pub job_retries: u32,
 }
 
 impl Default for NodeConfig {
@@ -172,6 +184,11 @@ impl Default for NodeConfig {
             history_buffer: 100_000,
             history_retention: Duration::from_secs(30 * 86_400),
             scheduler_jobs: None,
+            api_token: None,
+            api_token_reads: false,
+            queue_size: 100,
+            worker_count: 10,
+            job_retries: 3,
         }
     }
 }
@@ -230,6 +247,23 @@ impl NodeConfig {
         }
         if self.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err("cluster-secret must be at least 16 characters".into());
+        }
+        if let Some(t) = &self.api_token
+            && (t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err("api-token must be at least 16 printable characters without spaces".into());
+        }
+        if self.api_token_reads && self.api_token.is_none() {
+            return Err("api-token-reads needs an api-token".into());
+        }
+        if !(1..=100_000).contains(&self.queue_size) {
+            return Err("queue-size must be between 1 and 100000".into());
+        }
+        if !(1..=1000).contains(&self.worker_count) {
+            return Err("worker-count must be between 1 and 1000".into());
+        }
+        if self.job_retries > 100 {
+            return Err("job-retries must be at most 100".into());
         }
         if self.replicas == 0 {
             return Err("replicas must be at least 1".into());

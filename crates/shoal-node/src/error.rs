@@ -35,6 +35,18 @@ pub enum ApiError {
     /// this request rather than queue it.
     #[error("{0}")]
     Overloaded(String),
+    /// 401: the request needs the API token (`Authorization: Bearer`)
+    /// and did not carry it, or carried another.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: this node does not allow it at all (job creation without an
+    /// API token configured).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429 with `Retry-After`: a queue is full; the same request may
+    /// succeed shortly.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 500: a bug; the message says what.
     #[error("{0}")]
     Internal(String),
@@ -67,6 +79,9 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyRequests(_) => "queue_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -82,6 +97,9 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Timeout(_) | ApiError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +115,9 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::Timeout(m)
             | ApiError::Overloaded(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::TooManyRequests(m)
             | ApiError::Internal(m) => m,
         }
     }
@@ -111,11 +132,20 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::Overloaded(_) = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
-            );
+        match self {
+            ApiError::Overloaded(_) | ApiError::TooManyRequests(_) => {
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+                );
+            }
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"shoal\""),
+                );
+            }
+            _ => {}
         }
         response
     }

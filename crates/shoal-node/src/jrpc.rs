@@ -21,7 +21,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_core::{KeyKind, ListFilter, parse_ref};
 
-use crate::answers::{METHOD_GET, METHOD_HISTORY, METHOD_LIST, METHOD_NODES, METHOD_PROJECTS};
+use crate::answers::{
+    METHOD_CREATE, METHOD_GET, METHOD_HISTORY, METHOD_JOBS, METHOD_LIST, METHOD_NODES,
+    METHOD_PROJECTS, METHOD_STATUS,
+};
 use crate::error::ApiError;
 use crate::lookup::LookupOptions;
 use crate::page::Page;
@@ -45,6 +48,15 @@ pub const UNAVAILABLE: i64 = -32003;
 /// (application error; a single call is answered HTTP 503 with
 /// `Retry-After`).
 pub const OVERLOADED: i64 = -32005;
+/// The call needs the API token and did not carry it, or carried another
+/// (a single call is answered HTTP 401).
+pub const UNAUTHORIZED: i64 = -32001;
+/// The node does not allow the call at all (a single call is answered
+/// HTTP 403).
+pub const FORBIDDEN: i64 = -32002;
+/// A job queue is full; retry after a moment (a single call is answered
+/// HTTP 429 with `Retry-After`).
+pub const QUEUE_FULL: i64 = -32029;
 
 #[derive(Debug)]
 struct RpcError {
@@ -78,6 +90,9 @@ impl From<ApiError> for RpcError {
             ApiError::NotFound(_) => NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Timeout(_) => UNAVAILABLE,
             ApiError::Overloaded(_) => OVERLOADED,
+            ApiError::Unauthorized(_) => UNAUTHORIZED,
+            ApiError::Forbidden(_) => FORBIDDEN,
+            ApiError::TooManyRequests(_) => QUEUE_FULL,
             _ => INTERNAL_ERROR,
         };
         RpcError {
@@ -105,8 +120,9 @@ pub fn body_error(e: ApiError) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Answers one JSON-RPC body.
-pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
+/// Answers one JSON-RPC body; `authorization` is the request's
+/// `Authorization` header, which `ContainerService.Create` needs.
+pub async fn handle(service: &NodeService, body: &[u8], authorization: Option<&[u8]>) -> Response {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -167,30 +183,34 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
                 )
                     .into_response();
             }
-            let answers: Vec<Value> =
-                futures::future::join_all(calls.into_iter().map(|c| call(service, c)))
-                    .await
-                    .into_iter()
-                    .flatten()
-                    .map(|(_, v)| v)
-                    .collect();
+            let answers: Vec<Value> = futures::future::join_all(
+                calls.into_iter().map(|c| call(service, c, authorization)),
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| v)
+            .collect();
             if answers.is_empty() {
                 StatusCode::NO_CONTENT.into_response()
             } else {
                 Json(Value::Array(answers)).into_response()
             }
         }
-        single => match call(service, single).await {
+        single => match call(service, single, authorization).await {
             None => StatusCode::NO_CONTENT.into_response(),
             Some((code, v)) => {
                 let status = match code {
                     Some(PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS) => StatusCode::BAD_REQUEST,
                     Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
                     Some(OVERLOADED) => StatusCode::SERVICE_UNAVAILABLE,
+                    Some(UNAUTHORIZED) => StatusCode::UNAUTHORIZED,
+                    Some(FORBIDDEN) => StatusCode::FORBIDDEN,
+                    Some(QUEUE_FULL) => StatusCode::TOO_MANY_REQUESTS,
                     _ => StatusCode::OK,
                 };
                 let mut response = (status, Json(v)).into_response();
-                if code == Some(OVERLOADED) {
+                if matches!(code, Some(OVERLOADED | QUEUE_FULL)) {
                     response.headers_mut().insert(
                         axum::http::header::RETRY_AFTER,
                         axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECS),
@@ -204,7 +224,11 @@ pub async fn handle(service: &NodeService, body: &[u8]) -> Response {
 
 /// Runs one call. `None` for a notification (no answer is owed); otherwise
 /// the error code, if any, and the response object.
-async fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Value)> {
+async fn call(
+    service: &NodeService,
+    request: Value,
+    authorization: Option<&[u8]>,
+) -> Option<(Option<i64>, Value)> {
     let Value::Object(mut obj) = request else {
         let err = RpcError::new(INVALID_REQUEST, "a request must be a JSON object");
         service.metrics().observe_rpc("", false);
@@ -235,7 +259,7 @@ async fn call(service: &NodeService, request: Value) -> Option<(Option<i64>, Val
         ))
     } else {
         match &method {
-            Some(Value::String(m)) => dispatch(service, m, params).await,
+            Some(Value::String(m)) => dispatch(service, m, params, authorization).await,
             _ => Err(RpcError::new(INVALID_REQUEST, "method must be a string")),
         }
     };
@@ -346,12 +370,57 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, RpcError> {
     serde_json::to_value(v).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
 }
 
+/// The one object a `ContainerService` call takes: `[{…}]` or `{…}`.
+fn one_object(params: Option<Value>, what: &str) -> Result<Value, RpcError> {
+    match params {
+        Some(Value::Array(mut a)) if a.len() == 1 && a[0].is_object() => Ok(a.remove(0)),
+        Some(v @ Value::Object(_)) => Ok(v),
+        _ => Err(RpcError::new(
+            INVALID_PARAMS,
+            format!("params must be [{what}] or {what}"),
+        )),
+    }
+}
+
 async fn dispatch(
     service: &NodeService,
     method: &str,
     params: Option<Value>,
+    authorization: Option<&[u8]>,
 ) -> Result<Value, RpcError> {
     match method {
+        METHOD_CREATE => {
+            service.api_token().check(authorization, "creating a job")?;
+            let job = one_object(params, "{image, arguments, resources, env, …}")?;
+            let spec = crate::jobs::spec_from_json(&job)?;
+            to_value(service.jobs().create(spec).await?)
+        }
+        METHOD_STATUS => {
+            let p = one_object(params, "{job_id}")?;
+            let p = named_params(Some(p), &["job_id"])?;
+            let id = string_param(&p, "job_id")?
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, "job_id is required"))?;
+            let id = shoal_core::jobs::JobId::parse(&id)
+                .map_err(|e| RpcError::new(INVALID_PARAMS, e.to_string()))?;
+            let record = service.jobs().status(&id).await?;
+            to_value(crate::jobs::JobView::from(&record))
+        }
+        METHOD_JOBS => {
+            let p = named_params(params, &["status", "node", "limit"])?;
+            let mut pairs = Vec::new();
+            for name in ["status", "node"] {
+                if let Some(v) = string_param(&p, name)? {
+                    pairs.push((name.into(), v.into()));
+                }
+            }
+            match p.get("limit") {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) => pairs.push(("limit".into(), n.to_string().into())),
+                Some(_) => return Err(RpcError::new(INVALID_PARAMS, "limit must be a number")),
+            }
+            let filter = crate::api::job_filter(pairs)?;
+            to_value(service.jobs().list(&filter).await)
+        }
         METHOD_GET => {
             let p = named_params(params, &["ref", "by", "at"])?;
             let reference = string_param(&p, "ref")?

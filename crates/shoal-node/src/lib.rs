@@ -23,6 +23,7 @@ pub mod error;
 pub mod gossip;
 pub mod guard;
 pub mod history;
+pub mod jobs;
 pub mod jrpc;
 pub mod lookup;
 pub mod membership;
@@ -224,6 +225,7 @@ pub async fn run_with(
     );
     let mut tasks = service.spawn_tasks(membership.ring_changes(), &tasks_stop);
     tasks.extend(service.spawn_scheduler(&tasks_stop));
+    tasks.extend(service.spawn_jobs(&tasks_stop));
     let membership = Arc::new(membership);
     tasks.push(tokio::spawn(gossip_self(
         service.clone(),

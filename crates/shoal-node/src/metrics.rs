@@ -85,6 +85,8 @@ pub struct NodeState<'a> {
     pub peer_refused: Option<&'a AtomicU64>,
     /// The history writer, if the node keeps history.
     pub history: Option<crate::history::HistoryStatus>,
+    /// The job path.
+    pub jobs: &'a crate::jobs::Jobs,
 }
 
 /// The node's metrics.
@@ -122,6 +124,13 @@ pub struct Metrics {
     history_dropped: Counter,
     history_queued: Gauge,
     history_up: Gauge,
+    jobs_created: Counter,
+    jobs_refused_full: Counter,
+    jobs_started: Counter,
+    jobs_failed: Counter,
+    jobs_placed_again: Counter,
+    jobs_queued: Gauge,
+    jobs_held: Gauge,
 }
 
 /// Labels of a forward.
@@ -176,6 +185,13 @@ impl Metrics {
             history_dropped: Counter::default(),
             history_queued: Gauge::default(),
             history_up: Gauge::default(),
+            jobs_created: Counter::default(),
+            jobs_refused_full: Counter::default(),
+            jobs_started: Counter::default(),
+            jobs_failed: Counter::default(),
+            jobs_placed_again: Counter::default(),
+            jobs_queued: Gauge::default(),
+            jobs_held: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
@@ -331,6 +347,45 @@ impl Metrics {
             "1 while the history store takes writes, 0 while it does not, -1 without history",
             m.history_up.clone(),
         );
+        for (name, help, counter) in [
+            (
+                "jobs_created",
+                "Jobs created with this node as their entry",
+                &m.jobs_created,
+            ),
+            (
+                "jobs_refused_full",
+                "Creates refused 429 at this node because a job queue was full",
+                &m.jobs_refused_full,
+            ),
+            (
+                "jobs_started",
+                "Job containers this node's workers started",
+                &m.jobs_started,
+            ),
+            (
+                "jobs_failed",
+                "Jobs this node's workers failed (after their retries)",
+                &m.jobs_failed,
+            ),
+            (
+                "jobs_placed_again",
+                "Jobs this node, as their owner, placed on another node after theirs left or did not take them",
+                &m.jobs_placed_again,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "jobs_queued",
+            "Jobs waiting for a worker on this node",
+            m.jobs_queued.clone(),
+        );
+        registry.register(
+            "jobs_held",
+            "Job records this node holds as an owner or replica",
+            m.jobs_held.clone(),
+        );
         registry.register(
             "publish_lag_seconds",
             "From the watcher reading a change to an owner having it, per delivery",
@@ -405,6 +460,11 @@ impl Metrics {
             (&self.invalidations_sent, &node.fetchers.sent),
             (&self.invalidation_flushes, &node.fetchers.flushes),
             (&self.gossip_refused, node.gossip_refused),
+            (&self.jobs_created, &node.jobs.counters.created),
+            (&self.jobs_refused_full, &node.jobs.counters.refused_full),
+            (&self.jobs_started, &node.jobs.counters.started),
+            (&self.jobs_failed, &node.jobs.counters.failed),
+            (&self.jobs_placed_again, &node.jobs.counters.replaced),
             (
                 &self.peer_refused,
                 node.peer_refused.unwrap_or(&AtomicU64::new(0)),
@@ -414,6 +474,8 @@ impl Metrics {
                 .inner()
                 .store(source.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        self.jobs_queued.set(node.jobs.queued() as i64);
+        self.jobs_held.set(node.jobs.held() as i64);
         match &node.history {
             Some(h) => {
                 self.history_written

@@ -291,6 +291,8 @@ pub mod routes {
     pub const CHANGES: &str = "/_shoal/v1/changes";
     /// `POST`: a node's own history store, for a fleet history query.
     pub const HISTORY: &str = "/_shoal/v1/history";
+    /// `POST`: the job protocol ([`shoal_core::jobs::JobRequest`]).
+    pub const JOBS: &str = "/_shoal/v1/jobs";
 }
 
 /// The kind of a peer call, for fault injection and metrics.
@@ -314,6 +316,8 @@ pub enum CallKind {
     Changes,
     /// [`routes::HISTORY`].
     History,
+    /// [`routes::JOBS`].
+    Jobs,
 }
 
 impl CallKind {
@@ -329,6 +333,7 @@ impl CallKind {
             routes::INVALIDATE => CallKind::Invalidate,
             routes::CHANGES => CallKind::Changes,
             routes::HISTORY => CallKind::History,
+            routes::JOBS => CallKind::Jobs,
             p if p.starts_with(routes::LOOKUP) => CallKind::Lookup,
             _ => return None,
         })
@@ -454,6 +459,17 @@ impl PeerClient {
     ) -> Result<shoal_core::wire::HistoryReply, PeerError> {
         self.typed((to, addr), routes::HISTORY, Some(r), timeout)
             .await
+    }
+
+    /// One call of the job protocol.
+    pub async fn jobs(
+        &self,
+        to: &NodeId,
+        addr: &str,
+        r: &shoal_core::jobs::JobRequest,
+        timeout: Duration,
+    ) -> Result<shoal_core::jobs::JobReply, PeerError> {
+        self.typed((to, addr), routes::JOBS, Some(r), timeout).await
     }
 
     /// Asks a source for a digest round (an owner not complete for it).

@@ -63,6 +63,10 @@ pub struct NodeService {
     feed: Arc<crate::watch::Feed>,
     /// The history writer's state and store, if the node keeps history.
     history: Option<Arc<crate::history::History>>,
+    /// The job path: entry, owner and placed node.
+    jobs: Arc<crate::jobs::Jobs>,
+    /// The API token's check.
+    api_token: crate::auth::ApiToken,
     /// The scheduler's jobs and their last runs here.
     scheduler: Arc<crate::scheduler::Scheduler>,
 }
@@ -140,8 +144,23 @@ impl NodeService {
         let jobs = config.jobs().unwrap_or_else(|_| {
             crate::scheduler::Job::defaults(config.resync_interval, config.history_retention)
         });
+        let jobs_path = Arc::new(crate::jobs::Jobs::new(
+            config.node_id.clone(),
+            crate::jobs::JobsConfig {
+                queue_size: config.queue_size,
+                worker_count: config.worker_count,
+                retries: config.job_retries,
+                ..Default::default()
+            },
+            view.clone(),
+            peers.clone(),
+            engines.clone(),
+        ));
+        let api_token = crate::auth::ApiToken::new(config.api_token.as_deref());
         NodeService {
             feed,
+            jobs: jobs_path,
+            api_token,
             history: None,
             scheduler: crate::scheduler::Scheduler::new(jobs),
             peer_guard,
@@ -190,6 +209,21 @@ impl NodeService {
     pub fn spawn_scheduler(self: &Arc<Self>, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
         self.scheduler
             .spawn(Arc::new(NodeTasks(self.clone())), stop)
+    }
+
+    /// The job path.
+    pub fn jobs(&self) -> &Arc<crate::jobs::Jobs> {
+        &self.jobs
+    }
+
+    /// The API token's check.
+    pub fn api_token(&self) -> &crate::auth::ApiToken {
+        &self.api_token
+    }
+
+    /// Runs the job workers and the owner's upkeep until `stop`.
+    pub fn spawn_jobs(&self, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+        self.jobs.spawn(stop)
     }
 
     /// The node's history, if it keeps one.
@@ -321,6 +355,7 @@ impl NodeService {
                 gossip_refused: self.gossip_refusals.count(),
                 peer_refused: self.peer_guard.as_ref().map(|g| g.refused()),
                 history: self.history.as_ref().map(|h| h.status()),
+                jobs: &self.jobs,
             },
             now_ms(),
         )

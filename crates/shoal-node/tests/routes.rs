@@ -1505,3 +1505,173 @@ async fn the_web_view_is_served_with_cache_headers() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json["error"]["code"], "not_found");
 }
+
+async fn send_with(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+const TOKEN: &str = "routes-test-token-0123";
+
+#[tokio::test]
+async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
+    let open = node().await;
+    let job = json!({"image": "busybox", "arguments": ["true"]}).to_string();
+    let a = send_with(&open.router, Method::POST, "/v1/jobs", None, &job).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--api-token")
+    );
+
+    let guarded = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            api_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let r = &guarded.router;
+    let a = send_with(r, Method::POST, "/v1/jobs", None, &job).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"shoal\"");
+    let a = send_with(
+        r,
+        Method::POST,
+        "/v1/jobs",
+        Some("not-the-token-0123456"),
+        &job,
+    )
+    .await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "ContainerService.Create", "params": [{"image": "busybox"}]});
+    let a = send_with(r, Method::POST, "/jrpc", None, &call.to_string()).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{:?}", a.json);
+    assert_eq!(a.json["error"]["code"], -32001);
+
+    // With the token, a synthetic engine still cannot create: the answer
+    // says so, and no job is kept.
+    let a = send_with(r, Method::POST, "/v1/jobs", Some(TOKEN), &job).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("can create containers"),
+        "{:?}",
+        a.json
+    );
+    let a = send_with(r, Method::GET, "/v1/jobs", None, "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["jobs"], json!([]));
+    assert_eq!(guarded.service.jobs().held(), 0);
+}
+
+#[tokio::test]
+async fn bad_job_input_is_a_clear_400_and_creates_nothing() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            api_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let r = &n.router;
+    for body in [
+        "not json".to_owned(),
+        json!(["busybox"]).to_string(),
+        json!({"arguments": ["true"]}).to_string(),
+        json!({"image": "busybox", "privileged": true}).to_string(),
+        json!({"image": "busybox", "network": "host"}).to_string(),
+        json!({"image": "busybox", "resources": {"memory": "1k"}}).to_string(),
+        json!({"image": "busybox", "resources": {"cpus": -1}}).to_string(),
+        json!({"image": "busybox", "env": {"A=B": "x"}}).to_string(),
+        json!({"image": "busybox", "labels": {"shoal.job": "x"}}).to_string(),
+        json!({"image": "bad image"}).to_string(),
+    ] {
+        let a = send_with(r, Method::POST, "/v1/jobs", Some(TOKEN), &body).await;
+        assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    for (uri, status, code) in [
+        ("/v1/jobs/not-a-job", StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "/v1/jobs/019ad5a2-7c3e-4b21-9f00-0123456789ab",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/jobs/019ad5a2-7c3e-7b21-9f00-0123456789ab",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/jobs?status=done",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("/v1/jobs?limit=0", StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/jobs?color=red", StatusCode::BAD_REQUEST, "bad_request"),
+    ] {
+        assert_error(&get(r, uri).await, status, code);
+    }
+    let status = json!({"jsonrpc": "2.0", "id": 1, "method": "ContainerService.Status", "params": [{"job_id": "nope"}]});
+    let a = rpc(r, status).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json["error"]["code"], -32602);
+    assert_eq!(n.service.jobs().held(), 0);
+}
+
+#[tokio::test]
+async fn with_api_token_reads_every_read_needs_the_token_but_the_probes() {
+    let n = node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            api_token: Some(TOKEN.into()),
+            api_token_reads: true,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let r = &n.router;
+    assert_error(
+        &send_with(r, Method::GET, "/v1/containers/c1", None, "").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let a = send_with(r, Method::GET, "/v1/containers/c1", Some(TOKEN), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "Inventory.Nodes"});
+    let a = send_with(r, Method::POST, "/jrpc", None, &call.to_string()).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get(r, probe).await.status, StatusCode::OK, "{probe}");
+    }
+}
