@@ -2,6 +2,7 @@
 //! `shoal projects`, against `--server`, as a table or as JSON. Listings
 //! follow `next_cursor` and print every page as one.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -118,11 +119,132 @@ pub struct ProjectsArgs {
     pub name: Option<String>,
 }
 
+/// The API token, for the commands that send it: `shoal run` always needs
+/// it; `shoal job` and `jobs` only where the nodes want it for reads too
+/// (`--api-token-reads`).
+#[derive(Args, Debug, Default)]
+pub struct TokenArgs {
+    /// The fleet's API token (the one the nodes were started with), sent
+    /// as `Authorization: Bearer`. Prefer the environment variable: the
+    /// process list shows flags.
+    #[arg(
+        long,
+        env = "SHOAL_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token, if a non-empty one was given.
+    fn token(&self) -> Option<String> {
+        self.api_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    }
+}
+
+/// `shoal run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The image; it must be on the node already (no registry is asked).
+    pub image: String,
+    /// The container's command and its arguments, as `docker run IMAGE
+    /// ARGS…` takes them; none runs the image's own command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// The node to run on [default: the fleet chooses one that has the
+    /// image].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// An environment variable of the container; repeat for several.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// CPUs the container may use, as `docker run --cpus` (0.5: half of one).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory the container may use, as `docker run --memory`: 64m, 1g, or
+    /// bytes.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// A name the job's container is also found by (label
+    /// shoal.job.name); the container itself is named shoal-job-<ID>.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label of the container; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A network to attach the container to (not host or none).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Wait until the job runs, exits or fails (at most --timeout, 60 s
+    /// unless given) and show it; exits 1 when the job failed.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// `shoal job`.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The job's ID, as `shoal run` printed it.
+    pub id: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// `shoal jobs`.
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_parser = ["pending", "running", "failed", "exited"])]
+    pub status: Option<String>,
+    /// Only jobs placed on this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// At most this many jobs, the oldest first [default: the server's,
+    /// 1000].
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u64).range(1..=shoal_node::jobs::MAX_LIST as u64)
+    )]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
 struct Client {
     http: reqwest::Client,
     base: Url,
     output: Output,
+    /// The API token every request carries as `Authorization: Bearer`,
+    /// when one was given.
+    token: Option<String>,
 }
+
+/// An error answer of the server (`{"error":{"code","message"}}`), kept
+/// whole so a command can say it its own way; shown as
+/// `code: message (HTTP status)`.
+#[derive(Debug)]
+struct ServerError {
+    status: u16,
+    code: String,
+    message: String,
+    /// `Retry-After`, for a 429 or 503.
+    retry_after: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (HTTP {})", self.code, self.message, self.status)
+    }
+}
+
+impl std::error::Error for ServerError {}
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
@@ -135,7 +257,14 @@ impl Client {
             http,
             base,
             output: args.output,
+            token: None,
         })
+    }
+
+    /// The same client, sending `token` (if any) with every request.
+    fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -149,9 +278,13 @@ impl Client {
         url
     }
 
-    /// GETs a URL; an error answer becomes an error with the server's
-    /// message. Returns the JSON, the headers' node and path, and the time.
-    async fn get(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+    /// Sends a request (with the API token, if the client has one); an
+    /// error answer becomes a [`ServerError`] with the server's message.
+    /// Returns the JSON, the headers' node and path, and the time.
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         let started = Instant::now();
         let response = request.send().await.map_err(|e| {
             let why = if e.is_timeout() {
@@ -175,6 +308,7 @@ impl Client {
                 .map(str::to_owned)
         };
         let (node, path) = (header("x-shoal-node"), header("x-shoal-path"));
+        let retry_after = header("retry-after");
         let body = response.text().await.context("reading the answer")?;
         let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if !status.is_success() {
@@ -183,7 +317,13 @@ impl Client {
                 .map(str::to_owned)
                 .unwrap_or_else(|| body.chars().take(200).collect());
             let code = json["error"]["code"].as_str().unwrap_or("error");
-            bail!("{code}: {message} (HTTP {})", status.as_u16());
+            return Err(ServerError {
+                status: status.as_u16(),
+                code: code.to_owned(),
+                message,
+                retry_after,
+            }
+            .into());
         }
         if json.is_null() {
             bail!(
@@ -216,7 +356,7 @@ impl Client {
             if let Some(c) = &cursor {
                 page_url.query_pairs_mut().append_pair("cursor", c);
             }
-            let mut page = self.get(self.http.get(page_url)).await?;
+            let mut page = self.send(self.http.get(page_url)).await?;
             let next = page.json["next_cursor"].as_str().map(str::to_owned);
             match &mut all {
                 None => all = Some(page),
@@ -352,7 +492,7 @@ pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
     }
     if let Some(at) = &get.at {
         url.query_pairs_mut().append_pair("at", at);
-        let a = client.get(client.http.get(url)).await?;
+        let a = client.send(client.http.get(url)).await?;
         if client.output == Output::Json {
             return print_json(&a.json);
         }
@@ -374,7 +514,7 @@ pub async fn get(args: &ClientArgs, get: GetArgs) -> anyhow::Result<()> {
     if get.no_cache {
         request = request.header("cache-control", "no-cache");
     }
-    let a = client.get(request).await?;
+    let a = client.send(request).await?;
     if client.output == Output::Json {
         return print_json(&a.json);
     }
@@ -429,7 +569,7 @@ pub async fn history(args: &ClientArgs, h: HistoryArgs) -> anyhow::Result<()> {
         }
     }
     let a = if h.limit.is_some() {
-        client.get(client.http.get(url)).await?
+        client.send(client.http.get(url)).await?
     } else {
         client.get_all(url, "changes").await?
     };
@@ -510,7 +650,7 @@ pub async fn ls(args: &ClientArgs, ls: LsArgs) -> anyhow::Result<()> {
 pub async fn tasks(args: &ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
     let a = client
-        .get(client.http.get(client.url(&["v1", "tasks"])))
+        .send(client.http.get(client.url(&["v1", "tasks"])))
         .await?;
     if client.output == Output::Json {
         return print_json(&a.json);
@@ -547,7 +687,7 @@ pub async fn tasks(args: &ClientArgs) -> anyhow::Result<()> {
 pub async fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
     let a = client
-        .get(client.http.get(client.url(&["v1", "nodes"])))
+        .send(client.http.get(client.url(&["v1", "nodes"])))
         .await?;
     if client.output == Output::Json {
         return print_json(&a.json);
@@ -615,7 +755,7 @@ pub async fn projects(args: &ClientArgs, p: ProjectsArgs) -> anyhow::Result<()> 
     let a = match &p.name {
         Some(name) => {
             let url = client.url(&["v1", "projects", name]);
-            client.get(client.http.get(url)).await?
+            client.send(client.http.get(url)).await?
         }
         None => {
             client
@@ -657,6 +797,451 @@ pub async fn projects(args: &ClientArgs, p: ProjectsArgs) -> anyhow::Result<()> 
         }
         print!("{}", t.render());
     }
+    if let Some(note) = failed_nodes_note(&a.json) {
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
+/// How long `shoal run --wait` waits when --timeout is not given.
+pub const RUN_WAIT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// How often `shoal run --wait` asks for the job.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// A 401, 403 or 429 said plainly: the server's message (and for a 401,
+/// what to set), without the code and status the other errors carry.
+fn plainly(e: anyhow::Error, token_sent: bool) -> anyhow::Error {
+    let Some(se) = e.downcast_ref::<ServerError>() else {
+        return e;
+    };
+    match se.status {
+        401 if token_sent => anyhow::anyhow!(
+            "{}\nhint: the token given (--api-token or SHOAL_API_TOKEN) is not the one the nodes were started with",
+            se.message
+        ),
+        401 => anyhow::anyhow!(
+            "{}\nhint: set SHOAL_API_TOKEN (or pass --api-token) to the token the nodes were started with",
+            se.message
+        ),
+        403 => anyhow::anyhow!("{}", se.message),
+        429 => match &se.retry_after {
+            Some(secs) => anyhow::anyhow!("{} (the node says: retry after {secs} s)", se.message),
+            None => anyhow::anyhow!("{}", se.message),
+        },
+        _ => e,
+    }
+}
+
+/// `KEY=VALUE` flags as a map (a later key wins, as with `docker run`).
+fn key_values(flag: &str, raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for r in raw {
+        let Some((k, v)) = r.split_once('=') else {
+            bail!("{flag} {r:?} is not KEY=VALUE (write it like {flag} MODE=fast)");
+        };
+        if k.is_empty() {
+            bail!("{flag} {r:?} has no key before the = (write it like {flag} MODE=fast)");
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// A job spec's complaint (`env.KEY: why`, `resources.cpus: why`) in the
+/// words of `shoal run`'s flags.
+fn flag_error(e: &str) -> String {
+    let Some((path, why)) = e.split_once(": ") else {
+        return format!("the job is not valid: {e}");
+    };
+    let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+    let flag = match head {
+        "image" => "IMAGE".to_owned(),
+        "env" if rest.is_empty() => "--env".to_owned(),
+        "env" => format!("--env {rest}"),
+        "labels" if rest.is_empty() => "--label".to_owned(),
+        "labels" => format!("--label {rest}"),
+        "resources" => format!("--{rest}"),
+        "name" | "node" | "network" => format!("--{head}"),
+        h if h.starts_with("arguments") => "ARGS".to_owned(),
+        _ => return format!("the job is not valid: {e}"),
+    };
+    format!("{flag}: {why}")
+}
+
+/// The body of `POST /v1/jobs` for `shoal run`'s flags, checked here as
+/// the node checks it, so a mistake is told without asking the server.
+fn job_body(run: &RunArgs) -> anyhow::Result<Value> {
+    let env = key_values("--env", &run.env)?;
+    let labels = key_values("--label", &run.labels)?;
+    let memory_bytes = match &run.memory {
+        Some(m) => Some(shoal_node::jobs::parse_bytes(m).ok_or_else(|| {
+            anyhow::anyhow!("--memory {m:?} is not a size such as 64m, 1g or 67108864 (bytes)")
+        })?),
+        None => None,
+    };
+    let spec = shoal_core::jobs::JobSpec {
+        image: run.image.clone(),
+        arguments: run.args.clone(),
+        resources: shoal_core::jobs::Resources {
+            cpus: run.cpus,
+            memory_bytes,
+        },
+        env,
+        name: run.name.clone(),
+        labels,
+        node: run.node.clone().map(shoal_core::NodeId),
+        network: run.network.clone(),
+    };
+    spec.check()
+        .map_err(|e| anyhow::anyhow!("{}", flag_error(&e.to_string())))?;
+    let mut body = serde_json::json!({
+        "image": spec.image,
+        "arguments": spec.arguments,
+        "env": spec.env,
+    });
+    let mut resources = serde_json::Map::new();
+    if let Some(cpus) = run.cpus {
+        resources.insert("cpus".into(), cpus.into());
+    }
+    if let Some(memory) = &run.memory {
+        resources.insert("memory".into(), memory.trim().into());
+    }
+    if !resources.is_empty() {
+        body["resources"] = resources.into();
+    }
+    if !spec.labels.is_empty() {
+        body["labels"] = serde_json::json!(spec.labels);
+    }
+    for (k, v) in [
+        ("name", &run.name),
+        ("node", &run.node),
+        ("network", &run.network),
+    ] {
+        if let Some(v) = v {
+            body[k] = v.as_str().into();
+        }
+    }
+    Ok(body)
+}
+
+/// A job ID as a person typed it, checked before anything is asked.
+fn job_id(raw: &str) -> anyhow::Result<String> {
+    let id = raw.trim().to_ascii_lowercase();
+    shoal_core::jobs::JobId::parse(&id)
+        .map(|id| id.to_string())
+        .map_err(|e| anyhow::anyhow!("{e} (as `shoal run` prints it; `shoal jobs` lists them)"))
+}
+
+/// " on NODE", or nothing before the job is placed.
+fn on_node(job: &Value) -> String {
+    job["node"]
+        .as_str()
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default()
+}
+
+/// How long ago `ms` (since the epoch) was: 42s, 5m, 3h, 2d.
+fn age(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// A time in ms since the epoch as RFC 3339, with its age.
+fn when(v: &Value) -> String {
+    let Some(ms) = v.as_u64() else {
+        return s(v);
+    };
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    format!("{} ({} ago)", humantime::format_rfc3339_seconds(t), age(ms))
+}
+
+/// Text for one table cell: one line, at most `max` characters.
+fn cell(v: &Value, max: usize) -> String {
+    let text = s(v).replace(['\n', '\r'], " ");
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// One job as `KEY  VALUE` lines, and its failed attempts below.
+fn job_details(job: &Value) -> String {
+    let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+    let container = match job["container_id"].as_str() {
+        Some(_) => format!(
+            "{} ({})",
+            short(&job["container_id"]),
+            s(&job["container_name"])
+        ),
+        None => "-".to_owned(),
+    };
+    let mut t = Table::plain();
+    t.row(["JOB".into(), s(&job["job_id"])]);
+    t.row(["STATUS".into(), s(&job["status"])]);
+    t.row(["NODE".into(), s(&job["node"])]);
+    t.row(["IMAGE".into(), s(&job["image"])]);
+    t.row(["NAME".into(), s(&job["name"])]);
+    t.row(["CONTAINER".into(), container]);
+    t.row(["EXIT CODE".into(), s(&job["exit_code"])]);
+    t.row(["ERROR".into(), s(&job["error"])]);
+    t.row(["ATTEMPTS".into(), attempts.len().to_string()]);
+    t.row(["CREATED".into(), when(&job["created_at"])]);
+    t.row(["STARTED".into(), when(&job["started_at"])]);
+    t.row(["UPDATED".into(), when(&job["updated_at"])]);
+    let mut out = t.render();
+    if attempts.iter().any(|a| !a["error"].is_null()) {
+        let mut t = Table::new(["ATTEMPT", "NODE", "AT", "ERROR"]);
+        for (i, a) in attempts.iter().enumerate() {
+            t.row([
+                (i + 1).to_string(),
+                s(&a["node"]),
+                when(&a["at"]),
+                s(&a["error"]),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    out
+}
+
+/// `shoal jobs`' table.
+fn jobs_table(jobs: &[Value]) -> String {
+    let mut t = Table::new([
+        "JOB",
+        "STATUS",
+        "NODE",
+        "IMAGE",
+        "CONTAINER",
+        "EXIT",
+        "AGE",
+        "ERROR",
+    ]);
+    for j in jobs {
+        t.row([
+            s(&j["job_id"]),
+            s(&j["status"]),
+            s(&j["node"]),
+            s(&j["image"]),
+            short(&j["container_id"]),
+            s(&j["exit_code"]),
+            j["created_at"].as_u64().map_or_else(|| "-".into(), age),
+            cell(&j["error"], 60),
+        ]);
+    }
+    t.render()
+}
+
+/// What `shoal run --wait` has told of a job so far, so each change is
+/// told once.
+#[derive(Default)]
+struct Progress {
+    line: String,
+    failed_attempts: std::collections::HashSet<usize>,
+    note: String,
+}
+
+impl Progress {
+    /// Tells on stderr what changed in `job`: its state or node, and each
+    /// attempt that failed. A failed job is told by the final error, and
+    /// so is its last attempt when that failed for the same reason.
+    fn job(&mut self, id: &str, job: &Value) {
+        let failed = job["status"] == "failed";
+        for (i, a) in job["attempts"].as_array().into_iter().flatten().enumerate() {
+            if a["error"].is_null() || (failed && a["error"] == job["error"]) {
+                continue;
+            }
+            if self.failed_attempts.insert(i) {
+                eprintln!(
+                    "job {id}: attempt {} on {} failed: {}",
+                    i + 1,
+                    s(&a["node"]),
+                    s(&a["error"])
+                );
+            }
+        }
+        let status = job["status"].as_str().unwrap_or("pending");
+        let line = match status {
+            "failed" => return,
+            "running" => format!(
+                "job {id}: running{} (container {})",
+                on_node(job),
+                short(&job["container_id"])
+            ),
+            "exited" => format!(
+                "job {id}: exited{} with code {}",
+                on_node(job),
+                s(&job["exit_code"])
+            ),
+            "pending" if job["node"].is_null() => format!("job {id}: pending (not placed yet)"),
+            other => format!("job {id}: {other}{}", on_node(job)),
+        };
+        if line != self.line {
+            eprintln!("{line}");
+            self.line = line;
+            self.note.clear();
+        }
+    }
+
+    /// Tells a passing problem once.
+    fn note(&mut self, id: &str, why: &str) {
+        if why != self.note {
+            eprintln!("job {id}: cannot ask for it now ({why}); asking again");
+            self.note = why.to_owned();
+        }
+    }
+}
+
+/// Asks for the job every [`POLL_EVERY`] until it runs, exits or fails,
+/// at most `wait_for`; a server that is down for a moment, or a job not
+/// found yet where the fleet's views differ, is asked again.
+async fn wait_for_job(
+    client: &Client,
+    id: &str,
+    created: &Value,
+    wait_for: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + wait_for;
+    let url = client.url(&["v1", "jobs", id]);
+    let mut progress = Progress::default();
+    progress.job(id, created);
+    let mut last = created.clone();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "job {id} is still {}{} after {} (--timeout); it may yet start: follow it with `shoal job {id}`",
+                s(&last["status"]),
+                on_node(&last),
+                humantime::format_duration(wait_for)
+            );
+        }
+        let ask = client.send(client.http.get(url.clone()));
+        match tokio::time::timeout(left, ask).await {
+            Err(_) => continue,
+            Ok(Ok(a)) => {
+                progress.job(id, &a.json);
+                if matches!(
+                    a.json["status"].as_str(),
+                    Some("running" | "exited" | "failed")
+                ) {
+                    return Ok(a.json);
+                }
+                last = a.json;
+            }
+            Ok(Err(e)) => {
+                let passing = e
+                    .downcast_ref::<ServerError>()
+                    .is_none_or(|se| se.status == 404 || se.status >= 500);
+                if !passing {
+                    return Err(plainly(e, client.token.is_some()));
+                }
+                progress.note(id, &format!("{e:#}"));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(POLL_EVERY.min(left)).await;
+    }
+}
+
+/// `shoal run IMAGE [ARGS…]`: creates a job and prints its ID; with
+/// `--wait`, follows it until it runs, exits or fails and shows it.
+pub async fn run(args: &ClientArgs, run: RunArgs, wait_for: Duration) -> anyhow::Result<()> {
+    let body = job_body(&run)?;
+    let token = run.token.token();
+    let client = Client::new(args)?.with_token(token);
+    let request = client.http.post(client.url(&["v1", "jobs"])).json(&body);
+    let created = client
+        .send(request)
+        .await
+        .map_err(|e| plainly(e, client.token.is_some()))?;
+    let Some(id) = created.json["job_id"].as_str().map(str::to_owned) else {
+        bail!(
+            "the server at {} answered the job's creation without a job_id: {}",
+            client.base,
+            created.json
+        );
+    };
+    if !run.wait {
+        if client.output == Output::Json {
+            return print_json(&created.json);
+        }
+        println!("{id}");
+        return Ok(());
+    }
+    let job = wait_for_job(&client, &id, &created.json, wait_for).await?;
+    if client.output == Output::Json {
+        print_json(&job)?;
+    } else {
+        print!("{}", job_details(&job));
+    }
+    if job["status"] == "failed" {
+        bail!("job {id} failed{}: {}", on_node(&job), s(&job["error"]));
+    }
+    Ok(())
+}
+
+/// `shoal job ID`.
+pub async fn job(args: &ClientArgs, j: JobArgs) -> anyhow::Result<()> {
+    let id = job_id(&j.id)?;
+    let client = Client::new(args)?.with_token(j.token.token());
+    let a = client
+        .send(client.http.get(client.url(&["v1", "jobs", &id])))
+        .await
+        .map_err(|e| plainly(e, client.token.is_some()))?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    print!("{}", job_details(&a.json));
+    Ok(())
+}
+
+/// `shoal jobs [--status] [--node] [--limit]`.
+pub async fn jobs(args: &ClientArgs, l: JobsArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?.with_token(l.token.token());
+    let mut url = client.url(&["v1", "jobs"]);
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(status) = &l.status {
+            q.append_pair("status", status);
+        }
+        if let Some(node) = &l.node {
+            q.append_pair("node", node);
+        }
+        if let Some(limit) = l.limit {
+            q.append_pair("limit", &limit.to_string());
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let a = client
+        .send(client.http.get(url))
+        .await
+        .map_err(|e| plainly(e, client.token.is_some()))?;
+    if client.output == Output::Json {
+        return print_json(&a.json);
+    }
+    let jobs = a.json["jobs"].as_array().cloned().unwrap_or_default();
+    print!("{}", jobs_table(&jobs));
+    let n = jobs.len();
+    let more = if a.json["truncated"].as_bool() == Some(true) {
+        "; more match: raise --limit"
+    } else {
+        ""
+    };
+    println!("({n} job{}{more})", if n == 1 { "" } else { "s" });
     if let Some(note) = failed_nodes_note(&a.json) {
         eprintln!("{note}");
     }
@@ -810,6 +1395,7 @@ pub async fn watch(args: &ClientArgs, filters: LsArgs) -> anyhow::Result<()> {
         http,
         base,
         output: args.output,
+        token: None,
     };
     let mut url = client.url(&["v1", "watch"]);
     add_filters(&mut url, &filters);
@@ -956,5 +1542,101 @@ mod watch_tests {
             ]
         );
         assert_eq!(buf, "event: upd", "an unfinished event waits for the rest");
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        Cmd::try_parse_from(all).unwrap().run
+    }
+
+    #[test]
+    fn the_container_command_follows_the_image_hyphens_and_all() {
+        let run = run_args(&[
+            "--wait", "-e", "A=1=2", "img", "sh", "-c", "exit 3", "--wait",
+        ]);
+        assert!(run.wait);
+        assert_eq!(run.image, "img");
+        assert_eq!(run.args, ["sh", "-c", "exit 3", "--wait"]);
+        let body = job_body(&run).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "image": "img",
+                "arguments": ["sh", "-c", "exit 3", "--wait"],
+                "env": {"A": "1=2"},
+            })
+        );
+    }
+
+    #[test]
+    fn every_flag_goes_into_the_body_as_the_node_reads_it() {
+        let run = run_args(&[
+            "--cpus",
+            "0.5",
+            "--memory",
+            "64m",
+            "--name",
+            "n",
+            "--label",
+            "a=b",
+            "--node",
+            "n1",
+            "--network",
+            "net",
+            "img",
+        ]);
+        let body = job_body(&run).unwrap();
+        assert_eq!(
+            body["resources"],
+            serde_json::json!({"cpus": 0.5, "memory": "64m"})
+        );
+        assert_eq!(body["labels"], serde_json::json!({"a": "b"}));
+        assert_eq!(
+            (&body["name"], &body["node"], &body["network"]),
+            (&"n".into(), &"n1".into(), &"net".into())
+        );
+        // The node reads it back to the same spec.
+        let spec = shoal_node::jobs::spec_from_json(&body).unwrap();
+        assert_eq!(spec.resources.memory_bytes, Some(64 << 20));
+    }
+
+    #[test]
+    fn the_specs_complaints_name_the_flags() {
+        for (raw, want) in [
+            ("env: \"1A\" is bad", "--env: \"1A\" is bad"),
+            ("env.K: too long", "--env K: too long"),
+            ("labels.k: too long", "--label k: too long"),
+            ("resources.cpus: 0 is low", "--cpus: 0 is low"),
+            ("arguments[2]: has a NUL", "ARGS: has a NUL"),
+            ("network: no", "--network: no"),
+            ("odd", "the job is not valid: odd"),
+        ] {
+            assert_eq!(flag_error(raw), want);
+        }
+    }
+
+    #[test]
+    fn a_job_id_is_checked_and_read_in_any_case() {
+        let id = "01A2313B-80BF-710D-BE1D-BC3AF82CB8AC";
+        assert_eq!(job_id(id).unwrap(), id.to_lowercase());
+        assert!(
+            job_id("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("not a job ID")
+        );
     }
 }

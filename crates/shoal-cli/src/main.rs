@@ -1,6 +1,7 @@
-//! The `shoal` command: run a node (`shoal node`) or ask the fleet
-//! (`shoal get`, `ls`, `nodes`, `projects`). `main` only parses flags and
-//! hands over; the logic lives in the library crates.
+//! The `shoal` command: run a node (`shoal node`), ask the fleet
+//! (`shoal get`, `ls`, `nodes`, `projects`) or run jobs on it (`shoal run`,
+//! `job`, `jobs`). `main` only parses flags and hands over; the logic lives
+//! in the library crates.
 
 mod bench_cmd;
 mod client;
@@ -8,7 +9,8 @@ mod migrate_cmd;
 mod node_cmd;
 mod table;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc rather than glibc's malloc: allocation and free were about a
 /// quarter of a lookup's instructions on a node (callgrind).
@@ -43,6 +45,15 @@ enum Command {
     History(client::HistoryArgs),
     /// Show the scheduler's tasks: spec, last run, outcome, next run.
     Tasks,
+    /// Run a container on a node of the fleet, as a job; prints its ID.
+    ///
+    /// shoal's own flags go before IMAGE: what follows IMAGE is the
+    /// container's command, as with `docker run`.
+    Run(client::RunArgs),
+    /// Show one job: where it runs, its container, how it ended.
+    Job(client::JobArgs),
+    /// List the fleet's jobs, the oldest first.
+    Jobs(client::JobsArgs),
     /// Bring a history store's schema up to date.
     Migrate(migrate_cmd::MigrateArgs),
     /// Load a node or nginx with lookups and report throughput and latency.
@@ -50,7 +61,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // `shoal run --wait` waits 60 s unless --timeout was given.
+    let timeout_given = matches.value_source("timeout") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,6 +87,16 @@ fn main() -> std::process::ExitCode {
             Command::Migrate(args) => migrate_cmd::run(args).await,
             Command::History(args) => client::history(&cli.client, args).await,
             Command::Tasks => client::tasks(&cli.client).await,
+            Command::Run(args) => {
+                let wait_for = if timeout_given {
+                    cli.client.timeout
+                } else {
+                    client::RUN_WAIT_DEFAULT
+                };
+                client::run(&cli.client, args, wait_for).await
+            }
+            Command::Job(args) => client::job(&cli.client, args).await,
+            Command::Jobs(args) => client::jobs(&cli.client, args).await,
         }
     });
     match result {

@@ -14,6 +14,11 @@ impl Table {
         }
     }
 
+    /// A table without a header row, such as `KEY  VALUE` lines.
+    pub fn plain() -> Self {
+        Table { rows: Vec::new() }
+    }
+
     /// Adds a row.
     pub fn row<const N: usize>(&mut self, cells: [String; N]) {
         self.rows.push(cells.into());
@@ -64,5 +69,13 @@ mod tests {
             t.render(),
             "NODE       NAME\nnode-long  web\nn1         database\n"
         );
+    }
+
+    #[test]
+    fn a_plain_table_has_no_header() {
+        let mut t = Table::plain();
+        t.row(["STATUS".into(), "running".into()]);
+        t.row(["NODE".into(), "n1".into()]);
+        assert_eq!(t.render(), "STATUS  running\nNODE    n1\n");
     }
 }

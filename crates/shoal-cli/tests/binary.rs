@@ -234,3 +234,208 @@ fn shoal_migrate_brings_the_history_schema_up_to_date() {
     assert!(err.contains("sqlite://PATH or postgres://"), "{err}");
     assert!(!err.contains("secret"), "the password shows: {err}");
 }
+
+/// `shoal` with `env` set and neither SHOAL_SERVER nor SHOAL_API_TOKEN
+/// from the caller's environment.
+fn shoal_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(SHOAL)
+        .args(args)
+        .env_remove("SHOAL_SERVER")
+        .env_remove("SHOAL_API_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A job ID of the right shape (a UUIDv7) that no node knows.
+const UNKNOWN_JOB: &str = "01a2313b-80bf-710d-be1d-bc3af82cb8ac";
+
+#[test]
+fn shoal_run_checks_its_flags_before_asking_any_server() {
+    // Nothing listens there: an error that is not "cannot reach" was
+    // found without asking.
+    let server = format!("http://127.0.0.1:{}", free_port());
+    for (flags, says) in [
+        (
+            &["--env", "FOO"][..],
+            r#"--env "FOO" is not KEY=VALUE (write it like --env MODE=fast)"#,
+        ),
+        (&["-e", "=x"][..], r#"--env "=x" has no key"#),
+        (
+            &["--env", "1A=b"][..],
+            r#"--env: "1A" is not a variable name"#,
+        ),
+        (
+            &["--label", "team"][..],
+            r#"--label "team" is not KEY=VALUE"#,
+        ),
+        (
+            &["--label", "shoal.job=x"][..],
+            r#"--label: "shoal.job" is reserved"#,
+        ),
+        (
+            &["--memory", "lots"][..],
+            r#"--memory "lots" is not a size"#,
+        ),
+        (&["--cpus", "0"][..], "--cpus: 0 is not between"),
+        (
+            &["--network", "host"][..],
+            "--network: \"host\" is not offered",
+        ),
+        (&["--name", "a b"][..], "--name: \"a b\" is not a name"),
+    ] {
+        let mut args = vec!["--server", &server, "run"];
+        args.extend_from_slice(flags);
+        args.extend(["busybox", "true"]);
+        let out = shoal_env(&args, &[("SHOAL_API_TOKEN", "0123456789abcdef0123")]);
+        assert!(!out.status.success(), "{flags:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(!err.contains("cannot reach"), "{flags:?} asked: {err}");
+        assert!(out.stdout.is_empty(), "{flags:?}: {}", text(&out.stdout));
+    }
+    // What follows the image is the container's command, hyphens and
+    // all: parsed, then the server is asked (and does not answer).
+    let out = shoal_env(
+        &[
+            "--server", &server, "run", "busybox", "sh", "-c", "exit 3", "--wait",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot reach shoal"), "{err}");
+}
+
+#[test]
+fn shoal_run_help_names_the_token_variable_and_hides_its_value() {
+    let secret = "do-not-show-0123456789";
+    let out = shoal_env(&["run", "--help"], &[("SHOAL_API_TOKEN", secret)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    assert!(help.contains("SHOAL_API_TOKEN"), "{help}");
+    assert!(help.contains("--api-token"), "{help}");
+    assert!(help.contains("--wait"), "{help}");
+    assert!(!help.contains(secret), "the token shows: {help}");
+}
+
+#[test]
+fn shoal_job_refuses_what_is_no_job_id_and_names_an_unreachable_server() {
+    let server = format!("http://127.0.0.1:{}", free_port());
+    let out = shoal_env(&["--server", &server, "job", "not-a-uuid"], &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("\"not-a-uuid\" is not a job ID"), "{err}");
+    assert!(!err.contains("cannot reach"), "{err}");
+
+    for args in [&["job", UNKNOWN_JOB][..], &["jobs"][..]] {
+        let mut all = vec!["--server", server.as_str()];
+        all.extend_from_slice(args);
+        let out = shoal_env(&all, &[]);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("cannot reach shoal"), "{args:?}: {err}");
+        assert!(err.contains("--server"), "{args:?}: {err}");
+    }
+    let out = shoal_env(&["--server", &server, "jobs", "--status", "done"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("done"), "{}", text(&out.stderr));
+}
+
+/// Against real (synthetic) nodes: the token's absence or mistake is told
+/// plainly with what to set, a node without a token says job creation is
+/// off, a synthetic node's refusal comes through, and `job` and `jobs`
+/// answer.
+#[test]
+fn shoal_run_job_and_jobs_against_synthetic_nodes() {
+    const TOKEN: &str = "0123456789abcdef0123";
+    let node = NodeProcess::start(&[
+        "--engine",
+        "synthetic",
+        "--synthetic-count",
+        "3",
+        "--node-id",
+        "jobs1",
+        "--api-token",
+        TOKEN,
+    ]);
+    let server = node.server();
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["--server", server.as_str(), "run"];
+        args.extend_from_slice(extra);
+        args.extend(["busybox", "true"]);
+        shoal_env(&args, env)
+    };
+
+    let out = run(&[], &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("shoal: creating a job needs the API token"),
+        "{err}"
+    );
+    assert!(err.contains("set SHOAL_API_TOKEN"), "{err}");
+    assert!(!err.contains("HTTP 401"), "said plainly: {err}");
+
+    let out = run(&[], &["--api-token", "wrong-token-0123456789"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("the API token is wrong"), "{err}");
+    assert!(
+        err.contains("not the one the nodes were started with"),
+        "{err}"
+    );
+
+    // The right token: the node takes the request, but no synthetic node
+    // can create a container, and the node says so.
+    let out = run(&[("SHOAL_API_TOKEN", TOKEN)], &["--wait"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("can create containers"), "{err}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let out = run(&[("SHOAL_API_TOKEN", TOKEN)], &["--node", "jobs1"]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node jobs1 cannot create containers"),
+        "{err}"
+    );
+
+    let out = shoal_env(&["--server", &server, "job", UNKNOWN_JOB], &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not_found") && err.contains(UNKNOWN_JOB),
+        "{err}"
+    );
+
+    let out = shoal_env(&["--server", &server, "jobs"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("JOB "), "{table}");
+    assert!(table.ends_with("(0 jobs)\n"), "{table}");
+    let out = shoal_env(
+        &[
+            "--server", &server, "-o", "json", "jobs", "--status", "failed",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = json(&text(&out.stdout));
+    assert_eq!(answer["jobs"], serde_json::json!([]));
+    assert_eq!(answer["nodes"]["ok"], serde_json::json!(["jobs1"]));
+
+    // A node started without a token creates no jobs at all (403).
+    let closed = NodeProcess::start(&["--engine", "synthetic", "--node-id", "jobs2"]);
+    let out = shoal_env(
+        &["--server", &closed.server(), "run", "busybox"],
+        &[("SHOAL_API_TOKEN", TOKEN)],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("shoal: creating a job is off on this node: it has no API token"),
+        "{err}"
+    );
+    closed.terminate();
+    node.terminate();
+}
