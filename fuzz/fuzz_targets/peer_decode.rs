@@ -36,4 +36,6 @@ fuzz_target!(|data: &[u8]| {
     check::<LocalQuery>(data);
     check::<LocalReply>(data);
     check::<Pong>(data);
+    check::<shoal_core::jobs::JobRequest>(data);
+    check::<shoal_core::jobs::JobReply>(data);
 });

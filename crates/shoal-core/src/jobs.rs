@@ -820,6 +820,9 @@ pub enum JobReply {
     /// Submit or Run: the job cannot be placed or run; the message says
     /// why (a bad request, not a failure to retry).
     Rejected(String),
+    /// Submit: no node could be reached to take the job; trying again
+    /// later may succeed.
+    Unavailable(String),
     /// Store, Run: done.
     Done,
     /// Get: the record, if this node holds it.
@@ -881,7 +884,7 @@ impl Validate for JobReply {
             JobReply::QueueFull { node, .. } => {
                 validate::text(&node.0, validate::MAX_NODE_ID_LEN, false).map_err(|e| e.at("node"))
             }
-            JobReply::Rejected(m) | JobReply::Refused(m) => {
+            JobReply::Rejected(m) | JobReply::Refused(m) | JobReply::Unavailable(m) => {
                 if m.len() > 64 * 1024 {
                     Err(Invalid::new("the message is too long"))
                 } else {

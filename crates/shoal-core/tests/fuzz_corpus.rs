@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use shoal_core::filter::ListFilter;
+use shoal_core::jobs::{JobEvent, JobId, JobRecord, JobReport, JobRequest, JobSpec, Resources};
 use shoal_core::wire::{
     self, DigestReply, DigestRequest, Invalidate, LocalQuery, LocalReply, LookupReply, Pong,
     Publish, PublishAck, PublishBody, RecordId, ResyncRequest, SourceClock,
@@ -193,7 +194,44 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     );
     peer("publish-ack", wire::encode(&PublishAck::Stale));
     peer("digest-reply", wire::encode(&DigestReply { matches: true }));
+    let (run, report) = job_calls();
+    peer("job-run", wire::encode(&run));
+    peer("job-report", wire::encode(&report));
     seeds
+}
+
+/// A job placed on a node, and that node's report that it runs.
+fn job_calls() -> (JobRequest, JobRequest) {
+    let id = JobId::parse("01977420-0000-7000-8000-000000000001").unwrap();
+    let spec = JobSpec {
+        image: "busybox:latest".into(),
+        arguments: vec!["sleep".into(), "60".into()],
+        resources: Resources {
+            cpus: Some(0.5),
+            memory_bytes: Some(64 << 20),
+        },
+        env: [("GREETING".into(), "hi".into())].into(),
+        name: Some("worker".into()),
+        labels: [("team".into(), "infra".into())].into(),
+        node: Some(NodeId::from("n2")),
+        network: Some("backend".into()),
+    };
+    let record = JobRecord::new(
+        id.clone(),
+        spec,
+        NodeId::from("n2"),
+        NOW_MS - 60_000,
+        NOW_MS,
+    );
+    let report = JobReport {
+        id,
+        node: NodeId::from("n2"),
+        epoch: 1,
+        event: JobEvent::Running {
+            container_id: "ab".repeat(32),
+        },
+    };
+    (JobRequest::Run(record), JobRequest::Report(report))
 }
 
 fn corpus(target: &str) -> PathBuf {
@@ -239,6 +277,7 @@ fn every_seed_is_a_valid_message() {
             "pong" => wire::decode::<Pong>(bytes, NOW_MS).is_ok(),
             "publish-ack" => wire::decode::<PublishAck>(bytes, NOW_MS).is_ok(),
             "digest-reply" => wire::decode::<DigestReply>(bytes, NOW_MS).is_ok(),
+            "job-run" | "job-report" => wire::decode::<JobRequest>(bytes, NOW_MS).is_ok(),
             _ => wire::decode::<Publish>(bytes, NOW_MS).is_ok(),
         }
     };

@@ -51,7 +51,11 @@ pub struct JobsConfig {
     /// A peer call of the job path (a submit places and copies the job, so
     /// it gets more than a lookup's forward).
     pub call_timeout: Duration,
-    /// A job its node has not claimed after this is placed again.
+    /// A node that does not answer a placement probe within this is
+    /// passed over.
+    pub probe_timeout: Duration,
+    /// A job its node has not claimed after this is asked about, and
+    /// placed again when the node does not hold it.
     pub claim_timeout: Duration,
     /// Finished jobs are forgotten after this.
     pub keep_finished: Duration,
@@ -67,6 +71,7 @@ impl Default for JobsConfig {
             retries: 3,
             retry_backoff: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(1),
             claim_timeout: Duration::from_secs(30),
             keep_finished: Duration::from_secs(24 * 3600),
             upkeep_every: Duration::from_secs(1),
@@ -279,6 +284,17 @@ impl Jobs {
         to: &NodeId,
         request: JobRequest,
     ) -> Result<JobReply, PeerError> {
+        self.call_within(to, request, self.config.call_timeout)
+            .await
+    }
+
+    /// [`Self::call`] bounded by `timeout`.
+    async fn call_within(
+        self: &Arc<Self>,
+        to: &NodeId,
+        request: JobRequest,
+        timeout: Duration,
+    ) -> Result<JobReply, PeerError> {
         if *to == self.me {
             return Ok(Box::pin(self.clone().handle(request)).await);
         }
@@ -289,9 +305,7 @@ impl Jobs {
                 message: "not a member".into(),
             });
         };
-        self.peers
-            .jobs(to, addr, &request, self.config.call_timeout)
-            .await
+        self.peers.jobs(to, addr, &request, timeout).await
     }
 
     /// Answers one peer call (`POST /_shoal/v1/jobs`), or the same call
@@ -360,6 +374,7 @@ impl Jobs {
                     )));
                 }
                 Ok(JobReply::Rejected(why)) => return Err(ApiError::BadRequest(why)),
+                Ok(JobReply::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
                 Ok(other) => {
                     return Err(ApiError::Internal(format!(
                         "owner {owner} answered a submit with {other:?}"
@@ -394,12 +409,20 @@ impl Jobs {
         }
         // After a ring change a record may sit on a node that no longer
         // owns it, until the upkeep copies it over: ask the rest.
-        let everyone: Vec<NodeId> = self.view.load().live().map(|m| m.node.clone()).collect();
         let owners = self.owners(id);
+        let others: Vec<NodeId> = self
+            .view
+            .load()
+            .live()
+            .map(|m| m.node.clone())
+            .filter(|n| !owners.contains(n))
+            .collect();
+        let asks = others
+            .iter()
+            .map(|n| self.call(n, JobRequest::Get(id.clone())));
         let mut best: Option<JobRecord> = None;
-        for node in everyone.iter().filter(|n| !owners.contains(n)) {
-            if let Ok(JobReply::Record(Some(r))) =
-                self.call(node, JobRequest::Get(id.clone())).await
+        for answer in futures::future::join_all(asks).await {
+            if let Ok(JobReply::Record(Some(r))) = answer
                 && best.as_ref().is_none_or(|b| r.newer_than(b))
             {
                 best = Some(r);
@@ -489,6 +512,7 @@ impl Jobs {
         };
         let mut full = None;
         let mut failures = Vec::new();
+        let mut unreachable = 0;
         for node in order {
             let incarnation = self.incarnation_of(&node);
             let record = JobRecord::new(
@@ -532,6 +556,7 @@ impl Jobs {
                         return JobReply::Accepted(record);
                     }
                     self.lock().remove(&id);
+                    unreachable += 1;
                     failures.push(e.to_string());
                 }
             }
@@ -539,10 +564,12 @@ impl Jobs {
         if let Some(full) = full {
             return full;
         }
-        JobReply::Rejected(format!(
-            "no node could take the job: {}",
-            failures.join("; ")
-        ))
+        let why = format!("no node could take the job: {}", failures.join("; "));
+        if unreachable > 0 {
+            JobReply::Unavailable(why)
+        } else {
+            JobReply::Rejected(why)
+        }
     }
 
     /// A member's incarnation in this node's view (0 when unknown).
@@ -576,7 +603,12 @@ impl Jobs {
                 let request = JobRequest::Probe {
                     image: spec.image.clone(),
                 };
-                async move { self.call(n, request).await }
+                // A node that cannot say this at once is no place for a
+                // job now.
+                async move {
+                    self.call_within(n, request, self.config.probe_timeout)
+                        .await
+                }
             });
         let candidates: Vec<Candidate> = futures::future::join_all(probes)
             .await
