@@ -571,6 +571,31 @@ fn jobs_run_anywhere_in_a_fleet_of_three_engines_and_survive_node_loss() {
             })
         },
     );
+    // A job failed while its node was gone does not run when the node is
+    // back: a container it may have made is removed.
+    let failed_jobs: Vec<&String> = waiting
+        .iter()
+        .filter(|j| outcome[*j].0 == "failed")
+        .collect();
+    until(
+        "no failed job has a live container once node-jc is back",
+        Duration::from_secs(30),
+        || {
+            let live = docker(
+                "jc",
+                &[
+                    "ps",
+                    "--filter",
+                    "label=shoal.job",
+                    "--format",
+                    "{{.Label \"shoal.job\"}}",
+                ],
+            );
+            failed_jobs
+                .iter()
+                .all(|j| !live.lines().any(|l| l == j.as_str()))
+        },
+    );
     let mut named_a = Vec::new();
     for _ in 0..10 {
         let (s, _, v) = create(

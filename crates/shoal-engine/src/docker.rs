@@ -16,7 +16,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, StartContainerOptions, WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use shoal_core::{
@@ -549,6 +550,20 @@ impl Engine for DockerEngine {
             }) => Err(EngineError::Refused(format!(
                 "the engine refused to start {id} (HTTP {status_code}): {message}"
             ))),
+            Err(e) => Err(classify(&self.host, e)),
+        }
+    }
+
+    /// Stops and removes the container (`docker rm -f`); gone already is
+    /// done.
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let docker = self.client().await?;
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(classify(&self.host, e)),
         }
     }

@@ -180,6 +180,11 @@ pub trait Engine: Send + Sync + 'static {
         Err(self.unsupported())
     }
 
+    /// Stops and removes a container (gone already is done).
+    async fn remove(&self, _id: &str) -> Result<(), EngineError> {
+        Err(self.unsupported())
+    }
+
     /// Every container, in any state, that carries the label `key`.
     async fn labelled(&self, _key: &str) -> Result<Vec<LabelledContainer>, EngineError> {
         Err(self.unsupported())

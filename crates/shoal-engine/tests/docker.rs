@@ -604,6 +604,12 @@ async fn a_job_container_is_created_once_started_and_waited_for() {
         }
     );
 
+    // Removed, running or not; removing what is gone is done.
+    engine.remove(&running_id).await.unwrap();
+    engine.remove(&running_id).await.unwrap();
+    let left = engine.labelled("shoal.job").await.unwrap();
+    assert!(left.iter().all(|c| c.id != running_id), "{left:?}");
+
     // Not pulled: refused, naming the image.
     let missing = NewContainer {
         image: MISSING_IMAGE.to_owned(),

@@ -1125,20 +1125,37 @@ impl Jobs {
             let Ok(record) = self.status(&id).await else {
                 continue;
             };
+            // A job its owner failed while this node was gone (it may
+            // have had a container here, the owner said) must not run:
+            // the client was told it failed, and may have run it again.
+            if record.state == JobState::Failed
+                && (c.live || c.exit_code.is_none())
+                && record.container_id.as_deref() != Some(c.id.as_str())
+            {
+                warn!(job = %id, container = %c.id,
+                      "removing the container of a job failed while this node was gone");
+                if let Err(e) = engine.remove(&c.id).await {
+                    warn!(job = %id, error = %e, "could not remove the container");
+                }
+                continue;
+            }
             if record.node.as_ref() != Some(&self.me) || record.state.is_final() {
                 continue;
             }
-            found += 1;
-            matched.insert(id.clone());
             let event = match (c.live, c.exit_code) {
-                (true, _) | (false, None) => JobEvent::Running {
+                (true, _) => JobEvent::Running {
                     container_id: c.id.clone(),
                 },
                 (false, Some(exit_code)) => JobEvent::Exited {
                     container_id: c.id.clone(),
                     exit_code,
                 },
+                // Created, never started: the claimed job is taken up
+                // again below, and its start finds this container.
+                (false, None) => continue,
             };
+            found += 1;
+            matched.insert(id.clone());
             if !record.claimed {
                 let _ = self.report(&record, JobEvent::Claimed, stop).await;
             }
