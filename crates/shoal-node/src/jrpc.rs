@@ -216,6 +216,12 @@ pub async fn handle(service: &NodeService, body: &[u8], authorization: Option<&[
                         axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECS),
                     );
                 }
+                if code == Some(UNAUTHORIZED) {
+                    response.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Bearer realm=\"shoal\""),
+                    );
+                }
                 response
             }
         },

@@ -1573,6 +1573,7 @@ async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
     let a = send_with(r, Method::POST, "/jrpc", None, &call.to_string()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{:?}", a.json);
     assert_eq!(a.json["error"]["code"], -32001);
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"shoal\"");
 
     // With the token, a synthetic engine still cannot create: the answer
     // says so, and no job is kept.
