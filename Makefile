@@ -61,16 +61,22 @@ images: build base-images ## build the images shoal/node, shoal/nginx and shoal/
 	docker build -q -f deploy/postgres.Dockerfile --build-arg BASE_IMAGE=$(POSTGRES_BASE_IMAGE) -t shoal/postgres:latest .
 
 .PHONY: up
-up: images ## start three nodes, their PostgreSQL and nginx on :8080 with docker compose
+up: images ## start three nodes, their PostgreSQL and nginx on :8080 with docker compose (API token in .shoal/api-token)
 	bash scripts/ensure-docker.sh --with-compose
 	bash scripts/cluster-secret.sh .shoal/cluster-secret "$(DOCKER_GID)"
 	bash scripts/history-url.sh .shoal/postgres-password .shoal/history-url "$(DOCKER_GID)"
+	bash scripts/api-token.sh .shoal/api-token "$(DOCKER_GID)"
 	$(COMPOSE) -p shoal up -d
 	bash scripts/wait-http.sh http://127.0.0.1:$${SHOAL_HTTP_PORT:-8080}/readyz 60
 	@echo "stack up: node1 node2 node3 behind nginx on http://localhost:$${SHOAL_HTTP_PORT:-8080}"
 	@echo "try: curl localhost:$${SHOAL_HTTP_PORT:-8080}/v1/containers/<name>   or   target/release/shoal get <name>"
 	@echo "     target/release/shoal watch   (changes as they happen), or http://localhost:$${SHOAL_HTTP_PORT:-8080}/ in a browser"
 	@echo "     target/release/shoal history <name>   (what happened to it),   shoal get <ip> --at <time>"
+	@echo "jobs (containers the fleet creates) need the API token in .shoal/api-token:"
+	@echo '     export SHOAL_API_TOKEN=$$(cat .shoal/api-token)'
+	@echo '     curl -s localhost:'"$${SHOAL_HTTP_PORT:-8080}"'/jrpc -H "Authorization: Bearer $$SHOAL_API_TOKEN" -d \'
+	@echo "       '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ContainerService.Create\",\"params\":[{\"image\":\"$(BASE_IMAGE)\",\"arguments\":[\"sleep\",\"300\"]}]}'"
+	@echo "     target/release/shoal run --wait $(BASE_IMAGE) sleep 300   (flags before the image; shoal job <id>, shoal jobs)"
 
 .PHONY: down
 down: ## stop and remove what `make up` started (containers, network); the history volume stays
@@ -126,6 +132,10 @@ bench-watch: build test-deps ## 1,000 /v1/watch streams at one node against none
 .PHONY: bench-history
 bench-history: build ## history writes/s on SQLite and PostgreSQL, ?at= on a million changes, freshness with history on against off; writes BENCHMARKS.md's History section (a few minutes)
 	bash scripts/bench-history.sh
+
+.PHONY: bench-jobs
+bench-jobs: build test-deps ## 100 and 500 jobs over 30 s on three extra dockerds, against the same create+start calls sent to the engines directly; writes BENCHMARKS.md's Jobs section (about 6 minutes)
+	bash scripts/bench-jobs.sh
 
 SOAK_SECONDS ?= 1800
 .PHONY: soak

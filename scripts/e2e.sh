@@ -10,7 +10,11 @@
 # nodes run with the cluster secret of .shoal/cluster-secret (written as
 # `make up` does) and nginx never lets a request through to the peer API;
 # and deploy/compose-containerd.yml's node4 watching a plain containerd this
-# script starts (its own root, state and socket; stopped by PID).
+# script starts (its own root, state and socket; stopped by PID). Jobs, as
+# a new user runs one: with the API token of .shoal/api-token, the
+# JSON-RPC ContainerService.Create through :8080, its Status asked of two
+# nodes directly until it runs, its container found through :8080; the
+# same Create without the token is a 401 and creates nothing.
 set -euo pipefail
 
 me=e2e
@@ -28,8 +32,19 @@ passed=0
 ok() { say "ok: $*"; passed=$((passed + 1)); }
 fail() { say "FAILED: $*"; exit 1; }
 
+# The jobs this run created (their containers are the engine's, not
+# compose's: removed by their label).
+job_ids=""
+remove_jobs() {
+  local id
+  for id in $job_ids; do
+    docker ps -aq --filter "label=shoal.job=$id" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  done
+}
 remove_stack() {
+  remove_jobs
   $compose -p "$project" -f "$root/docker-compose.yml" down --remove-orphans -v >/dev/null 2>&1 || true
+  remove_jobs
   docker rm -f bridge-cnt testnet-cnt >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
 }
@@ -71,6 +86,7 @@ remove_stack
 docker network create --subnet 192.168.0.0/16 "$net" >/dev/null
 bash "$root/scripts/cluster-secret.sh" "$root/.shoal/cluster-secret" "$DOCKER_GID"
 bash "$root/scripts/history-url.sh" "$root/.shoal/postgres-password" "$root/.shoal/history-url" "$DOCKER_GID"
+bash "$root/scripts/api-token.sh" "$root/.shoal/api-token" "$DOCKER_GID"
 $compose -p "$project" -f "$root/docker-compose.yml" up -d >/dev/null 2>&1 \
   || { $compose -p "$project" -f "$root/docker-compose.yml" logs --tail 20 >&2; fail "compose up"; }
 bash "$root/scripts/wait-http.sh" "$base/readyz" 60 || fail "nothing ready behind nginx"
@@ -150,16 +166,91 @@ bash "$root/scripts/wait-http.sh" "http://127.0.0.1:$big_port/readyz" 30 || fail
 kill "$big_pid"; wait "$big_pid" 2>/dev/null || true
 ok "the web view in chromium through :$port: live rows, a container's row comes and goes without a reload, search by IP (target/web-test/shoal-web.png)"
 
-# Every node runs with the secret, which shows nowhere in `docker inspect`.
+# Every node runs with the secret, which shows nowhere in `docker inspect`;
+# nor does the API token.
 secret=$(cat "$root/.shoal/cluster-secret")
+token=$(cat "$root/.shoal/api-token")
 for n in node1 node2 node3; do
   exec_out=$($compose -p "$project" -f "$root/docker-compose.yml" exec -T "$n" bash -c \
     'exec 3<>/dev/tcp/127.0.0.1/7070 && printf "GET /v1/nodes HTTP/1.0\r\n\r\n" >&3 && cat <&3')
   case "$exec_out" in *'"peer_auth":"hmac"'*) ;; *) fail "$n does not check peer requests: $exec_out" ;; esac
   cid=$($compose -p "$project" -f "$root/docker-compose.yml" ps -q "$n")
   docker inspect "$cid" | grep -qF "$secret" && fail "$n: the secret shows in docker inspect"
+  docker inspect "$cid" | grep -qF "$token" && fail "$n: the API token shows in docker inspect"
 done
-ok "every node checks peer requests (peer_auth hmac); the secret is not in docker inspect"
+ok "every node checks peer requests (peer_auth hmac); neither the secret nor the API token is in docker inspect"
+
+# Jobs, as the README shows them to a new user. First without the token:
+# 401, and no job, no container.
+create='{"jsonrpc":"2.0","id":1,"method":"ContainerService.Create","params":[{"image":"'"$image"'","arguments":["sleep","300"],"resources":{"memory":"64m"},"env":{"A":"1"}}]}'
+jrpc() { # BODY [curl args...]: POST /jrpc through nginx; prints the HTTP status, the body in $tmp/b
+  local body=$1; shift
+  curl -s -m 10 -D "$tmp/h" -o "$tmp/b" -w '%{http_code}' -H 'content-type: application/json' "$@" \
+    --data-binary "$body" "$base/jrpc" || echo 000
+}
+node_jrpc() { # NODE BODY: POST /jrpc to that node itself, from inside its container; prints the body
+  $compose -p "$project" -f "$root/docker-compose.yml" exec -T "$1" bash -c \
+    'exec 3<>/dev/tcp/127.0.0.1/7070 && printf "POST /jrpc HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" "${#1}" "$1" >&3 && cat <&3' \
+    _ "$2" | sed '1,/^\r\{0,1\}$/d'
+}
+job_containers() { docker ps -aq --filter label=shoal.job | wc -l; }
+jobs_before=$(job_containers)
+code=$(jrpc "$create")
+[ "$code" = 401 ] || fail "ContainerService.Create without the token through :$port answered $code, not 401: $(head -c 300 "$tmp/b")"
+grep -q '"error"' "$tmp/b" || fail "the 401 carries no JSON-RPC error: $(head -c 300 "$tmp/b")"
+code=$(jrpc "$create" -H "Authorization: Bearer not-the-token-of-this-stack")
+[ "$code" = 401 ] || fail "ContainerService.Create with a wrong token answered $code, not 401: $(head -c 300 "$tmp/b")"
+sleep 1
+[ "$(job_containers)" = "$jobs_before" ] || fail "a Create without the token made a container: $(docker ps -a --filter label=shoal.job)"
+[ "$(get /v1/jobs)" = 200 ] || fail "GET /v1/jobs through :$port: $(head -c 300 "$tmp/b")"
+[ "$(json "len(d['jobs'])")" = 0 ] || fail "a Create without the token made a job: $(head -c 300 "$tmp/b")"
+ok "ContainerService.Create through :$port without the API token, or with another: 401, no job, no container"
+
+# With the token: the job is created, its status is the same at two nodes
+# asked directly, it runs, and its container is found through :$port.
+code=$(jrpc "$create" -H "Authorization: Bearer $token")
+[ "$code" = 200 ] || fail "ContainerService.Create with the token through :$port answered $code: $(head -c 300 "$tmp/b")"
+job=$(json "d['result']['job_id']")
+[ -n "$job" ] && [ "$job" != None ] || fail "no job_id in $(head -c 300 "$tmp/b")"
+job_ids="$job_ids $job"
+[ "$(json "d['result']['message']")" = "Job created successfully" ] || fail "Create said $(head -c 300 "$tmp/b")"
+status_body='{"jsonrpc":"2.0","id":2,"method":"ContainerService.Status","params":[{"job_id":"'"$job"'"}]}'
+# The answer's stable part, as one line: the two nodes must agree on it.
+status_of() { # NODE
+  node_jrpc "$1" "$status_body" | python3 -c '
+import json, sys
+raw = sys.stdin.read()
+try:
+    r = json.loads(raw)["result"]
+except Exception:
+    print("unreadable:", raw[:300].replace("\n", " ")); sys.exit()
+print(" ".join(f"{k}={r.get(k)}" for k in ("job_id", "status", "node", "container_id", "container_name", "image", "created_at", "error")))'
+}
+said1="" said3=""
+for _ in $(seq 1 150); do
+  said1=$(status_of node1) said3=$(status_of node3)
+  case "$said1" in *" status=running "*) [ "$said1" = "$said3" ] && break ;; *" status=failed "*|*" status=exited "*) break ;; esac
+  sleep 0.2
+done
+case "$said1" in *" status=running "*) ;; *) fail "job $job never ran; node1 says: $said1" ;; esac
+[ "$said1" = "$said3" ] || fail "node1 and node3 disagree on job $job: node1: $said1; node3: $said3"
+job_node=$(sed -n 's/.* node=\([^ ]*\) .*/\1/p' <<<"$said1")
+container_id=$(sed -n 's/.* container_id=\([^ ]*\) .*/\1/p' <<<"$said1")
+case "$job_node" in node1|node2|node3) ;; *) fail "job $job placed on ${job_node:-nothing}: $said1" ;; esac
+name=shoal-job-$job
+[ "$(docker inspect -f '{{.Id}} {{index .Config.Labels "shoal.job"}} {{.HostConfig.Memory}}' "$name" 2>&1)" = "$container_id $job 67108864" ] \
+  || fail "$name: $(docker inspect -f '{{.Id}} {{.Config.Labels}} {{.HostConfig.Memory}}' "$name" 2>&1), not $container_id with label shoal.job=$job and 64m"
+docker inspect -f '{{json .Config.Env}}' "$name" | grep -q '"A=1"' || fail "$name: env $(docker inspect -f '{{json .Config.Env}}' "$name")"
+[ "$(get "/v1/jobs/$job")" = 200 ] && [ "$(json "d['status']")" = running ] \
+  || fail "GET /v1/jobs/$job through :$port: $(head -c 300 "$tmp/b")"
+for _ in $(seq 1 100); do [ "$(get "/v1/containers/$name")" = 200 ] && break; sleep 0.1; done
+[ "$(get "/v1/containers/$name")" = 200 ] && [ "$(json "d['containers'][0]['id']")" = "$container_id" ] \
+  || fail "$name through :$port: $(head -c 300 "$tmp/b")"
+"$root/target/release/shoal" --server "127.0.0.1:$port" get "$name" > "$tmp/job-get" 2>&1 \
+  && grep -q "$name" "$tmp/job-get" || fail "shoal get $name: $(cat "$tmp/job-get")"
+ok "job $job created through :$port with the API token, placed on $job_node; node1 and node3 asked directly both say running in ${container_id:0:12}; $name (label shoal.job, 64m, env) found by curl and shoal get through :$port"
+remove_jobs
+job_ids=""
 
 # The peer API through nginx: refused by nginx itself, never by a node.
 # Requests a node refused would count as non-2xx in its metrics.
@@ -303,5 +394,6 @@ rm -rf "$tmp"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker network ls -q --filter "name=${project}_"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "left behind: $left"
 docker ps -aq --filter name=bridge-cnt --filter name=testnet-cnt | grep -q . && fail "test containers left behind"
+docker ps -aq --filter "label=shoal.job=$job" | grep -q . && fail "job $job's container left behind"
 ok "torn down, nothing left behind"
 echo "e2e: $passed passed, 0 failed"

@@ -2,13 +2,15 @@
 # make k8s-sim: the manifests' pods run as Docker containers, as a kubelet
 # would run them (scripts/k8s_sim.py says how each part is stood in for),
 # twice:
-#   - k8s/ on 8 simulated nodes over this machine's Docker: the
-#     cache-inventory scenario through nginx's Service, a node killed and a
-#     pod replaced while lookups run, readiness, a removed container;
+#   - k8s/ on 8 simulated nodes over this machine's Docker: every node
+#     holds the Secret's API token (a Create without it is 401) and a job
+#     created with it runs, the cache-inventory scenario through nginx's
+#     Service, a node killed and a pod replaced while lookups run,
+#     readiness, a removed container;
 #   - deploy/k8s-containerd on 4 simulated hosts, each with a containerd of
-#     its own whose socket sits where the host's would: containers made with
-#     ctr (own network namespace; a Kubernetes-style one in k8s.io) are
-#     found through nginx.
+#     its own whose socket sits where the host's would: the API token as
+#     above, containers made with ctr (own network namespace; a
+#     Kubernetes-style one in k8s.io) are found through nginx.
 # Needs the images (make images) and the test images (make test-deps);
 # installs dnsmasq-base and, into target/k8s-venv, PyYAML. K8S_SIM_NODES
 # and K8S_SIM_CONTAINERD_NODES change the node counts.

@@ -3,9 +3,9 @@
 # kubernetes-validate (from PyPI, installed into target/k8s-venv): every
 # manifest on its own, and the kustomize rendering when kubectl is there.
 # Also checks that the kustomization lists exactly the manifests in k8s/,
-# that the rendering wires the cluster secret and the nginx ConfigMap, and
-# (scripts/nginx-conf.sh check) that every shipped nginx configuration is
-# the template's rendering.
+# that the rendering wires the cluster secret, the API token and the nginx
+# ConfigMap, and (scripts/nginx-conf.sh check) that every shipped nginx
+# configuration is the template's rendering.
 set -euo pipefail
 
 me=k8s-validate
@@ -52,15 +52,22 @@ else
 fi
 if command -v kubectl >/dev/null; then
   rendered="$root/target/k8s-rendered.yaml"
-  # k8s/cluster-secret is the operator's and stays out of target/: the
-  # rendering is made from a copy with a throwaway secret.
+  # k8s/cluster-secret and k8s/api-token are the operator's and stay out
+  # of target/: the rendering is made from a copy with throwaway ones.
   copy=$(mktemp -d); trap 'rm -rf "$copy"' EXIT
   mkdir "$copy/k8s" && cp ./*.yaml nginx.conf "$copy/k8s/"
+  echo "throwaway-validation-token" > "$copy/k8s/api-token"
   if kubectl kustomize "$copy/k8s" >/dev/null 2>&1; then
     say "kustomize renders k8s/ without k8s/cluster-secret: the secret is not required"
     failed=$((failed + 1))
   fi
+  rm "$copy/k8s/api-token"
   echo "throwaway-validation-secret" > "$copy/k8s/cluster-secret"
+  if kubectl kustomize "$copy/k8s" >/dev/null 2>&1; then
+    say "kustomize renders k8s/ without k8s/api-token: the API token is not required"
+    failed=$((failed + 1))
+  fi
+  echo "throwaway-validation-token" > "$copy/k8s/api-token"
   kubectl kustomize "$copy/k8s" > "$rendered"
   if "$venv/bin/kubernetes-validate" -k "$k8s_version" --strict --quiet "$rendered"; then
     passed=$((passed + 1))
@@ -76,15 +83,31 @@ def one(kind, name):
     return found[0]
 secret = one("Secret", "shoal-cluster-secret")
 assert base64.b64decode(secret["data"]["cluster-secret"]).strip() == b"throwaway-validation-secret"
+assert base64.b64decode(secret["data"]["api-token"]).strip() == b"throwaway-validation-token"
 pod = one("DaemonSet", "shoal-node")["spec"]["template"]["spec"]
-volume = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
-assert volume, "no volume of the DaemonSet holds the Secret"
 node = pod["containers"][0]
-mount = [m["mountPath"] for m in node["volumeMounts"] if m["name"] == volume[0]]
-assert mount, "the Secret's volume is not mounted"
 env = {e["name"]: e.get("value") for e in node["env"]}
-assert env.get("SHOAL_CLUSTER_SECRET_FILE") == mount[0] + "/cluster-secret", env.get("SHOAL_CLUSTER_SECRET_FILE")
+def file_of(key):
+    """Where the node finds the Secret's key: its mounted volume's path."""
+    paths = []
+    for v in pod["volumes"]:
+        src = v.get("secret", {})
+        if src.get("secretName") != secret["metadata"]["name"]:
+            continue
+        items = src.get("items")
+        path = key if items is None else next((i["path"] for i in items if i["key"] == key), None)
+        if path is None:
+            continue
+        for m in node["volumeMounts"]:
+            if m["name"] == v["name"]:
+                assert m.get("readOnly"), f"{m['mountPath']} is not read-only"
+                paths.append(m["mountPath"] + "/" + path)
+    assert paths, f"no mounted volume of the DaemonSet holds the Secret's key {key}"
+    return paths
+assert env.get("SHOAL_CLUSTER_SECRET_FILE") in file_of("cluster-secret"), env.get("SHOAL_CLUSTER_SECRET_FILE")
 assert "SHOAL_CLUSTER_SECRET" not in env, "the secret itself is in the environment"
+assert env.get("SHOAL_API_TOKEN_FILE") in file_of("api-token"), env.get("SHOAL_API_TOKEN_FILE")
+assert "SHOAL_API_TOKEN" not in env, "the API token itself is in the environment"
 config = one("ConfigMap", "shoal-nginx")
 assert config["data"]["nginx.conf"] == open(sys.argv[2]).read(), "the ConfigMap is not k8s/nginx.conf"
 nginx = one("Deployment", "shoal-nginx")["spec"]["template"]["spec"]
@@ -92,7 +115,7 @@ names = [v["configMap"]["name"] for v in nginx["volumes"] if "configMap" in v]
 assert names == [config["metadata"]["name"]], f"nginx mounts {names}, not {config['metadata']['name']}"
 PY
   then
-    say "the rendering mounts the cluster secret into every node and nginx.conf into nginx"
+    say "the rendering mounts the cluster secret and the API token into every node and nginx.conf into nginx"
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
@@ -119,6 +142,7 @@ holder = [m for path, m in mounts.items() if socket.startswith(path + "/")]
 assert holder and holder[0].get("readOnly"), f"{socket} is not under a read-only mount"
 assert mounts["/var/lib/cni/results"].get("readOnly"), "CNI results are not read-only"
 assert env.get("SHOAL_CLUSTER_SECRET_FILE"), "the overlay lost the cluster secret"
+assert env.get("SHOAL_API_TOKEN_FILE"), "the overlay lost the API token"
 PY
   then
     say "deploy/k8s-containerd renders: hostPID, --engine containerd, its socket and CNI results read-only"

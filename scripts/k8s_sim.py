@@ -114,7 +114,8 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentV
 
 def render(directory, files):
     """The kustomization in `directory`; `files` overrides generator
-    sources by name (the cluster secret, which is not in git)."""
+    sources by name (the cluster secret and the API token, which are not in
+    git)."""
     kust = yaml.safe_load(open(os.path.join(directory, "kustomization.yaml")))
     known = {"apiVersion", "kind", "namespace", "labels", "resources", "patches",
              "configMapGenerator", "secretGenerator"}
@@ -433,11 +434,22 @@ class Cluster:
                 if kind == "secret":
                     data = {k: base64.b64decode(v).decode() for k, v in data.items()}
                 mode = src.get("defaultMode", 0o644)
+                # Every key as a file of its name, or only the keys `items`
+                # projects, each at its path and with its mode.
+                files = [(k, v, mode) for k, v in data.items()]
+                if "items" in src:
+                    files = []
+                    for item in src["items"]:
+                        if item["key"] not in data:
+                            raise SimError(f"pod {pod.name}: volume {name}: {kind} {src[key]} has no key {item['key']}")
+                        if "/" in item["path"] or item["path"].startswith(".."):
+                            raise SimError(f"pod {pod.name}: volume {name}: item paths with / are not simulated")
+                        files.append((item["path"], data[item["key"]], item.get("mode", mode)))
                 os.makedirs(here, exist_ok=True)
-                for k, v in data.items():
+                for k, v, m in files:
                     p = os.path.join(here, k)
                     open(p, "w").write(v)
-                    os.chmod(p, mode)
+                    os.chmod(p, m)
                 return here
         raise SimError(f"pod {pod.name}: volume {name} of kind {sorted(set(vol) - {'name'})} is not simulated")
 
@@ -798,12 +810,14 @@ class Checks:
         say(f"ok: {what}")
 
 
-def http_get(url, no_cache=True, timeout=5):
+def http_get(url, no_cache=True, timeout=5, method="GET", body=None, headers=None):
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    headers = {"cache-control": "no-cache"} if no_cache else {}
+    headers = dict(headers or {})
+    if no_cache:
+        headers["cache-control"] = "no-cache"
     try:
-        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
         r = conn.getresponse()
         body = r.read()
         try:
@@ -863,6 +877,59 @@ def lookups_while(what, urls_names, until, checks):
     return t, counts
 
 
+def every_node_has_the_api_token(cluster, checks, front):
+    """A job's creation without the Secret's API token, or with another,
+    is refused 401 by every node (a node that read no token would say
+    403), directly and through nginx."""
+    create = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ContainerService.Create",
+                         "params": [{"image": "k8s-sim/no-such-image:never", "arguments": ["true"]}]})
+    urls = [f"http://{pod.ip}:7070" for pod in cluster.pods_of("shoal-node")] + [front]
+    for url in urls:
+        for headers in ({}, {"authorization": "Bearer not-the-api-token-of-this-fleet"}):
+            status, data, _ = http_get(f"{url}/jrpc", no_cache=False, method="POST", body=create,
+                                       headers={"content-type": "application/json", **headers})
+            if status != 401:
+                raise SimError(f"ContainerService.Create at {url} with {sorted(headers) or 'no token'}: "
+                               f"HTTP {status} {data!r}, not 401")
+    checks.ok(f"every node ({len(urls) - 1}) and nginx refuse a job's creation without the Secret's "
+              f"API token, or with another: 401 (each node read the token from its mounted Secret)")
+
+
+def a_job_runs(cluster, checks, front, image):
+    """With the Secret's API token, POST /v1/jobs through nginx: a node
+    creates the container through its read-only socket mount, and it runs
+    and is found through nginx. The container is removed (by its label)."""
+    body = json.dumps({"image": image, "arguments": ["sleep", "600"]})
+    status, data, _ = http_get(f"{front}/v1/jobs", no_cache=False, method="POST", body=body,
+                               headers={"content-type": "application/json",
+                                        "authorization": f"Bearer {cluster.api_token}"})
+    if status != 202 or not isinstance(data, dict) or not data.get("job_id"):
+        raise SimError(f"POST /v1/jobs with the API token through nginx: HTTP {status} {data!r}")
+    job = data["job_id"]
+    try:
+        def running():
+            status, d, _ = http_get(f"{front}/v1/jobs/{job}")
+            if status == 200 and d.get("status") in ("failed", "exited"):
+                raise SimError(f"job {job} ended: {d}")
+            return d if status == 200 and d.get("status") == "running" else None
+        d = wait_for(f"job {job} never ran", 30, running)
+        if d["node"] not in cluster.nodes:
+            raise SimError(f"job {job} placed on {d['node']}, not a node of the simulation")
+        got = run("docker", "inspect", "-f", '{{.Id}} {{index .Config.Labels "shoal.job"}}', d["container_name"])
+        if got != f"{d['container_id']} {job}":
+            raise SimError(f"{d['container_name']}: {got}, not {d['container_id']} labelled shoal.job={job}")
+        c = wait_for(f"{d['container_name']} never found through nginx", 20,
+                     lambda: one(http_get(f"{front}/v1/containers/{d['container_name']}")))
+        if c["id"] != d["container_id"]:
+            raise SimError(f"{d['container_name']} through nginx is {c['id']}")
+    finally:
+        left = run("docker", "ps", "-aq", "--filter", f"label=shoal.job={job}", check=False)
+        if left:
+            run("docker", "rm", "-f", *left.split(), check=False)
+    checks.ok(f"a job created through nginx with the Secret's API token runs on {d['node']} "
+              f"({d['container_name']}, made through the read-only socket mount) and is found through nginx")
+
+
 def docker_scenario(cluster, checks, image):
     node_pods = cluster.pods_of("shoal-node")
     front = cluster.service_url("shoal-nginx")
@@ -872,6 +939,8 @@ def docker_scenario(cluster, checks, image):
         raise SimError(f"the nodes are {alive}, not the Kubernetes node names {cluster.nodes}")
     checks.ok(f"{n} DaemonSet pods ready, named after their nodes (downward API), found each other through "
               f"the headless service; nginx (ConfigMap) answers at {front}")
+    every_node_has_the_api_token(cluster, checks, front)
+    a_job_runs(cluster, checks, front, image)
 
     # The cache-inventory scenario: name -> IP -> the same container.
     tag = f"k8s-sim-{os.getpid()}"
@@ -1034,6 +1103,7 @@ def containerd_scenario(cluster, checks, image_tar, netns_ip):
             raise SimError(f"{pod.node} watches {me['engines']}, not one synced containerd")
     checks.ok(f"{n} DaemonSet pods of deploy/k8s-containerd ready, each watching its own host's containerd "
               f"through the hostPath socket")
+    every_node_has_the_api_token(cluster, checks, front)
     web = cluster.containerd[cluster.nodes[1]]
     ns = f"shoal-sim-{os.getpid()}"
     veth = f"ksim{os.getpid() % 100000}"
@@ -1093,13 +1163,15 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.chdir(root)
     work = tempfile.mkdtemp(prefix="shoal-k8s-sim-", dir="/run")
-    files = {"cluster-secret": base64.b64encode(os.urandom(24)).decode() + "\n"}
+    files = {"cluster-secret": base64.b64encode(os.urandom(24)).decode() + "\n",
+             "api-token": os.urandom(16).hex() + "\n"}
     docs = render(a.kustomization, files)
     check_against_kubectl(a.kustomization, files, docs)
     nodes = [f"sim-node-{i}" for i in range(1, a.nodes + 1)]
     host_root = os.path.join(work, "hosts") if a.scenario == "containerd" else None
     cluster = Cluster(work, nodes, host_root=host_root, subnet=a.subnet)
     cluster.containerd = {}
+    cluster.api_token = files["api-token"].strip()
     checks = Checks()
     failed = None
     try:

@@ -3,7 +3,7 @@
 # processes (gossiping with each other on 127.0.0.1:7071-7073, each watching
 # this host's Docker engine) and nginx in front of them on :8080.
 #   scripts/local-stack.sh up|down|status|logs
-# State (pid files, logs, the cluster secret, the generated nginx config) lives in
+# State (pid files, logs, the cluster secret, the API token, the generated nginx config) lives in
 # target/local/. Until the deployment work lands (images, compose), this is
 # what `make up` runs.
 set -euo pipefail
@@ -54,13 +54,14 @@ up() {
   mkdir -p "$state"
   # Kept across restarts: every node of the stack must share it.
   bash "$root/scripts/cluster-secret.sh" "$state/cluster-secret"
+  bash "$root/scripts/api-token.sh" "$state/api-token"
   local peers=""
   for i in "${nodes[@]}"; do peers+="${peers:+,}127.0.0.1:$(node_port "$i")"; done
   for i in "${nodes[@]}"; do
     local pidf="$state/node$i.pid"
     if alive "$pidf"; then say "node$i already runs (pid $(cat "$pidf"))"; continue; fi
     "$bin" node --node-id "node$i" --data-dir "$state/data$i" --listen "127.0.0.1:$(node_port "$i")" --peers "$peers" \
-      --cluster-secret-file "$state/cluster-secret" >"$state/node$i.log" 2>&1 &
+      --cluster-secret-file "$state/cluster-secret" --api-token-file "$state/api-token" >"$state/node$i.log" 2>&1 &
     echo $! > "$pidf"
   done
   for i in "${nodes[@]}"; do
@@ -85,7 +86,12 @@ stack up: node1 node2 node3 (a cluster of plain processes) behind nginx on http:
 each node watches this host's Docker engine; the fleet shows each container once; logs: make logs
 try:  curl localhost:$port/v1/containers/<name>     or   $bin get <name>
       curl localhost:$port/v1/nodes                 or   $bin nodes
-stop: make down
+jobs (containers the fleet creates) need the API token in $state/api-token:
+      export SHOAL_API_TOKEN=\$(cat $state/api-token)
+      curl -s localhost:$port/jrpc -H "Authorization: Bearer \$SHOAL_API_TOKEN" -d \\
+        '{"jsonrpc":"2.0","id":1,"method":"ContainerService.Create","params":[{"image":"IMAGE","arguments":["sleep","300"]}]}'
+      $bin run --wait IMAGE sleep 300   (IMAGE: any image this host's Docker has; nothing is pulled)
+stop: make down-local
 MSG
 }
 

@@ -58,6 +58,8 @@ up() {
   fi
   # The Secret's source, written once and kept: see README, "The cluster secret".
   bash "$root/scripts/cluster-secret.sh" "$root/k8s/cluster-secret"
+  # The API token that creating a job needs, in the same Secret; kept too.
+  bash "$root/scripts/api-token.sh" "$root/k8s/api-token"
   kubectl apply -k "$manifests"
   # A re-run picks up rebuilt images.
   kubectl -n shoal rollout restart daemonset/shoal-node deployment/shoal-nginx >/dev/null
@@ -73,6 +75,10 @@ up() {
 shoal runs on minikube; nginx is forwarded to http://localhost:$port
 try:  curl localhost:$port/v1/nodes
       curl localhost:$port/v1/containers/<name>     (any container on minikube's engine)
+jobs (Docker runtime only; IMAGE: one minikube's engine has, nothing is pulled), with the API token:
+      export SHOAL_API_TOKEN=\$(cat $root/k8s/api-token)
+      curl -s localhost:$port/v1/jobs -H "Authorization: Bearer \$SHOAL_API_TOKEN" \\
+        -d '{"image":"IMAGE","arguments":["sleep","300"]}'
 stop: make minikube-down
 MSG
 }
