@@ -16,67 +16,23 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::NodeProcess;
+use common::{ExtraEngines, NodeProcess};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "shoal-test/busybox:latest";
 const TOKEN: &str = "jobs-test-token-0123456789";
 const NAMES: [&str; 3] = ["ja", "jb", "jc"];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/extra-dockerd.sh"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "extra-dockerd.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn host(engine: &str) -> String {
-    format!("unix:///run/shoal-{engine}.sock")
+    ExtraEngines::host(engine)
 }
 
 fn docker(engine: &str, args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", host(engine))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Extra engines, purged when the test ends, pass or fail.
-struct Engines;
-
-impl Drop for Engines {
-    fn drop(&mut self) {
-        for name in NAMES {
-            let _ = Command::new("bash")
-                .arg(repo().join("scripts/extra-dockerd.sh"))
-                .args(["stop", name, "--purge"])
-                .output();
-        }
-    }
+    common::docker_on(&host(engine), args)
 }
 
 /// One request: status, the response's head (for its headers) and body.
@@ -115,6 +71,17 @@ fn request(
         .unwrap_or(0);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Every node counts three live members.
+fn all_see_three(ports: &[u16]) -> bool {
+    ports.iter().all(|p| {
+        let (s, _, b) = request("GET", *p, "/v1/nodes", None, "");
+        s == 200
+            && parse(&b)["nodes"]
+                .as_array()
+                .is_some_and(|a| a.iter().filter(|m| m["state"] == "alive").count() == 3)
+    })
 }
 
 fn parse(body: &str) -> Value {
@@ -199,10 +166,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[test]
 #[ignore = "needs Docker, root and the test image: make test runs it"]
 fn jobs_run_anywhere_in_a_fleet_of_three_engines_and_survive_node_loss() {
-    let _engines = Engines;
-    for e in NAMES {
-        script(&["start", e]);
-    }
+    let _engines = ExtraEngines::start(&NAMES);
     let ports = common::free_ports(3);
     let peers = ports
         .iter()
@@ -247,15 +211,7 @@ fn jobs_run_anywhere_in_a_fleet_of_three_engines_and_survive_node_loss() {
     until(
         "three nodes see each other",
         Duration::from_secs(30),
-        || {
-            ports.iter().all(|p| {
-                let (s, _, b) = request("GET", *p, "/v1/nodes", None, "");
-                s == 200
-                    && parse(&b)["nodes"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().filter(|m| m["state"] == "alive").count() == 3)
-            })
-        },
+        || all_see_three(&ports),
     );
     let everywhere = NAMES;
 
@@ -561,15 +517,7 @@ fn jobs_run_anywhere_in_a_fleet_of_three_engines_and_survive_node_loss() {
     until(
         "node-jc is back in every view",
         Duration::from_secs(30),
-        || {
-            ports.iter().all(|p| {
-                let (s, _, b) = request("GET", *p, "/v1/nodes", None, "");
-                s == 200
-                    && parse(&b)["nodes"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().filter(|m| m["state"] == "alive").count() == 3)
-            })
-        },
+        || all_see_three(&ports),
     );
     // A job failed while its node was gone does not run when the node is
     // back: a container it may have made is removed.

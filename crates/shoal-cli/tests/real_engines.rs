@@ -7,8 +7,9 @@
 //! Needs Docker, the test image and root (for the extra engines): ignored
 //! by a plain `cargo test`, run by `make test`.
 
+mod common;
+
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,57 +19,7 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const IMAGE: &str = "shoal-test/busybox:latest";
 const BOUND: Duration = Duration::from_secs(30);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/extra-dockerd.sh"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "extra-dockerd.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn docker(host: &str, args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", host)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Extra engines, purged when the test ends, pass or fail.
-struct Engines(Vec<String>);
-
-impl Engines {
-    fn host(name: &str) -> String {
-        format!("unix:///run/shoal-{name}.sock")
-    }
-}
-
-impl Drop for Engines {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("bash")
-                .arg(repo().join("scripts/extra-dockerd.sh"))
-                .args(["stop", name, "--purge"])
-                .output();
-        }
-    }
-}
+use common::{ExtraEngines, docker_on, extra_dockerd};
 
 struct Node {
     port: u16,
@@ -85,7 +36,7 @@ impl Node {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--docker-host",
-                &Engines::host(engine),
+                &ExtraEngines::host(engine),
                 "--peers",
                 peers,
                 "--sync-interval",
@@ -174,10 +125,7 @@ fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
 #[ignore = "needs Docker, root and the test image: make test runs it"]
 fn three_nodes_on_three_engines_converge_through_kills_and_restarts() {
     let names = ["ra", "rb", "rc"];
-    let engines = Engines(names.iter().map(|s| s.to_string()).collect());
-    for e in &engines.0 {
-        script(&["start", e]);
-    }
+    let _engines = ExtraEngines::start(&names);
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = ports
         .iter()
@@ -201,8 +149,8 @@ fn three_nodes_on_three_engines_converge_through_kills_and_restarts() {
 
     // The same name on two hosts: every node answers both, each with its node.
     for e in ["ra", "rb"] {
-        docker(
-            &Engines::host(e),
+        docker_on(
+            &ExtraEngines::host(e),
             &[
                 "run",
                 "-d",
@@ -223,8 +171,8 @@ fn three_nodes_on_three_engines_converge_through_kills_and_restarts() {
     });
 
     // A rename on one host moves the name key fleet-wide.
-    let id = docker(
-        &Engines::host("rc"),
+    let id = docker_on(
+        &ExtraEngines::host("rc"),
         &[
             "run",
             "-d",
@@ -244,7 +192,10 @@ fn three_nodes_on_three_engines_converge_through_kills_and_restarts() {
             .iter()
             .all(|n| get(n.port, "/v1/containers/solo").0 == 200)
     });
-    docker(&Engines::host("rc"), &["rename", "solo", "solo-renamed"]);
+    docker_on(
+        &ExtraEngines::host("rc"),
+        &["rename", "solo", "solo-renamed"],
+    );
     until("a rename visible from every node", || {
         nodes.iter().all(|n| {
             get(n.port, "/v1/containers/solo").0 == 404
@@ -279,13 +230,13 @@ fn three_nodes_on_three_engines_converge_through_kills_and_restarts() {
 
     // Restart node-rc's engine: node-rc keeps serving, then converges
     // (solo-renamed comes back by its restart policy).
-    script(&["stop", "rc"]);
+    extra_dockerd(&["stop", "rc"]);
     let (status, _) = get(ports[2], "/v1/containers/twin");
     assert_eq!(
         status, 200,
         "a node whose engine is down keeps serving the fleet"
     );
-    script(&["start", "rc"]);
+    extra_dockerd(&["start", "rc"]);
     until("an engine restart converges", || {
         let (s, v) = get(ports[0], "/v1/containers/solo-renamed");
         let (_, n) = get(ports[2], "/v1/nodes");

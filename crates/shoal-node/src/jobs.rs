@@ -732,6 +732,11 @@ impl Jobs {
                 }
             }
         }
+        // Before it joined, this node's view would take live nodes for
+        // gone: it judges no placement until then.
+        if !view.joined {
+            return;
+        }
         for r in care {
             let placed = r.node.clone().unwrap_or_default();
             let member = view.members.get(&placed).filter(|m| m.alive);

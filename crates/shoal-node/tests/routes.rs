@@ -1534,6 +1534,20 @@ async fn send_with(
 
 const TOKEN: &str = "routes-test-token-0123";
 
+/// A node with the API token, for reads too when `reads`.
+async fn guarded(reads: bool) -> Node {
+    node_with(
+        NodeConfig {
+            node_id: "n1".into(),
+            api_token: Some(TOKEN.into()),
+            api_token_reads: reads,
+            ..Default::default()
+        },
+        true,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
     let open = node().await;
@@ -1547,15 +1561,7 @@ async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
             .contains("--api-token")
     );
 
-    let guarded = node_with(
-        NodeConfig {
-            node_id: "n1".into(),
-            api_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        true,
-    )
-    .await;
+    let guarded = guarded(false).await;
     let r = &guarded.router;
     let a = send_with(r, Method::POST, "/v1/jobs", None, &job).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -1595,15 +1601,7 @@ async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
 
 #[tokio::test]
 async fn bad_job_input_is_a_clear_400_and_creates_nothing() {
-    let n = node_with(
-        NodeConfig {
-            node_id: "n1".into(),
-            api_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        true,
-    )
-    .await;
+    let n = guarded(false).await;
     let r = &n.router;
     for body in [
         "not json".to_owned(),
@@ -1651,16 +1649,7 @@ async fn bad_job_input_is_a_clear_400_and_creates_nothing() {
 
 #[tokio::test]
 async fn with_api_token_reads_every_read_needs_the_token_but_the_probes() {
-    let n = node_with(
-        NodeConfig {
-            node_id: "n1".into(),
-            api_token: Some(TOKEN.into()),
-            api_token_reads: true,
-            ..Default::default()
-        },
-        true,
-    )
-    .await;
+    let n = guarded(true).await;
     let r = &n.router;
     assert_error(
         &send_with(r, Method::GET, "/v1/containers/c1", None, "").await,

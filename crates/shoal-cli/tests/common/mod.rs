@@ -222,3 +222,69 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Extra dockerds that play other hosts (`scripts/extra-dockerd.sh`),
+/// each with its own socket, bridge and data root; stopped and purged
+/// when the test ends, pass or fail.
+pub struct ExtraEngines(Vec<String>);
+
+impl ExtraEngines {
+    /// Starts each named engine (no-op for one that runs).
+    pub fn start(names: &[&str]) -> Self {
+        let engines = ExtraEngines(names.iter().map(|s| s.to_string()).collect());
+        for name in names {
+            extra_dockerd(&["start", name]);
+        }
+        engines
+    }
+
+    /// The `DOCKER_HOST` of engine `name`.
+    pub fn host(name: &str) -> String {
+        format!("unix:///run/shoal-{name}.sock")
+    }
+}
+
+impl Drop for ExtraEngines {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("bash")
+                .arg(repo().join("scripts/extra-dockerd.sh"))
+                .args(["stop", name, "--purge"])
+                .output();
+        }
+    }
+}
+
+/// `scripts/extra-dockerd.sh ARGS`, which must succeed.
+pub fn extra_dockerd(args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/extra-dockerd.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "extra-dockerd.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `docker ARGS` against `host`, which must succeed: its output, trimmed.
+pub fn docker_on(host: &str, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", host)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
