@@ -214,6 +214,20 @@ fn jobs_run_anywhere_in_a_fleet_of_three_engines_and_survive_node_loss() {
         || all_see_three(&ports),
     );
     let everywhere = NAMES;
+    until(
+        "every node's job path is gossiped",
+        Duration::from_secs(10),
+        || {
+            let (_, _, b) = request("GET", pa, "/v1/nodes", None, "");
+            let v = parse(&b);
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            nodes.len() == 3
+                && nodes.iter().all(|n| n["jobs"]["creates"] == true)
+                && nodes
+                    .iter()
+                    .any(|n| n["id"] == "node-jc" && n["jobs"]["queue_size"] == 10)
+        },
+    );
 
     // 1. No token, a wrong token: 401, and nothing is created.
     let seed = json!({"image": IMAGE, "arguments": ["sleep", "60"], "resources": {"memory": "64m"}, "env": {"GREETING": "hi"}});

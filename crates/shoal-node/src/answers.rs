@@ -215,6 +215,9 @@ pub struct NodeView {
     /// Its history writer: the store, whether it is up, and how many
     /// changes it wrote, holds and dropped; `null` without history.
     pub history: Option<crate::history::HistoryStatus>,
+    /// Its job path: whether it creates containers (and why not), its
+    /// queue and workers; `null` when not known yet.
+    pub jobs: Option<crate::jobs::JobsStatus>,
 }
 
 /// The answer to `GET /v1/nodes`.

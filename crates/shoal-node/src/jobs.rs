@@ -99,6 +99,22 @@ pub struct JobCounters {
     pub replaced: AtomicU64,
 }
 
+/// What `/v1/nodes` says about a node's jobs (gossiped as `jobs`).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct JobsStatus {
+    /// Its engines can create containers.
+    pub creates: bool,
+    /// Why not, when they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// `--queue-size`.
+    pub queue_size: usize,
+    /// `--worker-count`.
+    pub workers: usize,
+}
+
 /// The job path of one node.
 pub struct Jobs {
     me: NodeId,
@@ -256,6 +272,18 @@ impl Jobs {
     /// Jobs waiting for a worker here.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// What `/v1/nodes` shows of this node's jobs.
+    pub fn node_status(&self) -> JobsStatus {
+        let why_not = self.engines.creator().err();
+        JobsStatus {
+            creates: why_not.is_none(),
+            why_not,
+            queued: self.queued(),
+            queue_size: self.config.queue_size,
+            workers: self.config.worker_count,
+        }
     }
 
     /// Records held here (as an owner or replica).

@@ -54,6 +54,9 @@ pub const KEY_ENGINE_LOST: &str = "engine_lost_ms";
 /// Key of a member's history: a JSON
 /// [`crate::history::HistoryStatus`], or empty without one.
 pub const KEY_HISTORY: &str = "history";
+/// Key of a member's job path: whether it creates containers, its queue
+/// (JSON, [`crate::jobs::JobsStatus`]).
+pub const KEY_JOBS: &str = "jobs";
 /// Key of a member's readiness.
 pub const KEY_READY: &str = "ready";
 /// Key of the owners a member's publishes failed to reach since their last

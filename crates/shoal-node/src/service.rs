@@ -632,6 +632,12 @@ impl NodeService {
                         m.value(crate::membership::KEY_HISTORY)
                             .and_then(|v| serde_json::from_str(v).ok())
                     },
+                    jobs: if me {
+                        Some(self.jobs.node_status())
+                    } else {
+                        m.value(crate::membership::KEY_JOBS)
+                            .and_then(|v| serde_json::from_str(v).ok())
+                    },
                 }
             })
             .collect();
@@ -693,6 +699,10 @@ impl NodeService {
         values.push((
             KEY_ENGINES,
             serde_json::to_string(&engine_views(&s, false)).unwrap_or_default(),
+        ));
+        values.push((
+            crate::membership::KEY_JOBS,
+            serde_json::to_string(&self.jobs.node_status()).unwrap_or_default(),
         ));
         if let Some(h) = &self.history {
             let mut status = h.status();

@@ -1596,6 +1596,16 @@ async fn creating_a_job_needs_the_token_and_a_node_without_one_creates_none() {
     let a = send_with(r, Method::GET, "/v1/jobs", None, "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["jobs"], json!([]));
+    let nodes = get(r, "/v1/nodes").await;
+    let jobs = &nodes.json["nodes"][0]["jobs"];
+    assert_eq!(jobs["creates"], false, "{jobs}");
+    assert!(
+        jobs["why_not"]
+            .as_str()
+            .is_some_and(|w| w.contains("synthetic")),
+        "{jobs}"
+    );
+    assert_eq!(jobs["queue_size"], 100);
     assert_eq!(guarded.service.jobs().held(), 0);
 }
 
