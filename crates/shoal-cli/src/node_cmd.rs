@@ -772,6 +772,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
              (/_shoal/); give every node the same --cluster-secret-file"
         );
     }
+    if resolved.node.api_token.is_none() {
+        info!(
+            "no API token: this node creates no jobs (a Create is answered 403); \
+             give it --api-token-file to allow them"
+        );
+    }
     let engines = engines(&resolved)?;
     let listen = resolved.node.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

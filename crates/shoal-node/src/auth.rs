@@ -51,11 +51,6 @@ impl ApiToken {
         }
     }
 
-    /// True when a token is configured.
-    pub fn is_set(&self) -> bool {
-        self.digest.is_some()
-    }
-
     /// Checks the `Authorization` header's value; `what` names what the
     /// token is needed for, for the message.
     pub fn check(&self, authorization: Option<&[u8]>, what: &str) -> Result<(), crate::ApiError> {

@@ -959,10 +959,15 @@ impl Jobs {
                 }));
             }
         }
+        // Recovery waits for the fleet and the engine; the owner's upkeep
+        // does not wait for it.
+        let (jobs, stop1, waiters1) = (self.clone(), stop.clone(), waiters.clone());
+        tasks.push(tokio::spawn(async move {
+            jobs.recover(&stop1, &waiters1).await;
+        }));
         let (jobs, stop2) = (self.clone(), stop.clone());
         let waiters2 = waiters.clone();
         tasks.push(tokio::spawn(async move {
-            jobs.recover(&stop2, &waiters2).await;
             let mut ring_seen = 0;
             let mut tick = tokio::time::interval(jobs.config.upkeep_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

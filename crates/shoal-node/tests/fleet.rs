@@ -726,23 +726,32 @@ async fn a_node_with_the_wrong_secret_never_joins_and_nothing_it_sends_is_applie
     // Its view holds itself alone.
     let (_, own) = fleet.get(&intruder.addr, "/v1/nodes").await;
     assert_eq!(own["nodes"].as_array().unwrap().len(), 1, "{own}");
-    // Its gossip did arrive, and was dropped.
+    // Its gossip did arrive, and was dropped. It picks one seed at random
+    // each round, so on a busy machine a node may not have been picked
+    // yet: wait for each, bounded.
     for n in &fleet.nodes {
-        let metrics = fleet
-            .http
-            .get(format!("http://{}/metrics", n.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let refused: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("shoal_gossip_refused_total "))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        assert!(refused > 0, "{} dropped no gossip", n.name);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics = fleet
+                .http
+                .get(format!("http://{}/metrics", n.addr))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let refused: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("shoal_gossip_refused_total "))
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            if refused > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} dropped no gossip", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // A publish it signs is refused.
     let publish = shoal_core::wire::Publish {
