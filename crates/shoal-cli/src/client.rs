@@ -188,6 +188,28 @@ pub struct RunArgs {
     pub token: TokenArgs,
 }
 
+/// The first of `shoal run`'s own flags among the container's arguments:
+/// given after the image, it goes to the container, which is seldom what
+/// was meant.
+fn shoal_flag_after_image(args: &[String]) -> Option<&str> {
+    const OWN: [&str; 11] = [
+        "--wait",
+        "--node",
+        "--env",
+        "-e",
+        "--cpus",
+        "--memory",
+        "--name",
+        "--label",
+        "--network",
+        "--timeout",
+        "--api-token",
+    ];
+    args.iter()
+        .map(String::as_str)
+        .find(|a| OWN.contains(&a.split('=').next().unwrap_or(a)))
+}
+
 /// `shoal job`.
 #[derive(Args, Debug)]
 pub struct JobArgs {
@@ -1158,6 +1180,12 @@ async fn wait_for_job(
 /// `shoal run IMAGE [ARGS…]`: creates a job and prints its ID; with
 /// `--wait`, follows it until it runs, exits or fails and shows it.
 pub async fn run(args: &ClientArgs, run: RunArgs, wait_for: Duration) -> anyhow::Result<()> {
+    if let Some(flag) = shoal_flag_after_image(&run.args) {
+        eprintln!(
+            "note: {flag} comes after the image, so it is part of the container's command; \
+             shoal's own flags go before the image (shoal run {flag} … IMAGE ARGS…)"
+        );
+    }
     let body = job_body(&run)?;
     let token = run.token.token();
     let client = Client::new(args)?.with_token(token);
@@ -1560,6 +1588,14 @@ mod job_tests {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
         Cmd::try_parse_from(all).unwrap().run
+    }
+
+    #[test]
+    fn a_shoal_flag_after_the_image_is_noticed() {
+        let run = run_args(&["img", "sleep", "30", "--node=n2"]);
+        assert_eq!(shoal_flag_after_image(&run.args), Some("--node=n2"));
+        let run = run_args(&["--wait", "img", "sh", "-c", "ls --color"]);
+        assert_eq!(shoal_flag_after_image(&run.args), None);
     }
 
     #[test]
