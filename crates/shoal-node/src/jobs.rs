@@ -79,11 +79,6 @@ impl Default for JobsConfig {
     }
 }
 
-/// Why a job call failed, as the API says it.
-pub fn place_error(e: shoal_core::jobs::PlaceError) -> ApiError {
-    ApiError::BadRequest(e.to_string())
-}
-
 /// Counters of the job path, for `/metrics`.
 #[derive(Default, Debug)]
 pub struct JobCounters {
@@ -428,8 +423,9 @@ impl Jobs {
     /// holds it answers, so every node answers alike.
     pub async fn status(self: &Arc<Self>, id: &JobId) -> Result<JobRecord, ApiError> {
         let mut failed = Vec::new();
-        for owner in self.owners(id) {
-            match self.call(&owner, JobRequest::Get(id.clone())).await {
+        let owners = self.owners(id);
+        for owner in &owners {
+            match self.call(owner, JobRequest::Get(id.clone())).await {
                 Ok(JobReply::Record(Some(r))) => return Ok(r),
                 Ok(_) => {}
                 Err(e) => failed.push(e.to_string()),
@@ -437,7 +433,6 @@ impl Jobs {
         }
         // After a ring change a record may sit on a node that no longer
         // owns it, until the upkeep copies it over: ask the rest.
-        let owners = self.owners(id);
         let others: Vec<NodeId> = self
             .view
             .load()
@@ -616,28 +611,26 @@ impl Jobs {
         except: Option<&NodeId>,
     ) -> Result<Vec<NodeId>, String> {
         let view = self.view.load_full();
-        let asked: Vec<NodeId> = match &spec.node {
-            Some(n) => vec![n.clone()],
-            None => view
-                .live()
-                .map(|m| m.node.clone())
-                .filter(|n| Some(n) != except)
-                .collect(),
-        };
-        let probes = asked
-            .iter()
-            .filter(|n| view.live().any(|m| &m.node == *n))
-            .map(|n| {
-                let request = JobRequest::Probe {
-                    image: spec.image.clone(),
-                };
-                // A node that cannot say this at once is no place for a
-                // job now.
-                async move {
-                    self.call_within(n, request, self.config.probe_timeout)
-                        .await
-                }
-            });
+        // The live members, or the one named if it is one.
+        let asked: Vec<NodeId> = view
+            .live()
+            .map(|m| m.node.clone())
+            .filter(|n| match &spec.node {
+                Some(named) => n == named,
+                None => Some(n) != except,
+            })
+            .collect();
+        let probes = asked.iter().map(|n| {
+            let request = JobRequest::Probe {
+                image: spec.image.clone(),
+            };
+            // A node that cannot say this at once is no place for a
+            // job now.
+            async move {
+                self.call_within(n, request, self.config.probe_timeout)
+                    .await
+            }
+        });
         let candidates: Vec<Candidate> = futures::future::join_all(probes)
             .await
             .into_iter()
@@ -742,6 +735,11 @@ impl Jobs {
             let mut held = self.lock();
             held.retain(|_, r| !(r.state.is_final() && now.saturating_sub(r.updated_at_ms) > keep));
             for r in held.values() {
+                // Placing the key is the loop's cost: only a ring change
+                // (copies) or a pending job (care) needs its owners.
+                if !ring_changed && r.state != JobState::Pending {
+                    continue;
+                }
                 let owners = view.ring.owners(&r.id.ring_key());
                 if ring_changed {
                     for o in owners.iter().filter(|o| ***o != self.me) {
