@@ -108,6 +108,25 @@ impl DockerEngine {
         })
     }
 
+    /// Every container, in any state, that one list filter matches
+    /// (`status`, `label`, …, with its values).
+    async fn containers_where(
+        &self,
+        filter: &str,
+        values: Vec<&str>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([(filter, values)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| classify(&self.host, e))
+    }
+
     /// The address this client talks to.
     pub fn host(&self) -> &str {
         &self.host
@@ -443,17 +462,9 @@ impl Engine for DockerEngine {
     }
 
     async fn list(&self) -> Result<Vec<String>, EngineError> {
-        let docker = self.client().await?;
-        let mut filters = HashMap::new();
-        filters.insert("status", vec!["running", "paused", "restarting"]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| classify(&self.host, e))?;
+        let list = self
+            .containers_where("status", vec!["running", "paused", "restarting"])
+            .await?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
@@ -594,16 +605,7 @@ impl Engine for DockerEngine {
 
     async fn labelled(&self, key: &str) -> Result<Vec<LabelledContainer>, EngineError> {
         let docker = self.client().await?;
-        let mut filters = HashMap::new();
-        filters.insert("label", vec![key]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| classify(&self.host, e))?;
+        let list = self.containers_where("label", vec![key]).await?;
         let mut found = Vec::with_capacity(list.len());
         for c in list {
             let Some(id) = c.id else { continue };
