@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +34,8 @@ fn docker(engine: &str, args: &[&str]) -> String {
     common::docker_on(&host(engine), args)
 }
 
-/// One request: status, the response's head (for its headers) and body.
+/// One request: status, the response's head (for its headers) and body;
+/// status 0 when the node cannot be reached.
 fn request(
     method: &str,
     port: u16,
@@ -43,34 +43,17 @@ fn request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCache-Control: no-cache\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    if stream
-        .write_all(format!("{head}{body}").as_bytes())
-        .is_err()
-    {
-        return (0, String::new(), String::new());
-    }
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Cache-Control", "no-cache")];
+    headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+    common::http_exchange(
+        method,
+        &format!("http://127.0.0.1:{port}{path}"),
+        &headers,
+        body,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_default()
 }
 
 /// Every node counts three live members.

@@ -1517,19 +1517,7 @@ async fn send_with(
     if let Some(t) = token {
         request = request.header("authorization", format!("Bearer {t}"));
     }
-    let response = router
-        .clone()
-        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    answer(router, request.body(Body::from(body.to_owned())).unwrap()).await
 }
 
 const TOKEN: &str = "routes-test-token-0123";

@@ -182,13 +182,26 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_exchange(method, url, headers, body, Duration::from_secs(10))?;
+    Ok((status, body))
+}
+
+/// The same, waiting up to `read_timeout` for the answer: status, the
+/// answer's head (status line and headers, lowercased) and body.
+pub fn http_exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    read_timeout: Duration,
+) -> std::io::Result<(u16, String, String)> {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest
         .split_once('/')
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap();
     let mut stream = std::net::TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(read_timeout))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -204,11 +217,8 @@ pub fn http_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 pub fn http(method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
@@ -259,32 +269,33 @@ impl Drop for ExtraEngines {
     }
 }
 
-/// `scripts/extra-dockerd.sh ARGS`, which must succeed.
-pub fn extra_dockerd(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/extra-dockerd.sh"))
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed: its output, trimmed. A failure
+/// names `what` and shows what the command printed.
+fn succeeds(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "extra-dockerd.sh {args:?}: {}{}",
+        "{what}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `scripts/extra-dockerd.sh ARGS`, which must succeed.
+pub fn extra_dockerd(args: &[&str]) {
+    succeeds(
+        Command::new("bash")
+            .arg(repo().join("scripts/extra-dockerd.sh"))
+            .args(args),
+        &format!("extra-dockerd.sh {args:?}"),
     );
 }
 
 /// `docker ARGS` against `host`, which must succeed: its output, trimmed.
 pub fn docker_on(host: &str, args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", host)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    succeeds(
+        Command::new("docker").env("DOCKER_HOST", host).args(args),
+        &format!("docker {args:?}"),
+    )
 }
