@@ -75,14 +75,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, round((len(xs) - 1) * p))] if xs else 0
 
 
-def baseline(count, seconds):
-    """create + start straight on the engines, paced like the jobs."""
-    lat, errors, lock = [], [], threading.Lock()
+def paced(count, seconds, workers, act):
+    """Calls act(i, due) for i in 0..count, the i-th at its due time (an
+    even pace over `seconds`, from half a second on), from `workers`
+    threads; answers when all are done, with the pace's start."""
     t0 = time.monotonic() + 0.5
     spacing = seconds / count
-    next_i = [0]
+    next_i, lock = [0], threading.Lock()
 
-    def worker(engine):
+    def worker():
         while True:
             with lock:
                 i = next_i[0]
@@ -91,27 +92,37 @@ def baseline(count, seconds):
                 return
             due = t0 + i * spacing
             time.sleep(max(0, due - time.monotonic()))
-            e = ENGINES[i % len(ENGINES)]
-            s, d = engine_call(e, "POST", f"/containers/create?name=bench-{uuid.uuid4().hex[:12]}",
-                               {"Image": IMAGE, "Cmd": ["sleep", "2"], "Labels": {"bench": "1"}})
-            if s != 201:
-                with lock:
-                    errors.append(d[:200])
-                continue
-            cid = json.loads(d)["Id"]
-            s, d = engine_call(e, "POST", f"/containers/{cid}/start")
-            with lock:
-                if s in (204, 304):
-                    lat.append((time.monotonic() - due) * 1000)
-                else:
-                    errors.append(d[:200])
+            act(i, due)
 
-    threads = [threading.Thread(target=worker, args=(e,)) for e in ENGINES
-               for _ in range(WORKERS_PER_ENGINE)]
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return t0
+
+
+def baseline(count, seconds):
+    """create + start straight on the engines, paced like the jobs."""
+    lat, errors, lock = [], [], threading.Lock()
+
+    def create_and_start(i, due):
+        e = ENGINES[i % len(ENGINES)]
+        s, d = engine_call(e, "POST", f"/containers/create?name=bench-{uuid.uuid4().hex[:12]}",
+                           {"Image": IMAGE, "Cmd": ["sleep", "2"], "Labels": {"bench": "1"}})
+        if s != 201:
+            with lock:
+                errors.append(d[:200])
+            return
+        cid = json.loads(d)["Id"]
+        s, d = engine_call(e, "POST", f"/containers/{cid}/start")
+        with lock:
+            if s in (204, 304):
+                lat.append((time.monotonic() - due) * 1000)
+            else:
+                errors.append(d[:200])
+
+    t0 = paced(count, seconds, WORKERS_PER_ENGINE * len(ENGINES), create_and_start)
     # From the first call's due time to the last start.
     took = time.monotonic() - t0
     return {"n": len(lat), "errors": len(errors), "p50": pct(lat, .5), "p99": pct(lat, .99),
@@ -162,38 +173,24 @@ def start_nodes(shoal, work):
 
 def through_shoal(ports, count, seconds):
     ids, refused, lock = [], [0], threading.Lock()
-    t0 = time.monotonic() + 0.5
-    spacing = seconds / count
-    next_i = [0]
 
-    def client():
-        while True:
-            with lock:
-                i = next_i[0]
-                next_i[0] += 1
-            if i >= count:
-                return
-            time.sleep(max(0, t0 + i * spacing - time.monotonic()))
-            port = ports[i % len(ports)]
-            for _ in range(60):
-                s, retry, d = api(port, "POST", "/v1/jobs",
-                                   {"image": IMAGE, "arguments": ["sleep", "2"]}, TOKEN)
-                if s == 202:
-                    with lock:
-                        ids.append(json.loads(d)["job_id"])
-                    break
-                if s != 429:
-                    raise SystemExit(f"bench-jobs: Create answered {s}: {d[:300]}")
+    def create(i, _due):
+        port = ports[i % len(ports)]
+        for _ in range(60):
+            s, retry, d = api(port, "POST", "/v1/jobs",
+                               {"image": IMAGE, "arguments": ["sleep", "2"]}, TOKEN)
+            if s == 202:
                 with lock:
-                    refused[0] += 1
-                time.sleep(float(retry or 1))
+                    ids.append(json.loads(d)["job_id"])
+                break
+            if s != 429:
+                raise SystemExit(f"bench-jobs: Create answered {s}: {d[:300]}")
+            with lock:
+                refused[0] += 1
+            time.sleep(float(retry or 1))
 
     start = time.monotonic()
-    threads = [threading.Thread(target=client) for _ in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    paced(count, seconds, WORKERS_PER_ENGINE * len(ports), create)
     sent = time.monotonic() - start
     want = set(ids)
     deadline = time.time() + 600
